@@ -1,0 +1,27 @@
+//! # rtpvisor-actors
+//!
+//! The actor system of rtpvisor and the pure protocol code it stands on.
+//!
+//! # Layout
+//!
+//! Pure (no IO, no actix/tokio imports, unit-tested in-module):
+//! - [`rtp`]: RTP header parse and write (RFC 3550 section 5.1).
+//! - [`stats`]: receive statistics: extended sequence numbers, loss, duplicates, reordering,
+//!   RFC 3550 A.8 interarrival jitter, delay against the stream's schedule, late packets.
+//! - [`probe`]: probe streams: what a probe packet carries and how its round trip is matched.
+//! - [`latency`]: latency histograms (HdrHistogram) and their summaries in milliseconds.
+//! - [`ports`]: the RTP port pool: lease, release, quarantine, skipped ports.
+//! - [`ari::model`]: ARI resources and events, decoded by their `type`.
+//!
+//! IO:
+//! - [`ari::client`]: ARI REST calls and the events WebSocket (awc).
+//! - [`media`]: the media engine: owns every call's RTP socket, echoes, probes, measures.
+//! - [`actors`]: thin actor shells: supervisor, port manager, channel, echo, metrics.
+#![forbid(unsafe_code)]
+
+pub mod ari;
+pub mod latency;
+pub mod ports;
+pub mod probe;
+pub mod rtp;
+pub mod stats;
