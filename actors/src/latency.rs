@@ -1,1 +1,299 @@
-//! TODO
+//! Latency histograms and their summaries in milliseconds.
+//!
+//! Owns how rtpvisor records a latency sample (round trip of a probe, delay of a packet against
+//! its stream's schedule) and how a set of samples is summarised for the API and metrics. No IO
+//! here. The histogram is an HdrHistogram with fixed bounds, allocated once in
+//! [`LatencyHistogram::new`]; recording only increments a counter in place, so it can sit on the
+//! per-packet path.
+
+use std::fmt;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+
+/// Lowest value the histogram tells apart from its neighbours: 1 us.
+pub const LOWEST_US: u64 = 1;
+/// Highest value the histogram tracks: 60 s. Larger samples are recorded as 60 s: a round trip
+/// that long is a dead call, and its exact size no longer matters.
+pub const HIGHEST_US: u64 = 60_000_000;
+/// Significant decimal digits kept: values within 0.1 % share a bucket.
+pub const SIGFIG: u8 = 3;
+
+/// Latency histogram in microseconds (HdrHistogram, 1 us .. 60 s, 3 significant digits),
+/// pre-allocated: record never allocates.
+#[derive(Clone)]
+pub struct LatencyHistogram {
+    /// Built with `new_with_bounds`, which leaves auto-resize off: a sample above the bound is
+    /// clamped by `saturating_record` instead of growing the counts array, so every histogram
+    /// has the same layout (merges never fail) and recording never reallocates.
+    hist: Histogram<u64>,
+}
+
+/// Summary of a [`LatencyHistogram`] in milliseconds; all 0.0 when `count == 0`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct LatencySummary {
+    /// Number of samples.
+    pub count: u64,
+    /// Smallest sample.
+    pub min_ms: f64,
+    /// Median.
+    pub p50_ms: f64,
+    /// 95th percentile.
+    pub p95_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// 99.9th percentile.
+    pub p999_ms: f64,
+    /// Largest sample (at most 60 000 ms, the bound).
+    pub max_ms: f64,
+    /// Mean.
+    pub avg_ms: f64,
+}
+
+impl LatencyHistogram {
+    /// An empty histogram with the fixed bounds above. Allocates its counts (about 150 KiB)
+    /// once, here.
+    pub fn new() -> Self {
+        let hist = Histogram::new_with_bounds(LOWEST_US, HIGHEST_US, SIGFIG)
+            .expect("constant bounds are valid: low >= 1, high >= 2 * low, sigfig <= 5");
+        debug_assert!(!hist.is_auto_resize());
+        LatencyHistogram { hist }
+    }
+
+    /// Records one sample; 0 is allowed, anything above 60 s counts as 60 s. Never allocates.
+    pub fn record(&mut self, d: Duration) {
+        // u128 micros of a huge Duration do not fit u64; they are above the bound either way.
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        self.record_us(us);
+    }
+
+    /// Records one sample given in microseconds, clamped to [0, 60 s]. Never allocates.
+    pub fn record_us(&mut self, us: u64) {
+        // Clamp ourselves so the recorded value, and hence max(), is the bound itself; then the
+        // library's saturating path cannot grow the histogram either.
+        self.hist.saturating_record(us.min(HIGHEST_US));
+    }
+
+    /// Adds every sample of `other` to this histogram (e.g. one call's into the service's).
+    pub fn merge(&mut self, other: &LatencyHistogram) {
+        // Both were built with the same constant bounds, so the counts arrays match and `add`
+        // takes its element-wise path: it cannot fail and does not allocate.
+        self.hist
+            .add(&other.hist)
+            .expect("histograms with identical bounds always add");
+    }
+
+    /// Forgets every sample, keeping the allocation.
+    pub fn reset(&mut self) {
+        self.hist.reset();
+    }
+
+    /// Number of samples recorded.
+    pub fn count(&self) -> u64 {
+        self.hist.len()
+    }
+
+    /// Value at quantile `q` in microseconds: `q` is clamped to [0, 1] (NaN reads as 0);
+    /// 0 when empty. Within 0.1 % of a recorded value, and never above the 60 s bound.
+    pub fn value_at_quantile_us(&self, q: f64) -> u64 {
+        if self.hist.is_empty() {
+            return 0;
+        }
+        let q = if q.is_nan() { 0.0 } else { q.clamp(0.0, 1.0) };
+        // The library reports the top of the bucket; no sample above the bound was recorded,
+        // so the bound is the honest answer for the last bucket.
+        self.hist.value_at_quantile(q).min(HIGHEST_US)
+    }
+
+    /// Count, min, percentiles, max and mean in milliseconds.
+    pub fn summary(&self) -> LatencySummary {
+        if self.hist.is_empty() {
+            return LatencySummary::default();
+        }
+        let ms = |us: u64| us as f64 / 1000.0;
+        LatencySummary {
+            count: self.count(),
+            min_ms: ms(self.hist.min()),
+            p50_ms: ms(self.value_at_quantile_us(0.50)),
+            p95_ms: ms(self.value_at_quantile_us(0.95)),
+            p99_ms: ms(self.value_at_quantile_us(0.99)),
+            p999_ms: ms(self.value_at_quantile_us(0.999)),
+            max_ms: ms(self.hist.max().min(HIGHEST_US)),
+            avg_ms: self.hist.mean() / 1000.0,
+        }
+    }
+}
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for LatencyHistogram {
+    /// The summary, not the ~19 000 counters.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("LatencyHistogram")
+            .field(&self.summary())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Equal within HdrHistogram's 3 significant digits.
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() <= b.abs() / 1000.0 + 1e-9
+    }
+
+    #[test]
+    fn empty_summary_is_all_zero() {
+        let h = LatencyHistogram::new();
+        assert_eq!(h.count(), 0);
+        assert_eq!(h.summary(), LatencySummary::default());
+        assert_eq!(h.value_at_quantile_us(0.5), 0);
+        assert_eq!(h.value_at_quantile_us(1.0), 0);
+    }
+
+    #[test]
+    fn fixed_bounds_no_auto_resize() {
+        let h = LatencyHistogram::default();
+        assert!(!h.hist.is_auto_resize());
+        assert_eq!(h.hist.low(), LOWEST_US);
+        assert_eq!(h.hist.high(), HIGHEST_US);
+        assert_eq!(h.hist.sigfig(), SIGFIG);
+    }
+
+    #[test]
+    fn one_to_hundred_ms() {
+        let mut h = LatencyHistogram::new();
+        for ms in 1..=100 {
+            h.record(Duration::from_millis(ms));
+        }
+        let s = h.summary();
+        assert_eq!(s.count, 100);
+        assert!(close(s.min_ms, 1.0), "{s:?}");
+        assert!(close(s.p50_ms, 50.0), "{s:?}");
+        assert!(close(s.p95_ms, 95.0), "{s:?}");
+        assert!(close(s.p99_ms, 99.0), "{s:?}");
+        assert!(close(s.p999_ms, 100.0), "{s:?}");
+        assert!(close(s.max_ms, 100.0), "{s:?}");
+        assert!(close(s.avg_ms, 50.5), "{s:?}");
+    }
+
+    #[test]
+    fn zero_is_recorded_as_zero() {
+        let mut h = LatencyHistogram::new();
+        h.record(Duration::ZERO);
+        h.record_us(0);
+        let s = h.summary();
+        assert_eq!(s.count, 2);
+        assert_eq!(s.min_ms, 0.0);
+        assert_eq!(s.max_ms, 0.0);
+        assert_eq!(s.avg_ms, 0.0);
+    }
+
+    #[test]
+    fn sub_microsecond_truncates_to_zero() {
+        let mut h = LatencyHistogram::new();
+        h.record(Duration::from_nanos(999));
+        assert_eq!(h.value_at_quantile_us(1.0), 0);
+    }
+
+    #[test]
+    fn saturates_at_the_top_bound() {
+        let mut h = LatencyHistogram::new();
+        let len_before = h.hist.distinct_values();
+        h.record(Duration::from_secs(3600));
+        h.record(Duration::MAX);
+        h.record_us(u64::MAX);
+        h.record_us(HIGHEST_US + 1);
+        assert_eq!(h.count(), 4);
+        assert_eq!(
+            h.hist.distinct_values(),
+            len_before,
+            "counts array did not grow"
+        );
+        // Quantile 0 reports the bottom of the top bucket: within the 3 significant digits.
+        assert!(close(h.value_at_quantile_us(0.0) as f64, HIGHEST_US as f64));
+        assert_eq!(h.value_at_quantile_us(1.0), HIGHEST_US);
+        let s = h.summary();
+        assert_eq!(s.max_ms, 60_000.0);
+        assert_eq!(s.p50_ms, 60_000.0);
+        assert!(close(s.min_ms, 60_000.0), "{s:?}");
+    }
+
+    #[test]
+    fn exactly_the_bound_is_kept() {
+        let mut h = LatencyHistogram::new();
+        h.record(Duration::from_secs(60));
+        assert_eq!(h.value_at_quantile_us(1.0), HIGHEST_US);
+    }
+
+    #[test]
+    fn quantile_is_clamped() {
+        let mut h = LatencyHistogram::new();
+        h.record_us(10);
+        h.record_us(1000);
+        assert_eq!(h.value_at_quantile_us(-1.0), 10);
+        assert_eq!(h.value_at_quantile_us(f64::NAN), 10);
+        assert_eq!(h.value_at_quantile_us(0.0), 10);
+        assert_eq!(h.value_at_quantile_us(2.0), 1000);
+        assert_eq!(h.value_at_quantile_us(f64::INFINITY), 1000);
+    }
+
+    #[test]
+    fn merge_adds_samples() {
+        let mut a = LatencyHistogram::new();
+        let mut b = LatencyHistogram::new();
+        a.record_us(1_000);
+        b.record_us(3_000);
+        b.record_us(HIGHEST_US * 2);
+        a.merge(&b);
+        assert_eq!(a.count(), 3);
+        assert_eq!(b.count(), 2, "other is untouched");
+        let s = a.summary();
+        assert!(close(s.min_ms, 1.0));
+        assert_eq!(s.max_ms, 60_000.0);
+        // Merging into an empty one, and merging an empty one.
+        let mut c = LatencyHistogram::new();
+        c.merge(&a);
+        c.merge(&LatencyHistogram::new());
+        assert_eq!(c.summary(), a.summary());
+    }
+
+    #[test]
+    fn reset_forgets_and_can_record_again() {
+        let mut h = LatencyHistogram::new();
+        h.record_us(5_000);
+        h.reset();
+        assert_eq!(h.count(), 0);
+        assert_eq!(h.summary(), LatencySummary::default());
+        h.record_us(7_000);
+        assert!(close(h.summary().max_ms, 7.0));
+        assert!(close(h.summary().min_ms, 7.0));
+    }
+
+    #[test]
+    fn clone_is_independent() {
+        let mut a = LatencyHistogram::new();
+        a.record_us(1);
+        let b = a.clone();
+        a.record_us(2);
+        assert_eq!(a.count(), 2);
+        assert_eq!(b.count(), 1);
+    }
+
+    #[test]
+    fn debug_shows_summary() {
+        let mut h = LatencyHistogram::new();
+        h.record_us(2_000);
+        let s = format!("{h:?}");
+        assert!(
+            s.starts_with("LatencyHistogram(LatencySummary { count: 1"),
+            "{s}"
+        );
+    }
+}

@@ -9,6 +9,7 @@
 //! - [`stats`]: receive statistics: extended sequence numbers, loss, duplicates, reordering,
 //!   RFC 3550 A.8 interarrival jitter, delay against the stream's schedule, late packets.
 //! - [`probe`]: probe streams: what a probe packet carries and how its round trip is matched.
+//! - [`mode`]: the call modes (echo, probe, shared-echo).
 //! - [`latency`]: latency histograms (HdrHistogram) and their summaries in milliseconds.
 //! - [`ports`]: the RTP port pool: lease, release, quarantine, skipped ports.
 //! - [`ari::model`]: ARI resources and events, decoded by their `type`.
@@ -19,8 +20,11 @@
 //! - [`actors`]: thin actor shells: supervisor, port manager, channel, echo, metrics.
 #![forbid(unsafe_code)]
 
+pub mod actors;
 pub mod ari;
 pub mod latency;
+pub mod media;
+pub mod mode;
 pub mod ports;
 pub mod probe;
 pub mod rtp;

@@ -1,2 +1,3 @@
-//! ARI: the Asterisk REST Interface. [`model`] is pure data and decoding; the client does IO.
+//! ARI: the Asterisk REST Interface. [`model`] is pure data and decoding; [`client`] does IO.
+pub mod client;
 pub mod model;

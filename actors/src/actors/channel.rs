@@ -1,0 +1,393 @@
+//! ChannelActor: one per call. It builds the call's media path in Asterisk (lease + bind a
+//! port, externalMedia channel, mixing bridge with the caller), hands the socket to the media
+//! engine, and tears everything down exactly once, whichever side ends first. It owns the
+//! call's lease: the port goes back when the actor's state drops, even on panic.
+
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+
+use super::metrics::{CallEnded, CallOutcome, CallRejected, CallStarted, MetricsActor};
+use super::port_manager::{AcquirePort, Lease, PortManager};
+use super::supervisor::{CallUpdate, ChannelDone, Supervisor};
+use crate::ari::client::{AriClient, AriError};
+use crate::ari::model::{ExternalMediaParams, HangupReason};
+use crate::media::{MediaHandle, StreamReport, StreamSpec};
+use crate::mode::CallMode;
+use crate::ports::PoolError;
+
+/// Settings every call shares.
+#[derive(Debug, Clone)]
+pub struct CallSettings {
+    /// Host (IP or name) Asterisk sends a call's RTP to: our leased ports are reached there.
+    pub media_host: String,
+    /// Address the call sockets bind to.
+    pub bind_ip: IpAddr,
+    /// Where Asterisk reaches the shared EchoActor (host:port) for shared-echo calls.
+    pub echo_target: String,
+    pub late_threshold: Duration,
+    pub probe_timeout: Duration,
+}
+
+/// Where a call is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallState {
+    SettingUp,
+    Active,
+    TearingDown,
+}
+
+/// Which of the call's resources Asterisk reported gone (or asked to end).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gone {
+    Caller,
+    ExternalMedia,
+    Bridge,
+}
+
+/// A resource of this call ended in Asterisk: tear the call down.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct ResourceGone {
+    pub which: Gone,
+    pub event: &'static str,
+}
+
+/// The service decided to end the call (shutdown, operator).
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct EndCall {
+    pub reason: &'static str,
+}
+
+/// The ids of the resources we create for a caller: derived from the caller's id so that
+/// events and a later reconciliation can tell them apart from anyone else's.
+pub fn external_media_id(caller_id: &str) -> String {
+    format!("rtpvisor-em-{caller_id}")
+}
+pub fn bridge_id(caller_id: &str) -> String {
+    format!("rtpvisor-br-{caller_id}")
+}
+/// True for channel ids rtpvisor created (externalMedia channels).
+pub fn is_our_channel_id(id: &str) -> bool {
+    id.starts_with("rtpvisor-em-")
+}
+
+/// What exists of the call so far: exactly what teardown must undo.
+#[derive(Debug, Default)]
+struct Built {
+    lease: Option<Lease>,
+    stream_added: bool,
+    em_created: bool,
+    bridge_created: bool,
+    peer: Option<SocketAddr>,
+}
+
+pub struct ChannelActor {
+    call_no: u64,
+    caller_id: String,
+    caller_state: String,
+    mode: CallMode,
+    ari: AriClient,
+    ports: Addr<PortManager>,
+    media: MediaHandle,
+    metrics: Addr<MetricsActor>,
+    supervisor: Addr<Supervisor>,
+    settings: CallSettings,
+    state: CallState,
+    built: Built,
+    started_at: Instant,
+    outcome: CallOutcome,
+}
+
+impl ChannelActor {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        call_no: u64,
+        caller_id: String,
+        caller_state: String,
+        mode: CallMode,
+        ari: AriClient,
+        ports: Addr<PortManager>,
+        media: MediaHandle,
+        metrics: Addr<MetricsActor>,
+        supervisor: Addr<Supervisor>,
+        settings: CallSettings,
+    ) -> Self {
+        ChannelActor {
+            call_no,
+            caller_id,
+            caller_state,
+            mode,
+            ari,
+            ports,
+            media,
+            metrics,
+            supervisor,
+            settings,
+            state: CallState::SettingUp,
+            built: Built::default(),
+            started_at: Instant::now(),
+            outcome: CallOutcome::Completed,
+        }
+    }
+
+    fn update(&self) {
+        self.supervisor.do_send(CallUpdate {
+            caller_id: self.caller_id.clone(),
+            state: self.state,
+            port: self.built.lease.as_ref().map(Lease::port),
+            asterisk: self.built.peer,
+        });
+    }
+
+    /// Starts the teardown once; later triggers are ignored.
+    fn teardown(&mut self, why: &str, ctx: &mut Context<Self>) {
+        if self.state == CallState::TearingDown {
+            return;
+        }
+        log::info!("Tearing down channel {} ({why})", self.caller_id);
+        self.state = CallState::TearingDown;
+        self.update();
+        let built = std::mem::take(&mut self.built);
+        let ari = self.ari.clone();
+        let media = self.media.clone();
+        let caller_id = self.caller_id.clone();
+        let call_no = self.call_no;
+        let fut = async move {
+            let report = teardown(&ari, &media, call_no, &caller_id, built, HangupReason::Normal).await;
+            (report, caller_id)
+        };
+        ctx.wait(fut.into_actor(self).map(|(report, caller_id), act, ctx| {
+            if let Some(r) = report {
+                log::info!(
+                    "Call {caller_id} media: {} in, {} out, latency p50 {:.3} ms p99 {:.3} ms ({} samples)",
+                    r.packets_in, r.packets_out, r.latency.p50_ms, r.latency.p99_ms, r.latency.count
+                );
+            }
+            act.metrics.do_send(CallEnded { mode: act.mode, outcome: act.outcome });
+            act.supervisor.do_send(ChannelDone { caller_id: caller_id.clone() });
+            log::info!("Cleaned up channel {caller_id} after {:.1} s", act.started_at.elapsed().as_secs_f64());
+            ctx.stop();
+        }));
+    }
+}
+
+impl Actor for ChannelActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let job = SetupJob {
+            call_no: self.call_no,
+            caller_id: self.caller_id.clone(),
+            caller_up: self.caller_state == "Up",
+            mode: self.mode,
+            ari: self.ari.clone(),
+            ports: self.ports.clone(),
+            media: self.media.clone(),
+            settings: self.settings.clone(),
+        };
+        // `wait`: events for this call queue up until setup has finished, so teardown always
+        // sees everything setup built.
+        ctx.wait(job.run().into_actor(self).map(|result, act, ctx| {
+            match result {
+                Ok(built) => {
+                    act.built = built;
+                    act.state = CallState::Active;
+                    act.metrics.do_send(CallStarted { mode: act.mode });
+                    let port = act.built.lease.as_ref().map(Lease::port);
+                    match port {
+                        Some(p) => log::info!("Created channel {} with RTP port {p}", act.caller_id),
+                        None => log::info!("Created channel {} on the shared echo", act.caller_id),
+                    }
+                    act.update();
+                }
+                Err(SetupError::Rejected(e)) => {
+                    log::warn!("Rejected call {}: {e}", act.caller_id);
+                    act.metrics.do_send(CallRejected { mode: act.mode });
+                    act.supervisor.do_send(ChannelDone { caller_id: act.caller_id.clone() });
+                    ctx.stop();
+                }
+                Err(SetupError::Failed(built, e)) => {
+                    log::error!("Setup of call {} failed: {e}", act.caller_id);
+                    act.metrics.do_send(CallStarted { mode: act.mode });
+                    act.outcome = CallOutcome::Failed;
+                    act.built = built;
+                    act.teardown("setup failed", ctx);
+                }
+            }
+        }));
+    }
+}
+
+impl Handler<ResourceGone> for ChannelActor {
+    type Result = ();
+    fn handle(&mut self, msg: ResourceGone, ctx: &mut Context<Self>) {
+        let why = match msg.which {
+            Gone::Caller => "caller ended",
+            Gone::ExternalMedia => "externalMedia channel ended",
+            Gone::Bridge => "bridge destroyed",
+        };
+        self.teardown(&format!("{why}: {}", msg.event), ctx);
+    }
+}
+
+impl Handler<EndCall> for ChannelActor {
+    type Result = ();
+    fn handle(&mut self, msg: EndCall, ctx: &mut Context<Self>) {
+        self.teardown(msg.reason, ctx);
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SetupError {
+    /// Refused before anything was built (no port); the caller was hung up with congestion.
+    #[error("{0}")]
+    Rejected(String),
+    /// Failed part way: what was built is torn down.
+    #[error("{1}")]
+    Failed(Built, String),
+}
+
+struct SetupJob {
+    call_no: u64,
+    caller_id: String,
+    caller_up: bool,
+    mode: CallMode,
+    ari: AriClient,
+    ports: Addr<PortManager>,
+    media: MediaHandle,
+    settings: CallSettings,
+}
+
+/// How often setup tries another port when the leased one is held by another process.
+const BIND_ATTEMPTS: usize = 4;
+
+impl SetupJob {
+    async fn run(self) -> Result<Built, SetupError> {
+        let mut built = Built::default();
+        let external_host = if self.mode.leases_port() {
+            let (lease, socket) = match self.lease_and_bind().await {
+                Ok(v) => v,
+                Err(reason) => {
+                    if let Err(e) = self.ari.hangup(&self.caller_id, HangupReason::Congestion).await {
+                        log::error!("hanging up rejected call {} failed: {e}", self.caller_id);
+                    }
+                    return Err(SetupError::Rejected(reason));
+                }
+            };
+            let host = format!("{}:{}", self.settings.media_host, lease.port());
+            built.lease = Some(lease);
+            Some((host, socket))
+        } else {
+            None
+        };
+        match self.build(&mut built, external_host).await {
+            Ok(()) => Ok(built),
+            Err(e) => Err(SetupError::Failed(built, e)),
+        }
+    }
+
+    async fn lease_and_bind(&self) -> Result<(Lease, UdpSocket), String> {
+        for _ in 0..BIND_ATTEMPTS {
+            let lease = match self.ports.send(AcquirePort).await {
+                Ok(Ok(lease)) => lease,
+                Ok(Err(e @ PoolError::Exhausted { .. })) => return Err(format!("no free RTP port: {e}")),
+                Ok(Err(e)) => return Err(format!("port pool: {e}")),
+                Err(e) => return Err(format!("port manager unreachable: {e}")),
+            };
+            match UdpSocket::bind((self.settings.bind_ip, lease.port())) {
+                Ok(sock) => return Ok((lease, sock)),
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                    log::warn!("port {} is in use by another process: skipping it", lease.port());
+                    lease.mark_unavailable();
+                }
+                Err(e) => return Err(format!("binding port {}: {e}", lease.port())),
+            }
+        }
+        Err(format!("no bindable RTP port after {BIND_ATTEMPTS} attempts"))
+    }
+
+    async fn build(&self, built: &mut Built, own: Option<(String, UdpSocket)>) -> Result<(), String> {
+        let em_id = external_media_id(&self.caller_id);
+        let (host, socket) = match own {
+            Some((h, s)) => (h, Some(s)),
+            None => (self.settings.echo_target.clone(), None),
+        };
+        let mut params = ExternalMediaParams::new(self.ari.app().to_string(), host, "ulaw".to_string());
+        params.channel_id = Some(em_id.clone());
+        // Marked before the request: a request that timed out may still have created it, and
+        // deleting one that does not exist is harmless.
+        built.em_created = true;
+        let em = self.ari.external_media(&params).await.map_err(|e| e.to_string())?;
+        let peer = em.unicast_rtp_local().ok_or_else(|| {
+            "externalMedia answer has no UNICASTRTP_LOCAL_ADDRESS/PORT channel variables".to_string()
+        })?;
+        built.peer = Some(peer);
+        if let Some(socket) = socket {
+            let spec = StreamSpec {
+                id: self.call_no,
+                mode: self.mode,
+                socket,
+                peer,
+                late_threshold: self.settings.late_threshold,
+                probe_timeout: self.settings.probe_timeout,
+            };
+            self.media
+                .add(spec)
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("media engine refused the socket: {e}"))?;
+            built.stream_added = true;
+        }
+        let br = bridge_id(&self.caller_id);
+        built.bridge_created = true;
+        self.ari.create_bridge(&br, &br).await.map_err(|e| e.to_string())?;
+        self.ari
+            .add_to_bridge(&br, &[&self.caller_id, &em_id])
+            .await
+            .map_err(|e| e.to_string())?;
+        if !self.caller_up {
+            self.ari.answer(&self.caller_id).await.map_err(|e: AriError| e.to_string())?;
+        }
+        if self.mode == CallMode::Probe {
+            self.media.start_probing(self.call_no).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+}
+
+/// Undo what exists, in an order that leaves Asterisk clean: stop our media, hang up our
+/// externalMedia channel, destroy our bridge, hang up the caller. Every step runs even when
+/// an earlier one failed; the lease drops last, when `built` goes out of scope.
+async fn teardown(
+    ari: &AriClient,
+    media: &MediaHandle,
+    call_no: u64,
+    caller_id: &str,
+    built: Built,
+    reason: HangupReason,
+) -> Option<StreamReport> {
+    let report = if built.stream_added {
+        media.remove(call_no).await.ok().flatten()
+    } else {
+        None
+    };
+    if built.em_created {
+        if let Err(e) = ari.hangup(&external_media_id(caller_id), HangupReason::Normal).await {
+            log::error!("hanging up externalMedia channel of {caller_id} failed: {e}");
+        }
+    }
+    if built.bridge_created {
+        if let Err(e) = ari.destroy_bridge(&bridge_id(caller_id)).await {
+            log::error!("destroying bridge of {caller_id} failed: {e}");
+        }
+    }
+    if let Err(e) = ari.hangup(caller_id, reason).await {
+        log::error!("hanging up caller {caller_id} failed: {e}");
+    }
+    drop(built);
+    report
+}

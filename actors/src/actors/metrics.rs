@@ -1,0 +1,284 @@
+//! MetricsActor: aggregates what the calls and the media engine report into the service-wide
+//! figures `GET /metrics` shows. Latency percentiles come from HdrHistograms fed with every
+//! sample the media engine recorded (sent in deltas, never one message per packet).
+
+use actix::prelude::*;
+use serde::Serialize;
+
+use crate::latency::{LatencyHistogram, LatencySummary};
+use crate::media::{MediaFlush, ModeTotals, ReflectorCounters};
+use crate::mode::CallMode;
+
+/// A call was accepted and is being set up.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CallStarted {
+    pub mode: CallMode,
+}
+
+/// How a call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallOutcome {
+    /// Served: media was set up and the call was torn down normally.
+    Completed,
+    /// Setup failed part way (ARI error, bind error); what was built was torn down.
+    Failed,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CallEnded {
+    pub mode: CallMode,
+    pub outcome: CallOutcome,
+}
+
+/// A call was refused before any resource was taken (no free port).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CallRejected {
+    pub mode: CallMode,
+}
+
+/// ARI events seen by the connection: counted for the operator.
+#[derive(Message, Default, Clone, Copy, Debug, PartialEq, Serialize)]
+#[rtype(result = "()")]
+pub struct AriEventCounts {
+    pub events: u64,
+    #[serde(rename = "unknown_events")]
+    pub unknown: u64,
+    #[serde(rename = "malformed_events")]
+    pub malformed: u64,
+}
+
+#[derive(Message)]
+#[rtype(result = "MetricsSnapshot")]
+pub struct GetMetrics;
+
+/// One media flush from the engine thread.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Flush(pub MediaFlush);
+
+/// Per-mode figures.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct ModeMetrics {
+    pub calls_total: u64,
+    pub calls_active: u64,
+    pub calls_rejected: u64,
+    pub calls_failed: u64,
+    /// Echo: per-packet delay against the stream's schedule; probe: round-trip time (ms).
+    pub latency: LatencySummary,
+    pub packets_in: u64,
+    pub packets_out: u64,
+    pub expected: u64,
+    pub lost: u64,
+    pub late: u64,
+    pub duplicates: u64,
+    pub reordered: u64,
+    pub packet_loss_ratio: f64,
+    pub late_ratio: f64,
+    /// Mean over calls of each call's RFC 3550 interarrival jitter (echo mode), ms.
+    pub jitter_ms_avg: f64,
+    pub loops_detected: u64,
+}
+
+/// Datagrams that reached a call's port but were not processed.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
+pub struct DroppedCounters {
+    /// From an address other than the call's Asterisk address.
+    pub foreign_source: u64,
+    /// From Asterisk but not RTP.
+    pub malformed: u64,
+    /// Echo mode: our own reflection came back (media loop), not reflected again.
+    pub media_loop: u64,
+}
+
+/// Everything `GET /metrics` returns. The first ten fields are the seed's keys.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct MetricsSnapshot {
+    pub total_channels: u64,
+    pub active_channels: u64,
+    pub total_latencies: u64,
+    pub p50_latency: f64,
+    pub p95_latency: f64,
+    pub p99_latency: f64,
+    pub max_latency: f64,
+    pub avg_latency: f64,
+    pub late_ratio: f64,
+    pub packet_loss_ratio: f64,
+    pub rejected_calls: u64,
+    pub failed_calls: u64,
+    pub jitter_ms_avg: f64,
+    pub modes: ModesMetrics,
+    pub echo: ReflectorCounters,
+    pub dropped: DroppedCounters,
+    pub ari: AriEventCounts,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct ModesMetrics {
+    pub echo: ModeMetrics,
+    pub probe: ModeMetrics,
+    #[serde(rename = "shared-echo")]
+    pub shared_echo: ModeMetrics,
+}
+
+#[derive(Default)]
+pub struct MetricsActor {
+    /// Per mode (CallMode::index): total, active, rejected, failed.
+    calls: [[u64; 4]; 3],
+    /// Cumulative latency samples of echo and probe mode.
+    latency: [LatencyHistogram; 2],
+    /// Totals of streams that ended, and of the streams live at the last flush.
+    ended: [ModeTotals; 2],
+    live: [ModeTotals; 2],
+    reflector: ReflectorCounters,
+    ari: AriEventCounts,
+}
+
+impl Actor for MetricsActor {
+    type Context = Context<Self>;
+}
+
+impl Handler<CallStarted> for MetricsActor {
+    type Result = ();
+    fn handle(&mut self, m: CallStarted, _: &mut Context<Self>) {
+        let c = &mut self.calls[m.mode.index()];
+        c[0] += 1;
+        c[1] += 1;
+    }
+}
+
+impl Handler<CallEnded> for MetricsActor {
+    type Result = ();
+    fn handle(&mut self, m: CallEnded, _: &mut Context<Self>) {
+        let c = &mut self.calls[m.mode.index()];
+        c[1] = c[1].saturating_sub(1);
+        if m.outcome == CallOutcome::Failed {
+            c[3] += 1;
+        }
+    }
+}
+
+impl Handler<CallRejected> for MetricsActor {
+    type Result = ();
+    fn handle(&mut self, m: CallRejected, _: &mut Context<Self>) {
+        self.calls[m.mode.index()][2] += 1;
+    }
+}
+
+impl Handler<AriEventCounts> for MetricsActor {
+    type Result = ();
+    fn handle(&mut self, m: AriEventCounts, _: &mut Context<Self>) {
+        self.ari.events += m.events;
+        self.ari.unknown += m.unknown;
+        self.ari.malformed += m.malformed;
+    }
+}
+
+impl Handler<Flush> for MetricsActor {
+    type Result = ();
+    fn handle(&mut self, Flush(f): Flush, _: &mut Context<Self>) {
+        for (i, d) in f.latency_delta.iter().enumerate() {
+            if let Some(h) = d {
+                self.latency[i].merge(h);
+            }
+        }
+        self.live = f.live;
+        if let Some(r) = &f.ended {
+            self.ended[r.mode.index().min(1)].add_report(r);
+        }
+        self.reflector = f.reflector;
+    }
+}
+
+impl Handler<GetMetrics> for MetricsActor {
+    type Result = MessageResult<GetMetrics>;
+    fn handle(&mut self, _: GetMetrics, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.snapshot())
+    }
+}
+
+fn ratio(num: u64, den: u64) -> f64 {
+    if den == 0 {
+        0.0
+    } else {
+        num as f64 / den as f64
+    }
+}
+
+impl MetricsActor {
+    fn mode_metrics(&self, mode: CallMode) -> ModeMetrics {
+        let c = self.calls[mode.index()];
+        let mut m = ModeMetrics {
+            calls_total: c[0],
+            calls_active: c[1],
+            calls_rejected: c[2],
+            calls_failed: c[3],
+            ..ModeMetrics::default()
+        };
+        if mode == CallMode::SharedEcho {
+            return m;
+        }
+        let i = mode.index();
+        let mut t = self.ended[i];
+        t.add(&self.live[i]);
+        m.latency = self.latency[i].summary();
+        m.packets_in = t.packets_in;
+        m.packets_out = t.packets_out;
+        m.expected = t.expected;
+        m.lost = t.lost;
+        m.late = t.late;
+        m.duplicates = t.duplicates;
+        m.reordered = t.reordered;
+        m.packet_loss_ratio = ratio(t.lost, t.expected);
+        m.late_ratio = ratio(t.late, m.latency.count);
+        m.jitter_ms_avg = if t.streams == 0 { 0.0 } else { t.jitter_ms_sum / t.streams as f64 };
+        m.loops_detected = t.loops_detected;
+        m
+    }
+
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        let modes = ModesMetrics {
+            echo: self.mode_metrics(CallMode::Echo),
+            probe: self.mode_metrics(CallMode::Probe),
+            shared_echo: self.mode_metrics(CallMode::SharedEcho),
+        };
+        let mut all = self.latency[0].clone();
+        all.merge(&self.latency[1]);
+        let s = all.summary();
+        let mut t = self.ended[0];
+        t.add(&self.ended[1]);
+        t.add(&self.live[0]);
+        t.add(&self.live[1]);
+        let echo_t = {
+            let mut e = self.ended[0];
+            e.add(&self.live[0]);
+            e
+        };
+        let calls = |k: usize| self.calls.iter().map(|c| c[k]).sum::<u64>();
+        MetricsSnapshot {
+            total_channels: calls(0),
+            active_channels: calls(1),
+            total_latencies: s.count,
+            p50_latency: s.p50_ms,
+            p95_latency: s.p95_ms,
+            p99_latency: s.p99_ms,
+            max_latency: s.max_ms,
+            avg_latency: s.avg_ms,
+            late_ratio: ratio(t.late, s.count),
+            packet_loss_ratio: ratio(t.lost, t.expected),
+            rejected_calls: calls(2),
+            failed_calls: calls(3),
+            jitter_ms_avg: if echo_t.streams == 0 { 0.0 } else { echo_t.jitter_ms_sum / echo_t.streams as f64 },
+            modes,
+            echo: self.reflector,
+            dropped: DroppedCounters {
+                foreign_source: t.dropped_foreign,
+                malformed: t.dropped_malformed,
+                media_loop: t.dropped_loop,
+            },
+            ari: self.ari,
+        }
+    }
+}

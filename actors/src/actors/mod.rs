@@ -1,0 +1,22 @@
+//! The actor system: thin shells that own resources and do IO, around the pure modules.
+//!
+//! Supervision tree (see ARCHITECTURE.md):
+//! ```text
+//! Service
+//! ├── MetricsActor        aggregates call and media figures
+//! ├── media engine thread all RTP sockets, one epoll loop (not an actor: see crate::media)
+//! ├── EchoActor           the shared echo socket's owner (UDP 4000)
+//! ├── Supervisor          one per service
+//! │   ├── PortManager     the port pool's only owner
+//! │   └── ChannelActor*   one per call
+//! └── AriConnection       the events WebSocket; feeds the Supervisor
+//! ```
+pub mod ari_conn;
+pub mod channel;
+pub mod echo;
+pub mod metrics;
+pub mod port_manager;
+pub mod service;
+pub mod supervisor;
+
+pub use service::{Service, ServiceConfig, StartError};

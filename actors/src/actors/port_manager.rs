@@ -1,0 +1,118 @@
+//! PortManager: the one owner of the RTP port pool. A thin shell around the pure
+//! [`crate::ports::PortPool`]: it hands out [`Lease`]s and takes ports back when they drop.
+
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+
+use crate::ports::{PoolError, PoolSnapshot, PortPool, PortRange};
+
+/// A leased port. Dropping it gives the port back (into quarantine), wherever and however the
+/// holder ends, panics included: drop runs on unwind.
+#[derive(Debug)]
+pub struct Lease {
+    port: u16,
+    manager: Recipient<Release>,
+    /// Set when the holder could not bind the port: it goes to "unavailable", not quarantine.
+    unavailable: bool,
+}
+
+impl Lease {
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The port could not be bound (another process holds it): report it so the pool skips it
+    /// for a while, and give up the lease.
+    pub fn mark_unavailable(mut self) {
+        self.unavailable = true;
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.manager.do_send(Release { port: self.port, unavailable: self.unavailable });
+    }
+}
+
+/// Ask for a port.
+#[derive(Message)]
+#[rtype(result = "Result<Lease, PoolError>")]
+pub struct AcquirePort;
+
+/// A lease ended (sent by [`Lease`]'s drop; not sent by hand).
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct Release {
+    pub port: u16,
+    pub unavailable: bool,
+}
+
+#[derive(Message)]
+#[rtype(result = "PoolSnapshot")]
+pub struct GetPorts;
+
+pub struct PortManager {
+    pool: PortPool,
+}
+
+impl PortManager {
+    pub fn new(range: PortRange, quarantine: Duration) -> Self {
+        // A port another process held is tried again after this long.
+        PortManager { pool: PortPool::new(range, quarantine, Duration::from_secs(10)) }
+    }
+}
+
+impl Actor for PortManager {
+    type Context = Context<Self>;
+
+    fn started(&mut self, _: &mut Context<Self>) {
+        let snap = self.pool.snapshot(Instant::now());
+        log::info!("[PortManager] INFO: managing ports {} ({} ports)", snap.range, snap.size);
+    }
+}
+
+impl Handler<AcquirePort> for PortManager {
+    type Result = Result<Lease, PoolError>;
+
+    fn handle(&mut self, _: AcquirePort, ctx: &mut Context<Self>) -> Self::Result {
+        match self.pool.lease(Instant::now()) {
+            Ok(port) => {
+                log::info!("[PortManager] INFO: Allocated port {port}");
+                Ok(Lease { port, manager: ctx.address().recipient(), unavailable: false })
+            }
+            Err(e) => {
+                log::warn!("[PortManager] WARN: no port to lease: {e}");
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Handler<Release> for PortManager {
+    type Result = ();
+
+    fn handle(&mut self, msg: Release, _: &mut Context<Self>) {
+        let now = Instant::now();
+        let result = if msg.unavailable {
+            self.pool.mark_unavailable(msg.port, now)
+        } else {
+            self.pool.release(msg.port, now)
+        };
+        match result {
+            Ok(()) if msg.unavailable => {
+                log::warn!("[PortManager] WARN: port {} is held by another process; skipped", msg.port)
+            }
+            Ok(()) => log::info!("[PortManager] INFO: Released port {}", msg.port),
+            Err(e) => log::error!("[PortManager] ERROR: release of port {} refused: {e}", msg.port),
+        }
+    }
+}
+
+impl Handler<GetPorts> for PortManager {
+    type Result = MessageResult<GetPorts>;
+
+    fn handle(&mut self, _: GetPorts, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.pool.snapshot(Instant::now()))
+    }
+}

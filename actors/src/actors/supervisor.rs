@@ -1,0 +1,321 @@
+//! Supervisor: owns the PortManager and every ChannelActor. It turns ARI events into calls
+//! (one ChannelActor per caller's StasisStart), routes later events to the call they concern,
+//! keeps the registry the HTTP API lists, and ends every call on shutdown.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use serde::Serialize;
+
+use super::channel::{
+    bridge_id, external_media_id, is_our_channel_id, CallSettings, CallState, ChannelActor, EndCall,
+    Gone, ResourceGone,
+};
+use super::metrics::{CallRejected, MetricsActor};
+use super::port_manager::PortManager;
+use crate::ari::client::AriClient;
+use crate::ari::model::{Event, HangupReason};
+use crate::media::MediaHandle;
+use crate::mode::CallMode;
+
+/// An event from the ARI connection.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct AriEvent(pub Event);
+
+/// A ChannelActor's progress, for the registry.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct CallUpdate {
+    pub caller_id: String,
+    pub state: CallState,
+    pub port: Option<u16>,
+    pub asterisk: Option<SocketAddr>,
+}
+
+/// A ChannelActor finished (torn down or rejected): forget the call.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct ChannelDone {
+    pub caller_id: String,
+}
+
+/// Stop taking calls, end every call, answer when all are gone or the deadline passed.
+#[derive(Message, Debug)]
+#[rtype(result = "ShutdownReport")]
+pub struct Shutdown {
+    pub deadline: Duration,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ShutdownReport {
+    pub calls_ended: usize,
+    pub calls_left: usize,
+    pub took_ms: u64,
+}
+
+#[derive(Message)]
+#[rtype(result = "Vec<CallInfo>")]
+pub struct GetCalls;
+
+/// One live call as the registry knows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct CallInfo {
+    /// The call's number: also the media engine's stream id.
+    pub call_no: u64,
+    /// The caller's ARI channel id.
+    pub channel_id: String,
+    pub channel_name: String,
+    pub mode: CallMode,
+    pub state: CallState,
+    pub port: Option<u16>,
+    /// Asterisk's side of the externalMedia channel (where our RTP goes, and comes from).
+    pub asterisk_address: Option<SocketAddr>,
+    pub external_media_channel: String,
+    pub bridge: String,
+    pub age_ms: u64,
+}
+
+struct Call {
+    info: CallInfo,
+    addr: Addr<ChannelActor>,
+    started: Instant,
+}
+
+pub struct Supervisor {
+    ari: AriClient,
+    ports: Addr<PortManager>,
+    metrics: Addr<MetricsActor>,
+    media: MediaHandle,
+    settings: CallSettings,
+    default_mode: CallMode,
+    calls: HashMap<String, Call>,
+    /// externalMedia channel id and bridge id -> caller id.
+    resources: HashMap<String, String>,
+    next_call_no: u64,
+    accepting: bool,
+    /// Shutdown requests waiting for the last call to end; each gets the count left.
+    drained: Vec<tokio::sync::oneshot::Sender<usize>>,
+}
+
+impl Supervisor {
+    /// The supervisor starts and owns the PortManager (`port_manager` gives its address).
+    pub fn new(
+        ari: AriClient,
+        ports: PortManager,
+        metrics: Addr<MetricsActor>,
+        media: MediaHandle,
+        settings: CallSettings,
+        default_mode: CallMode,
+    ) -> Self {
+        Supervisor {
+            ari,
+            ports: ports.start(),
+            metrics,
+            media,
+            settings,
+            default_mode,
+            calls: HashMap::new(),
+            resources: HashMap::new(),
+            next_call_no: 1,
+            accepting: true,
+            drained: Vec::new(),
+        }
+    }
+
+    fn reject(&self, channel_id: String, mode: CallMode, why: String, ctx: &mut Context<Self>) {
+        log::warn!("Rejecting call {channel_id}: {why}");
+        self.metrics.do_send(CallRejected { mode });
+        let ari = self.ari.clone();
+        ctx.spawn(
+            async move {
+                if let Err(e) = ari.hangup(&channel_id, HangupReason::Congestion).await {
+                    log::error!("hanging up rejected call {channel_id} failed: {e}");
+                }
+            }
+            .into_actor(self),
+        );
+    }
+
+    fn on_stasis_start(
+        &mut self,
+        channel: crate::ari::model::Channel,
+        args: Vec<String>,
+        ctx: &mut Context<Self>,
+    ) {
+        if is_our_channel_id(&channel.id) || channel.is_external_media() {
+            log::debug!("externalMedia channel {} entered Stasis (ours)", channel.id);
+            return;
+        }
+        log::info!("StasisStart event received for channel {} ({})", channel.id, channel.name);
+        let mode = match args.first().filter(|a| !a.is_empty()) {
+            None => self.default_mode,
+            Some(a) => match a.parse::<CallMode>() {
+                Ok(m) => m,
+                Err(e) => return self.reject(channel.id, self.default_mode, e.to_string(), ctx),
+            },
+        };
+        if !self.accepting {
+            return self.reject(channel.id, mode, "shutting down".into(), ctx);
+        }
+        if self.calls.contains_key(&channel.id) {
+            log::warn!("duplicate StasisStart for {}: ignored", channel.id);
+            return;
+        }
+        let call_no = self.next_call_no;
+        self.next_call_no += 1;
+        let actor = ChannelActor::new(
+            call_no,
+            channel.id.clone(),
+            channel.state.clone(),
+            mode,
+            self.ari.clone(),
+            self.ports.clone(),
+            self.media.clone(),
+            self.metrics.clone(),
+            ctx.address(),
+            self.settings.clone(),
+        );
+        let addr = actor.start();
+        let em = external_media_id(&channel.id);
+        let br = bridge_id(&channel.id);
+        self.resources.insert(em.clone(), channel.id.clone());
+        self.resources.insert(br.clone(), channel.id.clone());
+        let info = CallInfo {
+            call_no,
+            channel_id: channel.id.clone(),
+            channel_name: channel.name.clone(),
+            mode,
+            state: CallState::SettingUp,
+            port: None,
+            asterisk_address: None,
+            external_media_channel: em,
+            bridge: br,
+            age_ms: 0,
+        };
+        self.calls.insert(channel.id, Call { info, addr, started: Instant::now() });
+    }
+
+    pub fn port_manager(&self) -> Addr<PortManager> {
+        self.ports.clone()
+    }
+
+    fn notify_drained(&mut self) {
+        let left = self.calls.len();
+        for w in self.drained.drain(..) {
+            let _ = w.send(left);
+        }
+    }
+
+    /// Routes an event about a channel or bridge to the call that owns it.
+    fn route(&self, id: &str, event: &'static str, is_bridge: bool) {
+        let (caller, which) = if let Some(c) = self.calls.get(id) {
+            (c, Gone::Caller)
+        } else if let Some(c) = self.resources.get(id).and_then(|cid| self.calls.get(cid)) {
+            (c, if is_bridge { Gone::Bridge } else { Gone::ExternalMedia })
+        } else {
+            return;
+        };
+        caller.addr.do_send(ResourceGone { which, event });
+    }
+}
+
+impl Actor for Supervisor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, _: &mut Context<Self>) {
+        log::info!("[Supervisor] started: app {}, default mode {}", self.ari.app(), self.default_mode);
+    }
+}
+
+impl Handler<AriEvent> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, AriEvent(ev): AriEvent, ctx: &mut Context<Self>) {
+        match ev {
+            Event::StasisStart { channel, args, .. } => self.on_stasis_start(channel, args, ctx),
+            Event::StasisEnd { channel, .. } => self.route(&channel.id, "StasisEnd", false),
+            Event::ChannelDestroyed { channel, .. } => self.route(&channel.id, "ChannelDestroyed", false),
+            Event::ChannelHangupRequest { channel, .. } => {
+                self.route(&channel.id, "ChannelHangupRequest", false)
+            }
+            Event::BridgeDestroyed { bridge } => self.route(&bridge.id, "BridgeDestroyed", true),
+            _ => {}
+        }
+    }
+}
+
+impl Handler<CallUpdate> for Supervisor {
+    type Result = ();
+    fn handle(&mut self, u: CallUpdate, _: &mut Context<Self>) {
+        if let Some(c) = self.calls.get_mut(&u.caller_id) {
+            c.info.state = u.state;
+            if u.port.is_some() {
+                c.info.port = u.port;
+            }
+            if u.asterisk.is_some() {
+                c.info.asterisk_address = u.asterisk;
+            }
+        }
+    }
+}
+
+impl Handler<ChannelDone> for Supervisor {
+    type Result = ();
+    fn handle(&mut self, d: ChannelDone, _: &mut Context<Self>) {
+        if let Some(c) = self.calls.remove(&d.caller_id) {
+            self.resources.remove(&c.info.external_media_channel);
+            self.resources.remove(&c.info.bridge);
+        }
+        if !self.accepting && self.calls.is_empty() {
+            self.notify_drained();
+        }
+    }
+}
+
+impl Handler<GetCalls> for Supervisor {
+    type Result = MessageResult<GetCalls>;
+    fn handle(&mut self, _: GetCalls, _: &mut Context<Self>) -> Self::Result {
+        let mut v: Vec<CallInfo> = self
+            .calls
+            .values()
+            .map(|c| {
+                let mut i = c.info.clone();
+                i.age_ms = c.started.elapsed().as_millis() as u64;
+                i
+            })
+            .collect();
+        v.sort_by_key(|c| c.call_no);
+        MessageResult(v)
+    }
+}
+
+impl Handler<Shutdown> for Supervisor {
+    type Result = ResponseFuture<ShutdownReport>;
+
+    fn handle(&mut self, s: Shutdown, ctx: &mut Context<Self>) -> Self::Result {
+        self.accepting = false;
+        let started = Instant::now();
+        let n = self.calls.len();
+        log::info!("[Supervisor] shutting down: ending {n} call(s)");
+        for c in self.calls.values() {
+            c.addr.do_send(EndCall { reason: "service shutting down" });
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.drained.push(tx);
+        if self.calls.is_empty() {
+            self.notify_drained();
+        }
+        ctx.run_later(s.deadline, |act, _| act.notify_drained());
+        Box::pin(async move {
+            let left = rx.await.unwrap_or(0);
+            ShutdownReport {
+                calls_ended: n.saturating_sub(left),
+                calls_left: left,
+                took_ms: started.elapsed().as_millis() as u64,
+            }
+        })
+    }
+}

@@ -1,0 +1,273 @@
+//! ARI REST client on awc: the few calls rtpvisor makes, each returning a typed result or an
+//! [`AriError`] that names the request. It owns no state beyond the connection settings; the
+//! events WebSocket is opened here too ([`AriClient::events_request`]) but read by the
+//! `AriConnection` actor.
+//!
+//! `awc::Client` holds an `Rc`: an `AriClient` lives on one arbiter (the main one, where every
+//! actor that calls ARI runs) and is cloned there, never sent across threads.
+
+use std::time::Duration;
+
+use awc::http::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+
+use super::model::{Application, AsteriskInfo, Bridge, Channel, ExternalMediaParams, HangupReason};
+
+/// Where ARI is and who we are to it.
+#[derive(Debug, Clone)]
+pub struct AriSettings {
+    /// Base URL including `/ari`, without a trailing slash, e.g. `http://127.0.0.1:8088/ari`.
+    pub url: String,
+    pub user: String,
+    pub password: String,
+    /// The Stasis application name our dialplan sends calls to.
+    pub app: String,
+    /// Bound on every REST request: a hung Asterisk must not hang a call's setup forever.
+    pub request_timeout: Duration,
+}
+
+/// Why an ARI request failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AriError {
+    /// Asterisk answered with an error status.
+    #[error("ARI {method} {path} answered {status}: {body}")]
+    Status { method: &'static str, path: String, status: u16, body: String },
+    /// No answer: connection refused or reset, or the request timed out.
+    #[error("ARI {method} {path} failed: {reason}")]
+    Transport { method: &'static str, path: String, reason: String },
+    /// The answer was not what the ARI spec says.
+    #[error("ARI {method} {path} answered something we could not decode: {reason}")]
+    Decode { method: &'static str, path: String, reason: String },
+}
+
+impl AriError {
+    /// The HTTP status, when Asterisk answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            AriError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// True when the resource was already gone: a delete of it has nothing left to do.
+    pub fn is_not_found(&self) -> bool {
+        self.status() == Some(404)
+    }
+}
+
+/// A cheap-to-clone ARI REST client (one awc connection pool per arbiter).
+#[derive(Clone)]
+pub struct AriClient {
+    http: awc::Client,
+    settings: AriSettings,
+}
+
+impl AriClient {
+    pub fn new(settings: AriSettings) -> Self {
+        let http = awc::Client::builder()
+            .timeout(settings.request_timeout)
+            .basic_auth(&settings.user, Some(&settings.password))
+            .finish();
+        AriClient { http, settings }
+    }
+
+    pub fn settings(&self) -> &AriSettings {
+        &self.settings
+    }
+
+    pub fn app(&self) -> &str {
+        &self.settings.app
+    }
+
+    /// Opens the events WebSocket for our application. `subscribeAll=false`: we get the events
+    /// of channels and bridges in our app, nothing else.
+    pub fn events_request(&self) -> awc::ws::WebsocketsRequest {
+        let url = format!(
+            "{}/events?app={}&subscribeAll=false",
+            ws_url(&self.settings.url),
+            self.settings.app
+        );
+        self.http
+            .ws(url)
+            .basic_auth(&self.settings.user, Some(&self.settings.password))
+            .max_frame_size(4 * 1024 * 1024)
+    }
+
+    pub async fn asterisk_info(&self) -> Result<AsteriskInfo, AriError> {
+        self.call_json(Method::GET, "/asterisk/info".into(), &[]).await
+    }
+
+    pub async fn application(&self) -> Result<Application, AriError> {
+        let path = format!("/applications/{}", self.settings.app);
+        self.call_json(Method::GET, path, &[]).await
+    }
+
+    pub async fn channels(&self) -> Result<Vec<Channel>, AriError> {
+        self.call_json(Method::GET, "/channels".into(), &[]).await
+    }
+
+    pub async fn bridges(&self) -> Result<Vec<Bridge>, AriError> {
+        self.call_json(Method::GET, "/bridges".into(), &[]).await
+    }
+
+    /// `POST /channels/externalMedia`: Asterisk creates a UnicastRTP channel that sends the
+    /// bridge's media to `external_host` and expects ours on the address in its channelvars.
+    pub async fn external_media(&self, params: &ExternalMediaParams) -> Result<Channel, AriError> {
+        self.call_json(Method::POST, "/channels/externalMedia".into(), &params.query())
+            .await
+    }
+
+    /// `POST /bridges` of type mixing with the given id.
+    pub async fn create_bridge(&self, bridge_id: &str, name: &str) -> Result<Bridge, AriError> {
+        let q = [
+            ("type", "mixing".to_string()),
+            ("bridgeId", bridge_id.to_string()),
+            ("name", name.to_string()),
+        ];
+        self.call_json(Method::POST, "/bridges".into(), &q).await
+    }
+
+    pub async fn add_to_bridge(&self, bridge_id: &str, channels: &[&str]) -> Result<(), AriError> {
+        let path = format!("/bridges/{bridge_id}/addChannel");
+        let q = [("channel", channels.join(","))];
+        self.call_empty(Method::POST, path, &q).await
+    }
+
+    pub async fn answer(&self, channel_id: &str) -> Result<(), AriError> {
+        self.call_empty(Method::POST, format!("/channels/{channel_id}/answer"), &[]).await
+    }
+
+    /// `DELETE /channels/{id}`. A channel that is already gone is success.
+    pub async fn hangup(&self, channel_id: &str, reason: HangupReason) -> Result<(), AriError> {
+        let q = [("reason", reason.as_str().to_string())];
+        match self.call_empty(Method::DELETE, format!("/channels/{channel_id}"), &q).await {
+            Err(e) if e.is_not_found() => Ok(()),
+            other => other,
+        }
+    }
+
+    /// `DELETE /bridges/{id}`. A bridge that is already gone is success.
+    pub async fn destroy_bridge(&self, bridge_id: &str) -> Result<(), AriError> {
+        match self.call_empty(Method::DELETE, format!("/bridges/{bridge_id}"), &[]).await {
+            Err(e) if e.is_not_found() => Ok(()),
+            other => other,
+        }
+    }
+
+    /// `POST /channels` (originate) into our app: used by tests and tools to place calls.
+    /// `endpoint` e.g. `Local/echo@rtpvisor-test`; `app_args` the Stasis arguments.
+    pub async fn originate(
+        &self,
+        endpoint: &str,
+        app_args: &str,
+        channel_id: Option<&str>,
+    ) -> Result<Channel, AriError> {
+        let mut q = vec![
+            ("endpoint", endpoint.to_string()),
+            ("app", self.settings.app.clone()),
+            ("appArgs", app_args.to_string()),
+            ("formats", "ulaw".to_string()),
+        ];
+        if let Some(id) = channel_id {
+            q.push(("channelId", id.to_string()));
+        }
+        self.call_json(Method::POST, "/channels".into(), &q).await
+    }
+
+    async fn call_json<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: String,
+        query: &[(&str, String)],
+    ) -> Result<T, AriError> {
+        let body = self.call(method.clone(), &path, query).await?;
+        serde_json::from_slice(&body).map_err(|e| AriError::Decode {
+            method: method_name(&method),
+            path,
+            reason: e.to_string(),
+        })
+    }
+
+    async fn call_empty(
+        &self,
+        method: Method,
+        path: String,
+        query: &[(&str, String)],
+    ) -> Result<(), AriError> {
+        self.call(method, &path, query).await.map(|_| ())
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> Result<bytes::Bytes, AriError> {
+        let name = method_name(&method);
+        let transport = |reason: String| AriError::Transport { method: name, path: path.to_string(), reason };
+        let url = format!("{}{}", self.settings.url, path);
+        let req = self
+            .http
+            .request(method, url)
+            .query(&query)
+            .map_err(|e| transport(format!("bad query: {e}")))?;
+        let mut resp = req.send().await.map_err(|e| transport(e.to_string()))?;
+        let body = resp
+            .body()
+            .limit(8 * 1024 * 1024)
+            .await
+            .map_err(|e| transport(format!("reading body: {e}")))?;
+        let status = resp.status();
+        if status.is_success() || status == StatusCode::NO_CONTENT {
+            Ok(body)
+        } else {
+            Err(AriError::Status {
+                method: name,
+                path: path.to_string(),
+                status: status.as_u16(),
+                body: String::from_utf8_lossy(&body).trim().chars().take(300).collect(),
+            })
+        }
+    }
+}
+
+fn method_name(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::DELETE => "DELETE",
+        Method::PUT => "PUT",
+        _ => "OTHER",
+    }
+}
+
+/// `http://host/ari` -> `ws://host/ari` (and https -> wss).
+fn ws_url(http_url: &str) -> String {
+    if let Some(rest) = http_url.strip_prefix("https://") {
+        format!("wss://{rest}")
+    } else if let Some(rest) = http_url.strip_prefix("http://") {
+        format!("ws://{rest}")
+    } else {
+        http_url.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ws_url_maps_schemes() {
+        assert_eq!(ws_url("http://127.0.0.1:8088/ari"), "ws://127.0.0.1:8088/ari");
+        assert_eq!(ws_url("https://pbx/ari"), "wss://pbx/ari");
+    }
+
+    #[test]
+    fn not_found_is_recognised() {
+        let e = AriError::Status { method: "DELETE", path: "/x".into(), status: 404, body: String::new() };
+        assert!(e.is_not_found());
+        let t = AriError::Transport { method: "GET", path: "/x".into(), reason: "reset".into() };
+        assert!(!t.is_not_found());
+        assert_eq!(t.status(), None);
+    }
+}

@@ -1,0 +1,670 @@
+//! The media engine: one dedicated thread that owns every call's RTP socket and the shared echo
+//! socket, waits on them with one epoll loop (mio), and does the per-packet work: reflect,
+//! probe, measure. Actors never see packets; they send it control commands (add, start, remove,
+//! snapshot) and it sends them reports and periodic metric flushes.
+//!
+//! Why a thread of its own: the per-packet path must not share an event loop with ARI, HTTP
+//! and actor mailboxes, must not allocate, and must stay replaceable (batched syscalls, more
+//! threads) without changing the actors' messages. The measuring itself is pure code
+//! ([`crate::stats`], [`crate::probe`], [`crate::latency`]); this module only does IO around it.
+
+use std::collections::{BinaryHeap, HashMap};
+use std::cmp::Reverse;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use mio::net::UdpSocket;
+use mio::{Events, Interest, Poll, Token, Waker};
+use tokio::sync::oneshot;
+
+use crate::latency::{LatencyHistogram, LatencySummary};
+use crate::mode::CallMode;
+use crate::probe::{ProbeOutcome, ProbeSnapshot, ProbeStream, PACKET_LEN};
+use crate::rtp::RtpPacket;
+use crate::stats::{ArrivalKind, ReceiveSnapshot, ReceiveStats};
+
+/// Identifies one call's media stream (the supervisor's call number).
+pub type StreamId = u64;
+
+const WAKER: Token = Token(0);
+const REFLECTOR: Token = Token(1);
+const FIRST_STREAM: usize = 2;
+/// How often live totals and latency deltas go to the metrics sink, and probes are expired.
+const HOUSEKEEPING: Duration = Duration::from_millis(250);
+/// Largest datagram we read; RTP over UDP on an Ethernet path fits well within it.
+const MAX_DATAGRAM: usize = 2048;
+/// How many recently reflected packets echo mode remembers to recognise a media loop.
+const LOOP_RING: usize = 64;
+
+/// What a new stream is to do.
+#[derive(Debug)]
+pub struct StreamSpec {
+    pub id: StreamId,
+    /// Echo or Probe (SharedEcho calls have no stream of their own).
+    pub mode: CallMode,
+    /// The call's leased port, already bound by its ChannelActor.
+    pub socket: std::net::UdpSocket,
+    /// The only address we accept RTP from and send RTP to: Asterisk's side of the
+    /// externalMedia channel (`UNICASTRTP_LOCAL_ADDRESS:UNICASTRTP_LOCAL_PORT`).
+    pub peer: SocketAddr,
+    pub late_threshold: Duration,
+    pub probe_timeout: Duration,
+}
+
+/// Counters of the shared echo socket (UDP 4000).
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct ReflectorCounters {
+    pub packets: u64,
+    pub bytes: u64,
+    pub send_errors: u64,
+}
+
+/// One stream as it stands: what the HTTP API shows for a call, and the final report.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct StreamReport {
+    pub id: StreamId,
+    pub mode: CallMode,
+    pub local_port: u16,
+    pub peer: SocketAddr,
+    pub packets_in: u64,
+    pub packets_out: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// Datagrams from any address but `peer`: counted, never processed.
+    pub dropped_foreign: u64,
+    /// Datagrams from `peer` that are not RTP.
+    pub dropped_malformed: u64,
+    /// Echo mode: packets not reflected because they were our own reflection coming back.
+    pub dropped_loop: u64,
+    pub send_errors: u64,
+    /// Echo mode: a reflected packet came back to us (the far end echoes too).
+    pub loop_detected: bool,
+    /// Milliseconds since the last packet from `peer` (None: nothing yet).
+    pub last_packet_ms_ago: Option<u64>,
+    /// Echo mode's inbound stream statistics.
+    pub receive: Option<ReceiveSnapshot>,
+    /// Probe mode's round-trip accounting.
+    pub probe: Option<ProbeSnapshot>,
+    /// Echo: delay against schedule; probe: round-trip time.
+    pub latency: LatencySummary,
+}
+
+/// Sums over a set of streams of one mode.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct ModeTotals {
+    pub streams: u64,
+    pub packets_in: u64,
+    pub packets_out: u64,
+    pub dropped_foreign: u64,
+    pub dropped_malformed: u64,
+    pub dropped_loop: u64,
+    pub loops_detected: u64,
+    /// Echo: packets expected from sequence numbers; probe: probes sent and no longer in flight.
+    pub expected: u64,
+    pub lost: u64,
+    pub late: u64,
+    pub duplicates: u64,
+    pub reordered: u64,
+    /// Sum of each stream's jitter (echo mode), to average over `streams`.
+    pub jitter_ms_sum: f64,
+}
+
+impl ModeTotals {
+    pub fn add_report(&mut self, r: &StreamReport) {
+        self.streams += 1;
+        self.packets_in += r.packets_in;
+        self.packets_out += r.packets_out;
+        self.dropped_foreign += r.dropped_foreign;
+        self.dropped_malformed += r.dropped_malformed;
+        self.dropped_loop += r.dropped_loop;
+        self.loops_detected += u64::from(r.loop_detected);
+        if let Some(rx) = &r.receive {
+            self.expected += rx.expected;
+            self.lost += rx.lost;
+            self.late += rx.late;
+            self.duplicates += rx.duplicates;
+            self.reordered += rx.reordered;
+            self.jitter_ms_sum += rx.jitter_ms;
+        }
+        if let Some(p) = &r.probe {
+            self.expected += p.returned + p.lost;
+            self.lost += p.lost;
+            self.late += p.late;
+            self.duplicates += p.duplicates;
+        }
+    }
+
+    pub fn add(&mut self, o: &ModeTotals) {
+        self.streams += o.streams;
+        self.packets_in += o.packets_in;
+        self.packets_out += o.packets_out;
+        self.dropped_foreign += o.dropped_foreign;
+        self.dropped_malformed += o.dropped_malformed;
+        self.dropped_loop += o.dropped_loop;
+        self.loops_detected += o.loops_detected;
+        self.expected += o.expected;
+        self.lost += o.lost;
+        self.late += o.late;
+        self.duplicates += o.duplicates;
+        self.reordered += o.reordered;
+        self.jitter_ms_sum += o.jitter_ms_sum;
+    }
+}
+
+/// What the engine tells the metrics sink, every [`HOUSEKEEPING`] and whenever a stream ends.
+#[derive(Debug, Clone)]
+pub struct MediaFlush {
+    /// Latency samples recorded since the previous flush, per mode ([`CallMode::index`]).
+    pub latency_delta: [Option<LatencyHistogram>; 2],
+    /// Sums over the streams live now, per mode (echo, probe).
+    pub live: [ModeTotals; 2],
+    /// The final report of a stream that just ended (its totals left `live` in this same flush).
+    pub ended: Option<StreamReport>,
+    pub reflector: ReflectorCounters,
+}
+
+/// Where flushes go (the MetricsActor's address, wrapped); called on the media thread.
+pub type FlushSink = Box<dyn Fn(MediaFlush) + Send>;
+
+enum Command {
+    Add(Box<StreamSpec>, oneshot::Sender<io::Result<()>>),
+    StartProbing(StreamId),
+    Remove(StreamId, oneshot::Sender<Option<StreamReport>>),
+    Snapshot(oneshot::Sender<Vec<StreamReport>>),
+    SetReflector(std::net::UdpSocket, oneshot::Sender<io::Result<()>>),
+    Shutdown,
+}
+
+/// The media engine stopped (its thread is gone): nothing can be added or reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the media engine is not running")]
+pub struct EngineGone;
+
+/// Send + Clone handle to the media thread: what actors hold.
+#[derive(Clone)]
+pub struct MediaHandle {
+    tx: mpsc::Sender<Command>,
+    waker: Arc<Waker>,
+}
+
+impl MediaHandle {
+    /// Starts the media thread.
+    pub fn start(sink: FlushSink) -> io::Result<(MediaHandle, thread::JoinHandle<()>)> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let (tx, rx) = mpsc::channel();
+        let engine = Engine::new(poll, rx, sink);
+        let join = thread::Builder::new()
+            .name("rtpvisor-media".into())
+            .spawn(move || engine.run())?;
+        Ok((MediaHandle { tx, waker }, join))
+    }
+
+    fn send(&self, cmd: Command) -> Result<(), EngineGone> {
+        self.tx.send(cmd).map_err(|_| EngineGone)?;
+        self.waker.wake().map_err(|_| EngineGone)
+    }
+
+    /// Hands a bound socket to the engine; media is handled from now on (probing waits for
+    /// [`MediaHandle::start_probing`]).
+    pub async fn add(&self, spec: StreamSpec) -> Result<io::Result<()>, EngineGone> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Add(Box::new(spec), tx))?;
+        rx.await.map_err(|_| EngineGone)
+    }
+
+    /// Probe streams start sending once the call's bridge is complete.
+    pub fn start_probing(&self, id: StreamId) -> Result<(), EngineGone> {
+        self.send(Command::StartProbing(id))
+    }
+
+    /// Ends a stream: the engine closes its socket and returns its final report (None when
+    /// it had no such stream).
+    pub async fn remove(&self, id: StreamId) -> Result<Option<StreamReport>, EngineGone> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Remove(id, tx))?;
+        rx.await.map_err(|_| EngineGone)
+    }
+
+    pub async fn snapshot(&self) -> Result<Vec<StreamReport>, EngineGone> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Snapshot(tx))?;
+        rx.await.map_err(|_| EngineGone)
+    }
+
+    /// Gives the engine the shared echo socket (UDP 4000).
+    pub async fn set_reflector(&self, socket: std::net::UdpSocket) -> Result<io::Result<()>, EngineGone> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::SetReflector(socket, tx))?;
+        rx.await.map_err(|_| EngineGone)
+    }
+
+    pub fn shutdown(&self) {
+        let _ = self.send(Command::Shutdown);
+    }
+}
+
+// One per stream, never moved after creation: the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
+enum Work {
+    Echo {
+        stats: ReceiveStats,
+        /// Keys (RTP timestamp, payload hash) of recently reflected packets.
+        reflected: [u64; LOOP_RING],
+        next: usize,
+    },
+    Probe {
+        probe: Box<ProbeStream>,
+        /// Probing waits for the bridge: packets sent before it exists would count as lost.
+        started: bool,
+        timeout: Duration,
+        late: Duration,
+    },
+}
+
+struct Stream {
+    id: StreamId,
+    mode: CallMode,
+    socket: UdpSocket,
+    local_port: u16,
+    peer: SocketAddr,
+    work: Work,
+    hist: LatencyHistogram,
+    packets_in: u64,
+    packets_out: u64,
+    bytes_in: u64,
+    bytes_out: u64,
+    dropped_foreign: u64,
+    dropped_malformed: u64,
+    dropped_loop: u64,
+    send_errors: u64,
+    loop_detected: bool,
+    last_rx: Option<Instant>,
+}
+
+impl Stream {
+    fn report(&self, now: Instant) -> StreamReport {
+        let (receive, probe) = match &self.work {
+            Work::Echo { stats, .. } => (Some(stats.snapshot()), None),
+            Work::Probe { probe, .. } => (None, Some(probe.snapshot())),
+        };
+        StreamReport {
+            id: self.id,
+            mode: self.mode,
+            local_port: self.local_port,
+            peer: self.peer,
+            packets_in: self.packets_in,
+            packets_out: self.packets_out,
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+            dropped_foreign: self.dropped_foreign,
+            dropped_malformed: self.dropped_malformed,
+            dropped_loop: self.dropped_loop,
+            send_errors: self.send_errors,
+            loop_detected: self.loop_detected,
+            last_packet_ms_ago: self.last_rx.map(|t| now.saturating_duration_since(t).as_millis() as u64),
+            receive,
+            probe,
+            latency: self.hist.summary(),
+        }
+    }
+}
+
+struct Engine {
+    poll: Poll,
+    rx: mpsc::Receiver<Command>,
+    sink: FlushSink,
+    /// Slab of streams; index = token - FIRST_STREAM.
+    streams: Vec<Option<Stream>>,
+    free_slots: Vec<usize>,
+    by_id: HashMap<StreamId, usize>,
+    /// Probe send times, earliest first; entries of removed streams are skipped lazily.
+    due: BinaryHeap<Reverse<(Instant, usize, StreamId)>>,
+    reflector: Option<UdpSocket>,
+    reflector_counters: ReflectorCounters,
+    /// Latency samples since the last flush, per mode (echo, probe).
+    delta: [LatencyHistogram; 2],
+    delta_dirty: [bool; 2],
+    buf: Box<[u8; MAX_DATAGRAM]>,
+    out: Box<[u8; MAX_DATAGRAM]>,
+    running: bool,
+}
+
+impl Engine {
+    fn new(poll: Poll, rx: mpsc::Receiver<Command>, sink: FlushSink) -> Self {
+        Engine {
+            poll,
+            rx,
+            sink,
+            streams: Vec::new(),
+            free_slots: Vec::new(),
+            by_id: HashMap::new(),
+            due: BinaryHeap::new(),
+            reflector: None,
+            reflector_counters: ReflectorCounters::default(),
+            delta: [LatencyHistogram::new(), LatencyHistogram::new()],
+            delta_dirty: [false; 2],
+            buf: Box::new([0; MAX_DATAGRAM]),
+            out: Box::new([0; MAX_DATAGRAM]),
+            running: true,
+        }
+    }
+
+    fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        let mut next_housekeeping = Instant::now() + HOUSEKEEPING;
+        while self.running {
+            let now = Instant::now();
+            let mut wake_at = next_housekeeping;
+            if let Some(Reverse((t, _, _))) = self.due.peek() {
+                wake_at = wake_at.min(*t);
+            }
+            let timeout = wake_at.saturating_duration_since(now);
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    log::error!("[Media] poll failed: {e}");
+                    thread::sleep(Duration::from_millis(10));
+                }
+                continue;
+            }
+            for ev in events.iter() {
+                match ev.token() {
+                    WAKER => self.drain_commands(),
+                    REFLECTOR => self.reflect(),
+                    Token(t) => self.on_readable(t - FIRST_STREAM),
+                }
+            }
+            let now = Instant::now();
+            self.send_due_probes(now);
+            if now >= next_housekeeping {
+                self.housekeeping(now, None);
+                next_housekeeping = now + HOUSEKEEPING;
+            }
+        }
+        log::info!("[Media] engine stopped");
+    }
+
+    fn drain_commands(&mut self) {
+        while let Ok(cmd) = self.rx.try_recv() {
+            match cmd {
+                Command::Add(spec, reply) => {
+                    let _ = reply.send(self.add(*spec));
+                }
+                Command::StartProbing(id) => self.start_probing(id),
+                Command::Remove(id, reply) => {
+                    let report = self.remove(id);
+                    let _ = reply.send(report);
+                }
+                Command::Snapshot(reply) => {
+                    let now = Instant::now();
+                    let all = self.streams.iter().flatten().map(|s| s.report(now)).collect();
+                    let _ = reply.send(all);
+                }
+                Command::SetReflector(sock, reply) => {
+                    let _ = reply.send(self.set_reflector(sock));
+                }
+                Command::Shutdown => self.running = false,
+            }
+        }
+    }
+
+    fn add(&mut self, spec: StreamSpec) -> io::Result<()> {
+        if self.by_id.contains_key(&spec.id) {
+            return Err(io::Error::new(io::ErrorKind::AlreadyExists, "stream id in use"));
+        }
+        spec.socket.set_nonblocking(true)?;
+        let local_port = spec.socket.local_addr()?.port();
+        let mut socket = UdpSocket::from_std(spec.socket);
+        let slot = self.free_slots.pop().unwrap_or_else(|| {
+            self.streams.push(None);
+            self.streams.len() - 1
+        });
+        self.poll
+            .registry()
+            .register(&mut socket, Token(slot + FIRST_STREAM), Interest::READABLE)?;
+        let now = Instant::now();
+        let work = match spec.mode {
+            CallMode::Probe => Work::Probe {
+                probe: Box::new(ProbeStream::new(
+                    spec.id as u32,
+                    0x5256_0000 ^ spec.id as u32,
+                    spec.probe_timeout,
+                    spec.late_threshold,
+                    now,
+                )),
+                started: false,
+                timeout: spec.probe_timeout,
+                late: spec.late_threshold,
+            },
+            _ => Work::Echo {
+                stats: ReceiveStats::new(8000, spec.late_threshold),
+                reflected: [u64::MAX; LOOP_RING],
+                next: 0,
+            },
+        };
+        self.streams[slot] = Some(Stream {
+            id: spec.id,
+            mode: spec.mode,
+            socket,
+            local_port,
+            peer: spec.peer,
+            work,
+            hist: LatencyHistogram::new(),
+            packets_in: 0,
+            packets_out: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            dropped_foreign: 0,
+            dropped_malformed: 0,
+            dropped_loop: 0,
+            send_errors: 0,
+            loop_detected: false,
+            last_rx: None,
+        });
+        self.by_id.insert(spec.id, slot);
+        Ok(())
+    }
+
+    fn start_probing(&mut self, id: StreamId) {
+        let Some(&slot) = self.by_id.get(&id) else { return };
+        if let Some(Stream { work: Work::Probe { probe, started, timeout, late }, .. }) =
+            self.streams[slot].as_mut()
+        {
+            if !*started {
+                *started = true;
+                let now = Instant::now();
+                // Re-anchored at the start so the schedule begins now, not at setup time.
+                **probe = ProbeStream::new(id as u32, 0x5256_0000 ^ id as u32, *timeout, *late, now);
+                self.due.push(Reverse((now, slot, id)));
+            }
+        }
+    }
+
+    fn remove(&mut self, id: StreamId) -> Option<StreamReport> {
+        let slot = self.by_id.remove(&id)?;
+        let mut stream = self.streams[slot].take()?;
+        let _ = self.poll.registry().deregister(&mut stream.socket);
+        self.free_slots.push(slot);
+        let now = Instant::now();
+        if let Work::Probe { probe, .. } = &mut stream.work {
+            probe.expire(now);
+        }
+        let report = stream.report(now);
+        // The final report rides with the flush that drops the stream from `live`, so the
+        // metrics never count it twice or not at all.
+        self.housekeeping(now, Some(report.clone()));
+        Some(report)
+    }
+
+    fn set_reflector(&mut self, sock: std::net::UdpSocket) -> io::Result<()> {
+        sock.set_nonblocking(true)?;
+        let mut socket = UdpSocket::from_std(sock);
+        if let Some(mut old) = self.reflector.take() {
+            let _ = self.poll.registry().deregister(&mut old);
+        }
+        self.poll.registry().register(&mut socket, REFLECTOR, Interest::READABLE)?;
+        self.reflector = Some(socket);
+        Ok(())
+    }
+
+    /// Shared echo: every datagram goes back to its sender as it came, stateless.
+    fn reflect(&mut self) {
+        let Some(sock) = &self.reflector else { return };
+        loop {
+            match sock.recv_from(&mut self.buf[..]) {
+                Ok((n, from)) => {
+                    self.reflector_counters.packets += 1;
+                    self.reflector_counters.bytes += n as u64;
+                    if sock.send_to(&self.buf[..n], from).is_err() {
+                        self.reflector_counters.send_errors += 1;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // ICMP errors from an earlier send surface here (ECONNREFUSED): keep going.
+                Err(_) => self.reflector_counters.send_errors += 1,
+            }
+        }
+    }
+
+    fn on_readable(&mut self, slot: usize) {
+        let Some(Some(stream)) = self.streams.get_mut(slot) else { return };
+        loop {
+            let (n, from) = match stream.socket.recv_from(&mut self.buf[..]) {
+                Ok(v) => v,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    stream.send_errors += 1;
+                    continue;
+                }
+            };
+            if from != stream.peer {
+                stream.dropped_foreign += 1;
+                continue;
+            }
+            let now = Instant::now();
+            let data = &self.buf[..n];
+            let Ok(pkt) = RtpPacket::parse(data) else {
+                stream.dropped_malformed += 1;
+                continue;
+            };
+            stream.packets_in += 1;
+            stream.bytes_in += n as u64;
+            stream.last_rx = Some(now);
+            let mi = stream.mode.index();
+            match &mut stream.work {
+                Work::Echo { stats, reflected, next } => {
+                    let key = loop_key(pkt.header.timestamp, pkt.payload);
+                    if reflected.contains(&key) {
+                        // Our own reflection came back: the far end echoes too. Reflecting it
+                        // again would circulate media forever.
+                        stream.dropped_loop += 1;
+                        if !stream.loop_detected {
+                            stream.loop_detected = true;
+                            log::warn!(
+                                "[Media] media loop detected on port {} (far end echoes): loop packets are dropped",
+                                stream.local_port
+                            );
+                        }
+                        continue;
+                    }
+                    let arrival = stats.update(pkt.header.sequence, pkt.header.timestamp, now);
+                    if arrival.kind != ArrivalKind::Duplicate {
+                        stream.hist.record(arrival.delay);
+                        self.delta[mi].record(arrival.delay);
+                        self.delta_dirty[mi] = true;
+                    }
+                    reflected[*next] = key;
+                    *next = (*next + 1) % LOOP_RING;
+                    match stream.socket.send_to(data, stream.peer) {
+                        Ok(_) => {
+                            stream.packets_out += 1;
+                            stream.bytes_out += n as u64;
+                        }
+                        Err(_) => stream.send_errors += 1,
+                    }
+                }
+                Work::Probe { probe, .. } => {
+                    if let ProbeOutcome::Returned { rtt, .. } = probe.on_payload(pkt.payload, now) {
+                        stream.hist.record(rtt);
+                        self.delta[mi].record(rtt);
+                        self.delta_dirty[mi] = true;
+                    }
+                }
+            }
+        }
+    }
+
+    fn send_due_probes(&mut self, now: Instant) {
+        while let Some(Reverse((t, slot, id))) = self.due.peek().copied() {
+            if t > now {
+                break;
+            }
+            self.due.pop();
+            let Some(Some(stream)) = self.streams.get_mut(slot) else { continue };
+            if stream.id != id {
+                continue; // the slot was reused by another stream
+            }
+            let Work::Probe { probe, .. } = &mut stream.work else { continue };
+            let len = probe.write_next(now, &mut self.out[..PACKET_LEN]);
+            match stream.socket.send_to(&self.out[..len], stream.peer) {
+                Ok(_) => {
+                    stream.packets_out += 1;
+                    stream.bytes_out += len as u64;
+                }
+                Err(_) => stream.send_errors += 1,
+            }
+            self.due.push(Reverse((probe.next_due(), slot, id)));
+        }
+    }
+
+    fn housekeeping(&mut self, now: Instant, ended: Option<StreamReport>) {
+        let mut live = [ModeTotals::default(); 2];
+        for stream in self.streams.iter_mut().flatten() {
+            if let Work::Probe { probe, .. } = &mut stream.work {
+                probe.expire(now);
+            }
+            live[stream.mode.index().min(1)].add_report(&stream.report(now));
+        }
+        let mut latency_delta = [None, None];
+        for (i, slot) in latency_delta.iter_mut().enumerate() {
+            if self.delta_dirty[i] {
+                *slot = Some(self.delta[i].clone());
+                self.delta[i].reset();
+                self.delta_dirty[i] = false;
+            }
+        }
+        (self.sink)(MediaFlush { latency_delta, live, ended, reflector: self.reflector_counters });
+    }
+}
+
+/// Identifies a reflected packet when it comes back: Asterisk rewrites sequence numbers and
+/// SSRC but passes the RTP timestamp and payload through unchanged.
+fn loop_key(timestamp: u32, payload: &[u8]) -> u64 {
+    // FNV-1a: cheap, allocation-free, good enough to tell packets of one stream apart.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ u64::from(timestamp);
+    for &b in payload {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loop_key_tells_timestamp_and_payload_apart() {
+        let a = loop_key(160, &[0xff; 160]);
+        assert_eq!(a, loop_key(160, &[0xff; 160]));
+        assert_ne!(a, loop_key(320, &[0xff; 160]));
+        let mut p = [0xffu8; 160];
+        p[159] = 0xfe;
+        assert_ne!(a, loop_key(160, &p));
+    }
+}

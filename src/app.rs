@@ -1,0 +1,98 @@
+//! Wiring: config in, running service out, and the one shutdown sequence. SIGTERM and SIGINT
+//! are handled here and nowhere else: stop taking calls, end every call (hang up our channels,
+//! destroy our bridges, release ports) within the deadline, stop HTTP, return.
+
+use std::time::Duration;
+
+use actix_web::{web, App, HttpServer};
+use rtpvisor_actors::actors::channel::CallSettings;
+use rtpvisor_actors::actors::{Service, ServiceConfig};
+use rtpvisor_actors::ari::client::AriSettings;
+use rtpvisor_actors::mode::CallMode;
+use rtpvisor_actors::ports::PortRange;
+
+use crate::config::Config;
+
+/// Maps the validated configuration onto what the actor system takes.
+pub fn service_config(cfg: &Config) -> anyhow::Result<ServiceConfig> {
+    let echo_target = format!("{}:{}", cfg.echo_host(), cfg.echo.addr.port());
+    Ok(ServiceConfig {
+        ari: AriSettings {
+            url: cfg.ari.url.trim_end_matches('/').to_string(),
+            user: cfg.ari.user.clone(),
+            password: cfg.ari.password.clone(),
+            app: cfg.ari.app.clone(),
+            request_timeout: Duration::from_millis(cfg.ari.request_timeout_ms),
+        },
+        call: CallSettings {
+            media_host: cfg.media.host.clone(),
+            bind_ip: cfg.media.bind_ip,
+            echo_target,
+            late_threshold: Duration::from_secs_f64(cfg.media.late_ms / 1000.0),
+            probe_timeout: Duration::from_millis(cfg.media.probe_timeout_ms),
+        },
+        rtp_ports: PortRange::new(cfg.media.rtp_ports.start, cfg.media.rtp_ports.end)
+            .map_err(|e| anyhow::anyhow!("invalid media.rtp_ports: {e}"))?,
+        quarantine: Duration::from_millis(cfg.media.quarantine_ms),
+        echo_addr: cfg.echo.addr,
+        default_mode: cfg
+            .media
+            .default_mode
+            .parse::<CallMode>()
+            .map_err(|e| anyhow::anyhow!("invalid media.default_mode: {e}"))?,
+        reconnect_min: Duration::from_millis(cfg.ari.reconnect_min_ms),
+        reconnect_max: Duration::from_millis(cfg.ari.reconnect_max_ms),
+    })
+}
+
+/// Runs the service until SIGTERM or SIGINT, then shuts it down in order.
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    let svc_cfg = service_config(&cfg)?;
+    let service = Service::start(svc_cfg).await?;
+    let data = web::Data::new(service.clone());
+    let server = HttpServer::new(move || App::new().app_data(data.clone()).configure(crate::http::configure))
+        .workers(1)
+        .disable_signals()
+        .shutdown_timeout(2)
+        .bind(cfg.http.addr)
+        .map_err(|e| anyhow::anyhow!("cannot bind the HTTP address {}: {e}", cfg.http.addr))?
+        .run();
+    let handle = server.handle();
+    let server_task = actix_rt::spawn(server);
+    log::info!(
+        "rtpvisor {} serving HTTP on {}, ARI {} app {}",
+        env!("CARGO_PKG_VERSION"),
+        cfg.http.addr,
+        cfg.ari.url,
+        cfg.ari.app
+    );
+
+    let signal = wait_for_signal().await;
+    log::info!("{signal} received: shutting down");
+    let deadline = Duration::from_millis(cfg.shutdown_timeout_ms);
+    match service.shutdown(deadline).await {
+        Ok(r) if r.calls_left == 0 => {
+            log::info!("all {} call(s) ended in {} ms", r.calls_ended, r.took_ms)
+        }
+        Ok(r) => log::warn!(
+            "shutdown deadline passed with {} call(s) left ({} ended)",
+            r.calls_left,
+            r.calls_ended
+        ),
+        Err(e) => log::error!("shutdown: supervisor did not answer: {e}"),
+    }
+    handle.stop(true).await;
+    let _ = server_task.await;
+    log::info!("rtpvisor stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() -> &'static str {
+    use actix_rt::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing the SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}

@@ -1,0 +1,1742 @@
+//! Service configuration: built-in defaults, an optional TOML file, `RTPVISOR_*` environment
+//! variables and CLI flags, merged in that order of precedence and validated once at startup.
+//!
+//! This module owns the name of every setting in each source (file key, environment variable,
+//! flag), parsing and validation of the values, and the one-line errors that say which setting was
+//! bad and where the bad value came from. Its only IO is reading the config file in
+//! [`Config::load`]; it never reads the process environment itself (the caller passes a lookup),
+//! so tests inject their own environment.
+//!
+//! Every source goes through the same string parser per setting ([`Config::set`]), so a value is
+//! judged the same way wherever it was written and the messages are uniform.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use serde::{Serialize, Serializer};
+
+/// What the password serializes as, so `--print-config` and `GET /config` never show it.
+pub const REDACTED: &str = "***";
+
+/// Upper bound for most millisecond settings. Anything longer is almost certainly a unit mistake
+/// (seconds typed as milliseconds times 1000), and would make shutdown or reconnects look hung.
+const MAX_DURATION_MS: u64 = 600_000;
+
+/// A call may legitimately sit on hold without media for a long time, so the no-media timeout
+/// gets a looser bound than the other durations.
+const MAX_NO_MEDIA_TIMEOUT_MS: u64 = 3_600_000;
+
+/// A packet a minute late is lost, not late; a larger threshold is a unit mistake.
+const MAX_LATE_MS: f64 = 60_000.0;
+
+/// The probe timeout is bounded so a probe call cannot hold a port for long.
+const PROBE_TIMEOUT_RANGE_MS: std::ops::RangeInclusive<u64> = 1..=10_000;
+
+/// Media modes a call can run in; `media.default_mode` must be one of them.
+pub const MEDIA_MODES: [&str; 3] = ["echo", "probe", "shared-echo"];
+
+/// Environment variable naming the TOML file (same as `--config`).
+pub const CONFIG_ENV: &str = "RTPVISOR_CONFIG";
+
+/// A configuration problem that must stop startup. Every variant displays as one line naming the
+/// setting and the source of the bad value.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A setting's value is malformed, out of range or conflicts with another setting.
+    #[error("invalid {given}: {reason}")]
+    Invalid {
+        /// Canonical name of the setting, as its TOML key (`media.rtp_ports`).
+        setting: String,
+        /// Where the value came from, as the operator wrote it: `RTPVISOR_RTP_PORTS="1-0"`,
+        /// `--http-addr "abc"` or `media.rtp_ports in /etc/rtpvisor.toml`.
+        given: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// The config file could not be read.
+    // The io::Error is part of the message rather than a `#[source]`, so an error-chain printer
+    // (anyhow's `{:#}`) does not repeat it and the error stays one line.
+    #[error("cannot read config file {path:?} (from {given_by}): {error}")]
+    ReadFile {
+        /// The path as given.
+        path: String,
+        /// `--config` or `RTPVISOR_CONFIG`.
+        given_by: &'static str,
+        /// What the OS said.
+        error: std::io::Error,
+    },
+    /// The config file is not valid TOML.
+    #[error("invalid TOML in {origin} at line {line}, column {column}: {message}")]
+    Syntax {
+        /// The file path (or the origin passed to [`Config::from_toml_str`]).
+        origin: String,
+        /// 1-based line of the error.
+        line: usize,
+        /// 1-based column of the error.
+        column: usize,
+        /// The parser's description, flattened to one line.
+        message: String,
+    },
+    /// The config file has a key this version does not know. Refused rather than ignored so a
+    /// typo (`rtp_port`) cannot silently leave a default in place.
+    #[error("unknown key {key} in {origin}; known keys here: {known}")]
+    UnknownKey {
+        /// Full dotted key (`media.rtp_port`).
+        key: String,
+        /// The file path (or the origin passed to [`Config::from_toml_str`]).
+        origin: String,
+        /// The keys accepted at that level, comma separated.
+        known: String,
+    },
+}
+
+/// The effective configuration of the service.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Config {
+    /// How to reach Asterisk's REST interface and which Stasis application we are.
+    pub ari: AriConfig,
+    /// Per-call RTP sockets and media timing.
+    pub media: MediaConfig,
+    /// The shared echo socket used by `shared-echo` calls.
+    pub echo: EchoConfig,
+    /// The HTTP API (status, metrics, config).
+    pub http: HttpConfig,
+    /// How long shutdown waits for calls to be torn down before giving up.
+    pub shutdown_timeout_ms: u64,
+}
+
+/// Connection to Asterisk ARI.
+// Debug is written by hand (below) so logging a Config never prints the password.
+#[derive(Clone, PartialEq, Serialize)]
+pub struct AriConfig {
+    /// Base URL of ARI, `http://` or `https://`, without a trailing slash.
+    pub url: String,
+    /// ARI user (HTTP basic auth; cannot contain ':').
+    pub user: String,
+    /// ARI password. Serialized as [`REDACTED`].
+    #[serde(serialize_with = "serialize_redacted")]
+    pub password: String,
+    /// Stasis application name; it goes into the events URL and REST paths unescaped.
+    pub app: String,
+    /// First reconnect delay after the events WebSocket drops.
+    pub reconnect_min_ms: u64,
+    /// Cap of the exponential reconnect delay.
+    pub reconnect_max_ms: u64,
+    /// Timeout of one ARI REST request.
+    pub request_timeout_ms: u64,
+}
+
+/// Per-call media sockets and timing.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MediaConfig {
+    /// Address Asterisk sends RTP to (IP or hostname), i.e. this host as Asterisk sees it.
+    pub host: String,
+    /// Local address the call sockets bind to.
+    pub bind_ip: IpAddr,
+    /// UDP ports leased to calls, inclusive.
+    pub rtp_ports: PortRangeSetting,
+    /// How long a released port rests before reuse, so stray packets of the old call do not
+    /// land in the next one.
+    pub quarantine_ms: u64,
+    /// A packet arriving later than this behind its schedule counts as late.
+    pub late_ms: f64,
+    /// How long a probe call waits for its media before reporting failure.
+    pub probe_timeout_ms: u64,
+    /// Hang up a call that has received no media for this long; 0 turns it off.
+    pub no_media_timeout_ms: u64,
+    /// Mode for calls that do not ask for one: one of [`MEDIA_MODES`].
+    pub default_mode: String,
+}
+
+/// The shared echo socket.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EchoConfig {
+    /// Where the shared echo socket binds. Its port is also the port Asterisk is told to send
+    /// shared-echo media to, so it cannot be 0.
+    pub addr: SocketAddr,
+    /// Address Asterisk uses to reach the echo port; `None` means `media.host`
+    /// (see [`Config::echo_host`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+}
+
+/// The HTTP API listener.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HttpConfig {
+    /// Where the HTTP API listens (port 0: the OS picks one, handy in tests).
+    pub addr: SocketAddr,
+}
+
+/// An inclusive UDP port range, written `10000-10100` or `10000` for a single port.
+/// Valid ranges have `1 <= start <= end`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRangeSetting {
+    /// First port, inclusive.
+    pub start: u16,
+    /// Last port, inclusive.
+    pub end: u16,
+}
+
+impl PortRangeSetting {
+    /// Whether `port` is in the range.
+    pub fn contains(&self, port: u16) -> bool {
+        (self.start..=self.end).contains(&port)
+    }
+
+    /// Number of ports in the range.
+    pub fn len(&self) -> usize {
+        usize::from(self.end) - usize::from(self.start) + 1
+    }
+
+    /// Always false for a validated range; present because `len` is.
+    pub fn is_empty(&self) -> bool {
+        self.end < self.start
+    }
+
+    fn parse(raw: &str) -> Result<Self, String> {
+        let raw = raw.trim();
+        let (start, end) = match raw.split_once('-') {
+            Some((start, end)) => (start.trim(), end.trim()),
+            None => (raw, raw),
+        };
+        let port = |text: &str| {
+            text.parse::<u16>().map_err(|_| {
+                format!("{text:?} is not a port number 1-65535; expected START-END or PORT")
+            })
+        };
+        let range = PortRangeSetting {
+            start: port(start)?,
+            end: port(end)?,
+        };
+        if range.start == 0 {
+            return Err("port 0 is not a real port (it asks the OS for any port)".into());
+        }
+        if range.start > range.end {
+            return Err(format!("start {} is above end {}", range.start, range.end));
+        }
+        Ok(range)
+    }
+}
+
+impl fmt::Display for PortRangeSetting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.start == self.end {
+            write!(f, "{}", self.start)
+        } else {
+            write!(f, "{}-{}", self.start, self.end)
+        }
+    }
+}
+
+// Serialized in the same text form the file, env and CLI accept, so printed config parses back.
+impl Serialize for PortRangeSetting {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+fn serialize_redacted<S: Serializer>(_secret: &str, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(REDACTED)
+}
+
+impl fmt::Debug for AriConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AriConfig")
+            .field("url", &self.url)
+            .field("user", &self.user)
+            .field("password", &REDACTED)
+            .field("app", &self.app)
+            .field("reconnect_min_ms", &self.reconnect_min_ms)
+            .field("reconnect_max_ms", &self.reconnect_max_ms)
+            .field("request_timeout_ms", &self.request_timeout_ms)
+            .finish()
+    }
+}
+
+impl Default for AriConfig {
+    fn default() -> Self {
+        AriConfig {
+            url: "http://127.0.0.1:8088/ari".into(),
+            user: "rtpvisor".into(),
+            password: "rtpvisor".into(),
+            app: "rtpvisor".into(),
+            reconnect_min_ms: 200,
+            reconnect_max_ms: 5000,
+            request_timeout_ms: 5000,
+        }
+    }
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        MediaConfig {
+            host: "127.0.0.1".into(),
+            bind_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            rtp_ports: PortRangeSetting {
+                start: 10000,
+                end: 10100,
+            },
+            quarantine_ms: 2000,
+            late_ms: 20.0,
+            probe_timeout_ms: 2000,
+            no_media_timeout_ms: 0,
+            default_mode: "echo".into(),
+        }
+    }
+}
+
+impl Default for EchoConfig {
+    fn default() -> Self {
+        EchoConfig {
+            addr: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 4000)),
+            host: None,
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            addr: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 9090)),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            ari: AriConfig::default(),
+            media: MediaConfig::default(),
+            echo: EchoConfig::default(),
+            http: HttpConfig::default(),
+            shutdown_timeout_ms: 5000,
+        }
+    }
+}
+
+/// Command line. Every value is taken as text and validated by [`Config::load`], so a bad flag
+/// gets the same kind of message as a bad file key or environment variable.
+// The RTPVISOR_* variables are deliberately not clap `env` attributes: then clap could not tell
+// an error from the environment apart from one on the command line, and tests could not inject
+// an environment.
+#[derive(Debug, Clone, Default, PartialEq, clap::Parser)]
+#[command(
+    name = "rtpvisor",
+    version,
+    about = "Supervises Asterisk call media over ARI: per-call RTP ports, echo and probe media, latency metrics.",
+    long_about = "Supervises Asterisk call media over ARI: per-call RTP ports, echo and probe media, latency metrics.\n\n\
+                  Settings come from built-in defaults, then the TOML file (--config or RTPVISOR_CONFIG), \
+                  then RTPVISOR_* environment variables, then these flags; later sources win."
+)]
+pub struct Cli {
+    /// TOML config file; unknown keys are errors [default: none] [env: RTPVISOR_CONFIG]
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<String>,
+    /// ARI base URL, http:// or https:// [default: http://127.0.0.1:8088/ari] [env: RTPVISOR_ARI_URL]
+    #[arg(long, value_name = "URL")]
+    pub ari_url: Option<String>,
+    /// ARI user [default: rtpvisor] [env: RTPVISOR_ARI_USER]
+    #[arg(long, value_name = "USER")]
+    pub ari_user: Option<String>,
+    /// ARI password; prefer the env var or file, flags are visible in `ps` [default: rtpvisor] [env: RTPVISOR_ARI_PASSWORD]
+    #[arg(long, value_name = "PASSWORD")]
+    pub ari_password: Option<String>,
+    /// Stasis application name [default: rtpvisor] [env: RTPVISOR_ARI_APP]
+    #[arg(long, value_name = "NAME")]
+    pub ari_app: Option<String>,
+    /// Address Asterisk sends RTP to (IP or hostname of this host as Asterisk sees it) [default: 127.0.0.1] [env: RTPVISOR_MEDIA_HOST]
+    #[arg(long, value_name = "HOST")]
+    pub media_host: Option<String>,
+    /// Local IP the per-call RTP sockets bind to [default: 0.0.0.0] [env: RTPVISOR_MEDIA_BIND_IP]
+    #[arg(long, value_name = "IP")]
+    pub media_bind_ip: Option<String>,
+    /// UDP ports leased to calls, START-END inclusive or a single PORT [default: 10000-10100] [env: RTPVISOR_RTP_PORTS]
+    #[arg(long, value_name = "START-END")]
+    pub rtp_ports: Option<String>,
+    /// How long a released port rests before reuse, ms [default: 2000] [env: RTPVISOR_QUARANTINE_MS]
+    #[arg(long, value_name = "MS")]
+    pub quarantine_ms: Option<String>,
+    /// Lateness threshold for a packet, ms, above 0 [default: 20] [env: RTPVISOR_LATE_MS]
+    #[arg(long, value_name = "MS")]
+    pub late_ms: Option<String>,
+    /// How long a probe waits for media, 1-10000 ms [default: 2000] [env: RTPVISOR_PROBE_TIMEOUT_MS]
+    #[arg(long, value_name = "MS")]
+    pub probe_timeout_ms: Option<String>,
+    /// Hang up calls without media for this long, ms; 0 is off [default: 0] [env: RTPVISOR_NO_MEDIA_TIMEOUT_MS]
+    #[arg(long, value_name = "MS")]
+    pub no_media_timeout_ms: Option<String>,
+    /// Media mode for calls that do not ask for one: echo, probe or shared-echo [default: echo] [env: RTPVISOR_DEFAULT_MODE]
+    #[arg(long, value_name = "MODE")]
+    pub default_mode: Option<String>,
+    /// Bind address of the shared echo socket, IP:PORT [default: 0.0.0.0:4000] [env: RTPVISOR_ECHO_ADDR]
+    #[arg(long, value_name = "IP:PORT")]
+    pub echo_addr: Option<String>,
+    /// Address Asterisk uses to reach the echo port [default: media.host] [env: RTPVISOR_ECHO_HOST]
+    #[arg(long, value_name = "HOST")]
+    pub echo_host: Option<String>,
+    /// Listen address of the HTTP API, IP:PORT [default: 0.0.0.0:9090] [env: RTPVISOR_HTTP_ADDR]
+    #[arg(long, value_name = "IP:PORT")]
+    pub http_addr: Option<String>,
+    /// How long shutdown waits for calls to end, ms [default: 5000] [env: RTPVISOR_SHUTDOWN_TIMEOUT_MS]
+    #[arg(long, value_name = "MS")]
+    pub shutdown_timeout_ms: Option<String>,
+    /// Print the effective configuration as TOML (password redacted) and exit
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+impl Cli {
+    fn value(&self, key: Key) -> Option<&str> {
+        let value = match key {
+            Key::AriUrl => &self.ari_url,
+            Key::AriUser => &self.ari_user,
+            Key::AriPassword => &self.ari_password,
+            Key::AriApp => &self.ari_app,
+            Key::MediaHost => &self.media_host,
+            Key::MediaBindIp => &self.media_bind_ip,
+            Key::RtpPorts => &self.rtp_ports,
+            Key::QuarantineMs => &self.quarantine_ms,
+            Key::LateMs => &self.late_ms,
+            Key::ProbeTimeoutMs => &self.probe_timeout_ms,
+            Key::NoMediaTimeoutMs => &self.no_media_timeout_ms,
+            Key::DefaultMode => &self.default_mode,
+            Key::EchoAddr => &self.echo_addr,
+            Key::EchoHost => &self.echo_host,
+            Key::HttpAddr => &self.http_addr,
+            Key::ShutdownTimeoutMs => &self.shutdown_timeout_ms,
+            Key::AriReconnectMinMs | Key::AriReconnectMaxMs | Key::AriRequestTimeoutMs => {
+                return None
+            }
+        };
+        value.as_deref()
+    }
+}
+
+/// One setting, independent of where it is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Key {
+    AriUrl,
+    AriUser,
+    AriPassword,
+    AriApp,
+    AriReconnectMinMs,
+    AriReconnectMaxMs,
+    AriRequestTimeoutMs,
+    MediaHost,
+    MediaBindIp,
+    RtpPorts,
+    QuarantineMs,
+    LateMs,
+    ProbeTimeoutMs,
+    NoMediaTimeoutMs,
+    DefaultMode,
+    EchoAddr,
+    EchoHost,
+    HttpAddr,
+    ShutdownTimeoutMs,
+}
+
+/// TOML value types a file key accepts; the value is then turned into text and judged by the
+/// same parser as env and CLI values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Str,
+    Int,
+    /// Integer or float (`late_ms = 20` must work).
+    Num,
+    /// `rtp_ports = "10000-10100"` or `rtp_ports = 10000`.
+    StrOrInt,
+}
+
+impl Kind {
+    fn expected(self) -> &'static str {
+        match self {
+            Kind::Str => "a string",
+            Kind::Int => "an integer",
+            Kind::Num => "a number",
+            Kind::StrOrInt => "a string like \"10000-10100\" or an integer",
+        }
+    }
+}
+
+/// The names of one setting in each source.
+struct Spec {
+    key: Key,
+    /// Dotted TOML key, also the canonical name in errors.
+    path: &'static str,
+    env: Option<&'static str>,
+    flag: Option<&'static str>,
+    kind: Kind,
+}
+
+impl Spec {
+    fn section(&self) -> Option<&'static str> {
+        self.path.split_once('.').map(|(section, _)| section)
+    }
+}
+
+/// Every setting, in file order. The single table from which file keys, env names, flags and the
+/// "known keys" lists are derived, so they cannot drift apart.
+#[rustfmt::skip]
+const SPECS: &[Spec] = &[
+    Spec { key: Key::AriUrl, path: "ari.url", env: Some("RTPVISOR_ARI_URL"), flag: Some("--ari-url"), kind: Kind::Str },
+    Spec { key: Key::AriUser, path: "ari.user", env: Some("RTPVISOR_ARI_USER"), flag: Some("--ari-user"), kind: Kind::Str },
+    Spec { key: Key::AriPassword, path: "ari.password", env: Some("RTPVISOR_ARI_PASSWORD"), flag: Some("--ari-password"), kind: Kind::Str },
+    Spec { key: Key::AriApp, path: "ari.app", env: Some("RTPVISOR_ARI_APP"), flag: Some("--ari-app"), kind: Kind::Str },
+    Spec { key: Key::AriReconnectMinMs, path: "ari.reconnect_min_ms", env: None, flag: None, kind: Kind::Int },
+    Spec { key: Key::AriReconnectMaxMs, path: "ari.reconnect_max_ms", env: None, flag: None, kind: Kind::Int },
+    Spec { key: Key::AriRequestTimeoutMs, path: "ari.request_timeout_ms", env: None, flag: None, kind: Kind::Int },
+    Spec { key: Key::MediaHost, path: "media.host", env: Some("RTPVISOR_MEDIA_HOST"), flag: Some("--media-host"), kind: Kind::Str },
+    Spec { key: Key::MediaBindIp, path: "media.bind_ip", env: Some("RTPVISOR_MEDIA_BIND_IP"), flag: Some("--media-bind-ip"), kind: Kind::Str },
+    Spec { key: Key::RtpPorts, path: "media.rtp_ports", env: Some("RTPVISOR_RTP_PORTS"), flag: Some("--rtp-ports"), kind: Kind::StrOrInt },
+    Spec { key: Key::QuarantineMs, path: "media.quarantine_ms", env: Some("RTPVISOR_QUARANTINE_MS"), flag: Some("--quarantine-ms"), kind: Kind::Int },
+    Spec { key: Key::LateMs, path: "media.late_ms", env: Some("RTPVISOR_LATE_MS"), flag: Some("--late-ms"), kind: Kind::Num },
+    Spec { key: Key::ProbeTimeoutMs, path: "media.probe_timeout_ms", env: Some("RTPVISOR_PROBE_TIMEOUT_MS"), flag: Some("--probe-timeout-ms"), kind: Kind::Int },
+    Spec { key: Key::NoMediaTimeoutMs, path: "media.no_media_timeout_ms", env: Some("RTPVISOR_NO_MEDIA_TIMEOUT_MS"), flag: Some("--no-media-timeout-ms"), kind: Kind::Int },
+    Spec { key: Key::DefaultMode, path: "media.default_mode", env: Some("RTPVISOR_DEFAULT_MODE"), flag: Some("--default-mode"), kind: Kind::Str },
+    Spec { key: Key::EchoAddr, path: "echo.addr", env: Some("RTPVISOR_ECHO_ADDR"), flag: Some("--echo-addr"), kind: Kind::Str },
+    Spec { key: Key::EchoHost, path: "echo.host", env: Some("RTPVISOR_ECHO_HOST"), flag: Some("--echo-host"), kind: Kind::Str },
+    Spec { key: Key::HttpAddr, path: "http.addr", env: Some("RTPVISOR_HTTP_ADDR"), flag: Some("--http-addr"), kind: Kind::Str },
+    Spec { key: Key::ShutdownTimeoutMs, path: "shutdown_timeout_ms", env: Some("RTPVISOR_SHUTDOWN_TIMEOUT_MS"), flag: Some("--shutdown-timeout-ms"), kind: Kind::Int },
+];
+
+fn spec(key: Key) -> &'static Spec {
+    SPECS
+        .iter()
+        .find(|spec| spec.key == key)
+        .expect("every Key has a row in SPECS")
+}
+
+/// Where the current value of a setting came from.
+#[derive(Debug, Clone, PartialEq)]
+enum Origin {
+    Default,
+    File { path: String },
+    Env { raw: String },
+    Cli { raw: String },
+}
+
+impl Origin {
+    /// Precedence: a higher rank overrides a lower one.
+    fn rank(&self) -> u8 {
+        match self {
+            Origin::Default => 0,
+            Origin::File { .. } => 1,
+            Origin::Env { .. } => 2,
+            Origin::Cli { .. } => 3,
+        }
+    }
+
+    /// The setting as the operator wrote it, e.g. `RTPVISOR_RTP_PORTS="1-0"`. Values are shown
+    /// Debug-quoted so control characters cannot break the one-line message; the password is
+    /// never shown.
+    fn describe(&self, spec: &Spec, config: &Config) -> String {
+        let shown = |raw: &str| {
+            if spec.key == Key::AriPassword {
+                "(hidden)".to_owned()
+            } else {
+                format!("{raw:?}")
+            }
+        };
+        match self {
+            Origin::Default => {
+                format!(
+                    "{} = {} (built-in default)",
+                    spec.path,
+                    config.value_text(spec.key)
+                )
+            }
+            Origin::File { path } => format!("{} in {path}", spec.path),
+            Origin::Env { raw } => format!("{}={}", spec.env.unwrap_or(spec.path), shown(raw)),
+            Origin::Cli { raw } => format!("{} {}", spec.flag.unwrap_or(spec.path), shown(raw)),
+        }
+    }
+
+    fn empty_hint(&self) -> &'static str {
+        match self {
+            Origin::Default => "empty",
+            Origin::File { .. } => "empty; remove the key to use the default",
+            Origin::Env { .. } => "empty; unset the variable to use the default",
+            Origin::Cli { .. } => "empty; omit the flag to use the default",
+        }
+    }
+}
+
+/// A configuration being merged, with the origin of every value that is not a default.
+struct Draft {
+    config: Config,
+    origins: HashMap<Key, Origin>,
+}
+
+impl Draft {
+    fn new() -> Self {
+        Draft {
+            config: Config::default(),
+            origins: HashMap::new(),
+        }
+    }
+
+    fn origin(&self, key: Key) -> &Origin {
+        self.origins.get(&key).unwrap_or(&Origin::Default)
+    }
+
+    fn invalid(&self, key: Key, origin: &Origin, reason: String) -> ConfigError {
+        let spec = spec(key);
+        ConfigError::Invalid {
+            setting: spec.path.to_owned(),
+            given: origin.describe(spec, &self.config),
+            reason,
+        }
+    }
+
+    /// Parses and stores one value. Every source is checked as it is applied, even one a later
+    /// source overrides: a broken variable left in a unit file should not wait to bite until the
+    /// flag that hides it is removed.
+    fn set(&mut self, key: Key, raw: &str, origin: Origin) -> Result<(), ConfigError> {
+        // An empty value is refused rather than read as "use the default": `RTPVISOR_RTP_PORTS=`
+        // is far more often a broken template than a request for the default.
+        let result = if raw.trim().is_empty() {
+            Err(origin.empty_hint().to_owned())
+        } else {
+            self.config.set(key, raw)
+        };
+        if let Err(reason) = result {
+            return Err(self.invalid(key, &origin, reason));
+        }
+        self.origins.insert(key, origin);
+        Ok(())
+    }
+
+    fn apply_toml(&mut self, text: &str, origin: &str) -> Result<(), ConfigError> {
+        let table: toml::Table = toml::from_str(text).map_err(|error| {
+            let (line, column) = line_column(text, error.span().map_or(0, |span| span.start));
+            ConfigError::Syntax {
+                origin: origin.to_owned(),
+                line,
+                column,
+                message: one_line(error.message()),
+            }
+        })?;
+        // Keys are checked against SPECS by hand rather than by serde's deny_unknown_fields:
+        // serde's message names only the leaf (`unknown field "port"`), not its table, and the
+        // toml crate does not expose the key path of an error.
+        for (name, value) in &table {
+            if let Some(spec) = SPECS.iter().find(|spec| spec.path == name) {
+                self.set_from_toml(spec, value, origin)?;
+                continue;
+            }
+            if !SPECS.iter().any(|spec| spec.section() == Some(name)) {
+                return Err(unknown_key(name, origin, None));
+            }
+            let Some(section) = value.as_table() else {
+                return Err(ConfigError::Invalid {
+                    setting: name.clone(),
+                    given: format!("{name} in {origin}"),
+                    reason: format!("expected a table [{name}], got {}", value.type_str()),
+                });
+            };
+            for (leaf, value) in section {
+                let path = format!("{name}.{leaf}");
+                let Some(spec) = SPECS.iter().find(|spec| spec.path == path) else {
+                    return Err(unknown_key(&path, origin, Some(name)));
+                };
+                self.set_from_toml(spec, value, origin)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn set_from_toml(
+        &mut self,
+        spec: &Spec,
+        value: &toml::Value,
+        path: &str,
+    ) -> Result<(), ConfigError> {
+        use toml::Value;
+        let origin = Origin::File {
+            path: path.to_owned(),
+        };
+        let raw = match (spec.kind, value) {
+            (Kind::Str | Kind::StrOrInt, Value::String(text)) => text.clone(),
+            (Kind::Int | Kind::Num | Kind::StrOrInt, Value::Integer(number)) => number.to_string(),
+            (Kind::Num, Value::Float(number)) => number.to_string(),
+            (kind, other) => {
+                let got = match other {
+                    Value::Array(_) | Value::Table(_) => other.type_str().to_owned(),
+                    _ if spec.key == Key::AriPassword => other.type_str().to_owned(),
+                    _ => format!("{} {other}", other.type_str()),
+                };
+                let reason = format!("expected {}, got {got}", kind.expected());
+                return Err(self.invalid(spec.key, &origin, reason));
+            }
+        };
+        self.set(spec.key, &raw, origin)
+    }
+
+    /// Checks between settings, after all sources are merged.
+    fn finish(self) -> Result<Config, ConfigError> {
+        let config = &self.config;
+        let (ports, echo_port) = (config.media.rtp_ports, config.echo.addr.port());
+        // Both are UDP: a call leased the echo port would fail to bind or steal echo traffic.
+        if ports.contains(echo_port) {
+            return Err(self.conflict(
+                Key::RtpPorts,
+                format!("range {ports} contains the echo UDP port {echo_port}"),
+                Key::EchoAddr,
+                format!("echo UDP port {echo_port} is inside the RTP port range {ports}"),
+            ));
+        }
+        let ari = &config.ari;
+        if ari.reconnect_min_ms > ari.reconnect_max_ms {
+            return Err(self.conflict(
+                Key::AriReconnectMinMs,
+                format!(
+                    "{} is above the maximum {}",
+                    ari.reconnect_min_ms, ari.reconnect_max_ms
+                ),
+                Key::AriReconnectMaxMs,
+                format!(
+                    "{} is below the minimum {}",
+                    ari.reconnect_max_ms, ari.reconnect_min_ms
+                ),
+            ));
+        }
+        Ok(self.config)
+    }
+
+    /// Two settings that are fine alone but not together. The one from the higher-precedence
+    /// source is blamed (ties blame `a`): it is the one the operator most recently changed.
+    fn conflict(&self, a: Key, a_reason: String, b: Key, b_reason: String) -> ConfigError {
+        let (blamed, reason, other) = if self.origin(b).rank() > self.origin(a).rank() {
+            (b, b_reason, a)
+        } else {
+            (a, a_reason, b)
+        };
+        let other_given = self.origin(other).describe(spec(other), &self.config);
+        self.invalid(
+            blamed,
+            self.origin(blamed),
+            format!("{reason} (set by {other_given})"),
+        )
+    }
+}
+
+fn unknown_key(key: &str, origin: &str, section: Option<&str>) -> ConfigError {
+    let mut known: Vec<&str> = Vec::new();
+    for spec in SPECS {
+        let name = match (section, spec.path.split_once('.')) {
+            (Some(section), Some((owner, leaf))) if owner == section => leaf,
+            (None, Some((owner, _))) => owner,
+            (None, None) => spec.path,
+            _ => continue,
+        };
+        if !known.contains(&name) {
+            known.push(name);
+        }
+    }
+    ConfigError::UnknownKey {
+        key: key.to_owned(),
+        origin: origin.to_owned(),
+        known: known.join(", "),
+    }
+}
+
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+    (line, column)
+}
+
+fn one_line(text: &str) -> String {
+    text.trim().replace('\n', "; ")
+}
+
+impl Config {
+    /// Merges built-in defaults < TOML file < environment < CLI flags and validates the result.
+    ///
+    /// The file is `cli.config`, else `RTPVISOR_CONFIG`, else none. `env` looks up one variable;
+    /// `main` passes `&|k| std::env::var(k).ok()`, tests a closure over a map. A variable that is
+    /// set but empty is an error, not a request for the default.
+    pub fn load(cli: &Cli, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let mut draft = Draft::new();
+        let file = match (&cli.config, env(CONFIG_ENV)) {
+            (Some(path), _) => Some((path.clone(), "--config")),
+            (None, Some(path)) => Some((path, CONFIG_ENV)),
+            (None, None) => None,
+        };
+        if let Some((path, given_by)) = file {
+            if path.trim().is_empty() {
+                let hint = if given_by == CONFIG_ENV {
+                    Origin::Env { raw: String::new() }.empty_hint()
+                } else {
+                    Origin::Cli { raw: String::new() }.empty_hint()
+                };
+                return Err(ConfigError::Invalid {
+                    setting: "config".into(),
+                    given: format!("{given_by} \"\""),
+                    reason: format!("{hint}; without a file only built-in defaults apply"),
+                });
+            }
+            let text = std::fs::read_to_string(&path).map_err(|error| ConfigError::ReadFile {
+                path: path.clone(),
+                given_by,
+                error,
+            })?;
+            draft.apply_toml(&text, &path)?;
+        }
+        for spec in SPECS {
+            if let Some(raw) = spec.env.and_then(env) {
+                draft.set(spec.key, &raw, Origin::Env { raw: raw.clone() })?;
+            }
+        }
+        for spec in SPECS {
+            if let Some(raw) = cli.value(spec.key) {
+                draft.set(
+                    spec.key,
+                    raw,
+                    Origin::Cli {
+                        raw: raw.to_owned(),
+                    },
+                )?;
+            }
+        }
+        draft.finish()
+    }
+
+    /// Built-in defaults overridden by the TOML `text`; `origin` (usually the file path) names
+    /// the text in errors.
+    pub fn from_toml_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let mut draft = Draft::new();
+        draft.apply_toml(text, origin)?;
+        draft.finish()
+    }
+
+    /// The configuration as TOML in the file format, password replaced by [`REDACTED`]
+    /// (`--print-config`). It parses back with [`Config::from_toml_str`].
+    pub fn to_toml_redacted(&self) -> String {
+        // Cannot fail: every field is a string, integer, finite float or table of those, and
+        // scalars precede tables only where toml allows.
+        toml::to_string(self).expect("Config always serializes to TOML")
+    }
+
+    /// The address Asterisk uses to reach the shared echo port: `echo.host`, else `media.host`.
+    pub fn echo_host(&self) -> &str {
+        self.echo.host.as_deref().unwrap_or(&self.media.host)
+    }
+
+    /// Parses `raw` for `key` and stores it; the error is the reason only, the caller adds
+    /// which setting and source.
+    fn set(&mut self, key: Key, raw: &str) -> Result<(), String> {
+        match key {
+            Key::AriUrl => self.ari.url = parse_url(raw)?,
+            Key::AriUser => self.ari.user = parse_user(raw)?,
+            Key::AriPassword => self.ari.password = raw.to_owned(),
+            Key::AriApp => self.ari.app = parse_app(raw)?,
+            Key::AriReconnectMinMs => {
+                self.ari.reconnect_min_ms = parse_ms(raw, 1..=MAX_DURATION_MS)?
+            }
+            Key::AriReconnectMaxMs => {
+                self.ari.reconnect_max_ms = parse_ms(raw, 1..=MAX_DURATION_MS)?
+            }
+            Key::AriRequestTimeoutMs => {
+                self.ari.request_timeout_ms = parse_ms(raw, 1..=MAX_DURATION_MS)?
+            }
+            Key::MediaHost => self.media.host = parse_host(raw)?,
+            Key::MediaBindIp => {
+                self.media.bind_ip = raw
+                    .trim()
+                    .parse()
+                    .map_err(|_| "not an IP address".to_owned())?
+            }
+            Key::RtpPorts => self.media.rtp_ports = PortRangeSetting::parse(raw)?,
+            Key::QuarantineMs => self.media.quarantine_ms = parse_ms(raw, 0..=MAX_DURATION_MS)?,
+            Key::LateMs => self.media.late_ms = parse_late_ms(raw)?,
+            Key::ProbeTimeoutMs => {
+                self.media.probe_timeout_ms = parse_ms(raw, PROBE_TIMEOUT_RANGE_MS)?
+            }
+            Key::NoMediaTimeoutMs => {
+                self.media.no_media_timeout_ms = parse_ms(raw, 0..=MAX_NO_MEDIA_TIMEOUT_MS)?
+            }
+            Key::DefaultMode => self.media.default_mode = parse_mode(raw)?,
+            Key::EchoAddr => {
+                let addr = parse_socket_addr(raw)?;
+                // Port 0 would bind a random port, while Asterisk is told the configured one.
+                if addr.port() == 0 {
+                    return Err("port 0 is not allowed: Asterisk is sent to this port".into());
+                }
+                self.echo.addr = addr;
+            }
+            Key::EchoHost => self.echo.host = Some(parse_host(raw)?),
+            Key::HttpAddr => self.http.addr = parse_socket_addr(raw)?,
+            Key::ShutdownTimeoutMs => {
+                self.shutdown_timeout_ms = parse_ms(raw, 0..=MAX_DURATION_MS)?
+            }
+        }
+        Ok(())
+    }
+
+    /// The value of `key` in the text form the sources accept (password redacted).
+    fn value_text(&self, key: Key) -> String {
+        match key {
+            Key::AriUrl => self.ari.url.clone(),
+            Key::AriUser => self.ari.user.clone(),
+            Key::AriPassword => REDACTED.to_owned(),
+            Key::AriApp => self.ari.app.clone(),
+            Key::AriReconnectMinMs => self.ari.reconnect_min_ms.to_string(),
+            Key::AriReconnectMaxMs => self.ari.reconnect_max_ms.to_string(),
+            Key::AriRequestTimeoutMs => self.ari.request_timeout_ms.to_string(),
+            Key::MediaHost => self.media.host.clone(),
+            Key::MediaBindIp => self.media.bind_ip.to_string(),
+            Key::RtpPorts => self.media.rtp_ports.to_string(),
+            Key::QuarantineMs => self.media.quarantine_ms.to_string(),
+            Key::LateMs => self.media.late_ms.to_string(),
+            Key::ProbeTimeoutMs => self.media.probe_timeout_ms.to_string(),
+            Key::NoMediaTimeoutMs => self.media.no_media_timeout_ms.to_string(),
+            Key::DefaultMode => self.media.default_mode.clone(),
+            Key::EchoAddr => self.echo.addr.to_string(),
+            Key::EchoHost => self
+                .echo
+                .host
+                .clone()
+                .unwrap_or_else(|| "media.host".into()),
+            Key::HttpAddr => self.http.addr.to_string(),
+            Key::ShutdownTimeoutMs => self.shutdown_timeout_ms.to_string(),
+        }
+    }
+}
+
+fn parse_url(raw: &str) -> Result<String, String> {
+    if raw.chars().any(char::is_whitespace) {
+        return Err("must not contain whitespace".into());
+    }
+    let rest = raw
+        .strip_prefix("http://")
+        .or_else(|| raw.strip_prefix("https://"))
+        .ok_or("must start with http:// or https://")?;
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err("has no host after the scheme".into());
+    }
+    // The ARI client appends paths like "/channels"; a trailing slash would double it.
+    Ok(raw.trim_end_matches('/').to_owned())
+}
+
+fn parse_user(raw: &str) -> Result<String, String> {
+    // HTTP basic auth joins user and password with ':' (RFC 7617), so the user cannot hold one.
+    if raw.contains(':') {
+        return Err("must not contain ':' (HTTP basic auth separator)".into());
+    }
+    if raw.chars().any(char::is_control) {
+        return Err("must not contain control characters".into());
+    }
+    Ok(raw.to_owned())
+}
+
+fn parse_app(raw: &str) -> Result<String, String> {
+    // The app name goes unescaped into REST paths (/applications/{app}) and the events URL
+    // query (?app=...), so path and query delimiters would change what we ask Asterisk for.
+    if let Some(bad) = raw
+        .chars()
+        .find(|c| c.is_whitespace() || c.is_control() || "/?#&%=+".contains(*c))
+    {
+        return Err(format!(
+            "must not contain {bad:?}; the name goes unescaped into ARI URLs"
+        ));
+    }
+    Ok(raw.to_owned())
+}
+
+fn parse_host(raw: &str) -> Result<String, String> {
+    let why = "Asterisk must be able to send RTP to it";
+    if let Ok(ip) = raw.parse::<IpAddr>() {
+        if ip.is_unspecified() {
+            return Err(format!(
+                "{ip} is the unspecified address, not one this host can be reached at; {why}"
+            ));
+        }
+        return Ok(raw.to_owned());
+    }
+    let is_label = |label: &str| {
+        !label.is_empty()
+            && label.len() <= 63
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    };
+    let name = raw.strip_suffix('.').unwrap_or(raw);
+    if name.len() > 253 || !name.split('.').all(is_label) {
+        return Err(format!(
+            "not an IP address or host name (no port, no brackets); {why}"
+        ));
+    }
+    Ok(raw.to_owned())
+}
+
+fn parse_ms(raw: &str, range: std::ops::RangeInclusive<u64>) -> Result<u64, String> {
+    let raw = raw.trim();
+    if raw.starts_with('-') {
+        return Err("must not be negative".into());
+    }
+    let value: u64 = raw
+        .parse()
+        .map_err(|_| "not a whole number of milliseconds".to_owned())?;
+    if !range.contains(&value) {
+        return Err(format!(
+            "{value} ms is outside {}..={} ms",
+            range.start(),
+            range.end()
+        ));
+    }
+    Ok(value)
+}
+
+fn parse_late_ms(raw: &str) -> Result<f64, String> {
+    let value: f64 = raw
+        .trim()
+        .parse()
+        .map_err(|_| "not a number of milliseconds".to_owned())?;
+    if !value.is_finite() || value <= 0.0 || value > MAX_LATE_MS {
+        return Err(format!(
+            "must be a finite number above 0 and at most {MAX_LATE_MS} ms"
+        ));
+    }
+    Ok(value)
+}
+
+fn parse_mode(raw: &str) -> Result<String, String> {
+    let raw = raw.trim();
+    if !MEDIA_MODES.contains(&raw) {
+        return Err(format!("must be one of {}", MEDIA_MODES.join(", ")));
+    }
+    Ok(raw.to_owned())
+}
+
+fn parse_socket_addr(raw: &str) -> Result<SocketAddr, String> {
+    raw.trim()
+        .parse()
+        .map_err(|_| "not an IP:port socket address (IPv6 as [::1]:9090)".to_owned())
+}
+
+// Reads the help text clap derives from the doc comments; used only by tests.
+#[cfg(test)]
+fn flag_help(flag: &str) -> Option<String> {
+    use clap::CommandFactory;
+    Cli::command()
+        .get_arguments()
+        .find(|arg| arg.get_long() == flag.strip_prefix("--"))
+        .and_then(|arg| arg.get_help().map(ToString::to_string))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    fn env_of<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        let map: HashMap<&str, &str> = pairs.iter().copied().collect();
+        move |key| map.get(key).map(|value| value.to_string())
+    }
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    /// A config file in the temp dir, removed on drop.
+    struct TempFile(std::path::PathBuf);
+
+    impl TempFile {
+        fn new(name: &str, text: &str) -> Self {
+            let path = std::env::temp_dir().join(format!(
+                "rtpvisor-config-{}-{name}.toml",
+                std::process::id()
+            ));
+            std::fs::write(&path, text).unwrap();
+            TempFile(path)
+        }
+
+        fn path(&self) -> String {
+            self.0.to_str().unwrap().to_owned()
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    fn cli_with(key: Key, value: &str) -> Cli {
+        let flag = spec(key).flag.unwrap();
+        Cli::try_parse_from(["rtpvisor", &format!("{flag}={value}")]).unwrap()
+    }
+
+    /// TOML line for `key = raw`, inside its section.
+    fn toml_line(key: Key, raw: &str) -> String {
+        let spec = spec(key);
+        let literal = match spec.kind {
+            Kind::Int | Kind::Num => raw.to_owned(),
+            Kind::Str | Kind::StrOrInt => format!("{raw:?}"),
+        };
+        match spec.path.split_once('.') {
+            Some((section, leaf)) => format!("[{section}]\n{leaf} = {literal}\n"),
+            None => format!("{} = {literal}\n", spec.path),
+        }
+    }
+
+    /// Three distinct valid values per setting (file, env, cli), in canonical text form.
+    fn samples(key: Key) -> [&'static str; 3] {
+        match key {
+            Key::AriUrl => [
+                "http://a:8088/ari",
+                "https://b/ari",
+                "http://[::1]:8088/ari",
+            ],
+            Key::AriUser => ["fileuser", "envuser", "cliuser"],
+            Key::AriPassword => ["filepw", "envpw", "clipw"],
+            Key::AriApp => ["file-app", "env_app", "cli.app"],
+            Key::AriReconnectMinMs => ["100", "150", "250"],
+            Key::AriReconnectMaxMs => ["6000", "7000", "8000"],
+            Key::AriRequestTimeoutMs => ["1000", "2000", "3000"],
+            Key::MediaHost => ["10.0.0.1", "pbx-peer.example.org", "::1"],
+            Key::MediaBindIp => ["10.0.0.2", "::", "192.168.1.1"],
+            Key::RtpPorts => ["20000-20010", "30000", "40000-40100"],
+            Key::QuarantineMs => ["0", "100", "600000"],
+            Key::LateMs => ["5", "0.5", "60000"],
+            Key::ProbeTimeoutMs => ["1", "500", "10000"],
+            Key::NoMediaTimeoutMs => ["1000", "0", "3600000"],
+            Key::DefaultMode => ["probe", "shared-echo", "echo"],
+            Key::EchoAddr => ["127.0.0.1:4001", "[::1]:4002", "0.0.0.0:4003"],
+            Key::EchoHost => ["echo.example", "10.1.1.1", "fe80::1"],
+            Key::HttpAddr => ["127.0.0.1:0", "[::]:9091", "0.0.0.0:80"],
+            Key::ShutdownTimeoutMs => ["0", "1", "600000"],
+        }
+    }
+
+    #[test]
+    fn defaults_are_the_documented_values() {
+        let config = Config::default();
+        assert_eq!(config.ari.url, "http://127.0.0.1:8088/ari");
+        assert_eq!(
+            (
+                config.ari.user.as_str(),
+                config.ari.password.as_str(),
+                config.ari.app.as_str()
+            ),
+            ("rtpvisor", "rtpvisor", "rtpvisor")
+        );
+        assert_eq!(
+            (
+                config.ari.reconnect_min_ms,
+                config.ari.reconnect_max_ms,
+                config.ari.request_timeout_ms
+            ),
+            (200, 5000, 5000)
+        );
+        assert_eq!(config.media.host, "127.0.0.1");
+        assert_eq!(config.media.bind_ip.to_string(), "0.0.0.0");
+        assert_eq!(
+            config.media.rtp_ports,
+            PortRangeSetting {
+                start: 10000,
+                end: 10100
+            }
+        );
+        assert_eq!(config.media.quarantine_ms, 2000);
+        assert_eq!(config.media.late_ms, 20.0);
+        assert_eq!(config.media.probe_timeout_ms, 2000);
+        assert_eq!(config.media.no_media_timeout_ms, 0);
+        assert_eq!(config.media.default_mode, "echo");
+        assert_eq!(config.echo.addr.to_string(), "0.0.0.0:4000");
+        assert_eq!(config.echo.host, None);
+        assert_eq!(config.http.addr.to_string(), "0.0.0.0:9090");
+        assert_eq!(config.shutdown_timeout_ms, 5000);
+        // The defaults must pass the same validation as any other source.
+        assert_eq!(Config::load(&Cli::default(), &no_env).unwrap(), config);
+        assert_eq!(Config::from_toml_str("", "empty.toml").unwrap(), config);
+    }
+
+    #[test]
+    fn file_sets_every_key_and_accepts_integer_late_ms() {
+        let text = r#"
+            shutdown_timeout_ms = 7000
+            [ari]
+            url = "https://pbx:8089/ari/"
+            user = "u"
+            password = "p"
+            app = "a"
+            reconnect_min_ms = 10
+            reconnect_max_ms = 20
+            request_timeout_ms = 30
+            [media]
+            host = "pbx.example"
+            bind_ip = "10.0.0.5"
+            rtp_ports = 20000
+            quarantine_ms = 1
+            late_ms = 20
+            probe_timeout_ms = 3
+            no_media_timeout_ms = 4
+            default_mode = "shared-echo"
+            [echo]
+            addr = "0.0.0.0:5000"
+            host = "10.0.0.6"
+            [http]
+            addr = "127.0.0.1:9999"
+        "#;
+        let config = Config::from_toml_str(text, "t.toml").unwrap();
+        assert_eq!(
+            config.ari.url, "https://pbx:8089/ari",
+            "trailing slash dropped"
+        );
+        assert_eq!(config.ari.reconnect_min_ms, 10);
+        assert_eq!(
+            config.media.rtp_ports,
+            PortRangeSetting {
+                start: 20000,
+                end: 20000
+            }
+        );
+        assert_eq!(config.media.late_ms, 20.0);
+        assert_eq!(config.media.default_mode, "shared-echo");
+        assert_eq!(config.echo_host(), "10.0.0.6");
+        assert_eq!(config.http.addr.port(), 9999);
+        assert_eq!(config.shutdown_timeout_ms, 7000);
+    }
+
+    #[test]
+    fn every_setting_is_read_from_the_file() {
+        for spec in SPECS {
+            let [file, _, _] = samples(spec.key);
+            let config = Config::from_toml_str(&toml_line(spec.key, file), "t.toml")
+                .unwrap_or_else(|e| panic!("{}: {e}", spec.path));
+            assert_eq!(
+                config.value_text(spec.key),
+                displayed(spec.key, file),
+                "{}",
+                spec.path
+            );
+        }
+    }
+
+    /// What `value_text` shows for a sample (the password is always redacted there).
+    fn displayed(key: Key, sample: &str) -> String {
+        if key == Key::AriPassword {
+            REDACTED.to_owned()
+        } else {
+            sample.to_owned()
+        }
+    }
+
+    fn password_of(config: &Config) -> &str {
+        &config.ari.password
+    }
+
+    #[test]
+    fn each_env_var_overrides_the_file() {
+        for spec in SPECS.iter().filter(|spec| spec.env.is_some()) {
+            let [file_value, env_value, _] = samples(spec.key);
+            let file = TempFile::new(spec.path, &toml_line(spec.key, file_value));
+            let path = file.path();
+            let env = [(CONFIG_ENV, path.as_str()), (spec.env.unwrap(), env_value)];
+            let config = Config::load(&Cli::default(), &env_of(&env))
+                .unwrap_or_else(|e| panic!("{}: {e}", spec.path));
+            assert_eq!(
+                config.value_text(spec.key),
+                displayed(spec.key, env_value),
+                "{}",
+                spec.path
+            );
+            if spec.key == Key::AriPassword {
+                assert_eq!(password_of(&config), env_value);
+            }
+        }
+    }
+
+    #[test]
+    fn each_flag_overrides_env() {
+        for spec in SPECS.iter().filter(|spec| spec.flag.is_some()) {
+            let [_, env_value, cli_value] = samples(spec.key);
+            let env = [(spec.env.unwrap(), env_value)];
+            let config = Config::load(&cli_with(spec.key, cli_value), &env_of(&env))
+                .unwrap_or_else(|e| panic!("{}: {e}", spec.path));
+            assert_eq!(
+                config.value_text(spec.key),
+                displayed(spec.key, cli_value),
+                "{}",
+                spec.path
+            );
+            if spec.key == Key::AriPassword {
+                assert_eq!(password_of(&config), cli_value);
+            }
+        }
+    }
+
+    #[test]
+    fn config_flag_beats_config_env() {
+        let chosen = TempFile::new("chosen", "[ari]\napp = \"from-flag-file\"\n");
+        let other = TempFile::new("other", "[ari]\napp = \"from-env-file\"\n");
+        let other_path = other.path();
+        let cli = Cli::try_parse_from(["rtpvisor", "--config", &chosen.path()]).unwrap();
+        let config = Config::load(&cli, &env_of(&[(CONFIG_ENV, &other_path)])).unwrap();
+        assert_eq!(config.ari.app, "from-flag-file");
+    }
+
+    /// (setting, bad value, expected part of the reason)
+    const INVALID: &[(Key, &str, &str)] = &[
+        (
+            Key::AriUrl,
+            "ftp://pbx/ari",
+            "must start with http:// or https://",
+        ),
+        (Key::AriUrl, "http://", "no host"),
+        (Key::AriUrl, "http://pbx /ari", "whitespace"),
+        (Key::AriUser, "a:b", "':'"),
+        (Key::AriApp, "my/app", "'/'"),
+        (Key::AriApp, "my app", "' '"),
+        (
+            Key::MediaHost,
+            "0.0.0.0",
+            "Asterisk must be able to send RTP to it",
+        ),
+        (
+            Key::MediaHost,
+            "::",
+            "Asterisk must be able to send RTP to it",
+        ),
+        (Key::MediaHost, "pbx:5060", "not an IP address or host name"),
+        (Key::MediaBindIp, "localhost", "not an IP address"),
+        (
+            Key::RtpPorts,
+            "10100-10000",
+            "start 10100 is above end 10000",
+        ),
+        (Key::RtpPorts, "0-100", "port 0"),
+        (
+            Key::RtpPorts,
+            "10000-70000",
+            "\"70000\" is not a port number",
+        ),
+        (Key::RtpPorts, "abc", "not a port number"),
+        (
+            Key::RtpPorts,
+            "3990-4010",
+            "contains the echo UDP port 4000",
+        ),
+        (Key::QuarantineMs, "-5", "must not be negative"),
+        (Key::QuarantineMs, "2s", "not a whole number"),
+        (Key::QuarantineMs, "600001", "outside 0..=600000"),
+        (Key::LateMs, "0", "above 0"),
+        (Key::LateMs, "-1", "above 0"),
+        (Key::LateMs, "NaN", "finite"),
+        (Key::LateMs, "inf", "finite"),
+        (Key::LateMs, "x", "not a number"),
+        (Key::ProbeTimeoutMs, "0", "outside 1..=10000"),
+        (Key::ProbeTimeoutMs, "10001", "outside 1..=10000"),
+        (Key::NoMediaTimeoutMs, "3600001", "outside 0..=3600000"),
+        (
+            Key::DefaultMode,
+            "loop",
+            "must be one of echo, probe, shared-echo",
+        ),
+        (Key::EchoAddr, "4000", "not an IP:port socket address"),
+        (Key::EchoAddr, "0.0.0.0:0", "port 0 is not allowed"),
+        (
+            Key::EchoAddr,
+            "0.0.0.0:10050",
+            "inside the RTP port range 10000-10100",
+        ),
+        (
+            Key::EchoHost,
+            "0.0.0.0",
+            "Asterisk must be able to send RTP to it",
+        ),
+        (Key::HttpAddr, "abc", "not an IP:port socket address"),
+        (Key::ShutdownTimeoutMs, "600001", "outside 0..=600000"),
+    ];
+
+    fn assert_one_line(message: &str) {
+        assert!(!message.contains('\n'), "not one line: {message}");
+    }
+
+    #[test]
+    fn invalid_env_values_name_the_variable_and_value() {
+        for &(key, bad, reason) in INVALID {
+            let var = spec(key).env.unwrap();
+            let error = Config::load(&Cli::default(), &env_of(&[(var, bad)])).unwrap_err();
+            let message = error.to_string();
+            assert_eq!(
+                message,
+                format!("invalid {var}={bad:?}: {}", reason_of(&error))
+            );
+            assert!(message.contains(reason), "{message} lacks {reason:?}");
+            assert_one_line(&message);
+            assert!(
+                matches!(error, ConfigError::Invalid { ref setting, .. } if setting == spec(key).path)
+            );
+        }
+    }
+
+    fn reason_of(error: &ConfigError) -> &str {
+        match error {
+            ConfigError::Invalid { reason, .. } => reason,
+            other => panic!("not Invalid: {other}"),
+        }
+    }
+
+    #[test]
+    fn invalid_flag_values_name_the_flag_and_value() {
+        for &(key, bad, reason) in INVALID {
+            let flag = spec(key).flag.unwrap();
+            let error = Config::load(&cli_with(key, bad), &no_env).unwrap_err();
+            let message = error.to_string();
+            assert_eq!(
+                message,
+                format!("invalid {flag} {bad:?}: {}", reason_of(&error))
+            );
+            assert!(message.contains(reason), "{message} lacks {reason:?}");
+            assert_one_line(&message);
+        }
+    }
+
+    #[test]
+    fn invalid_file_values_name_the_key_and_file() {
+        for &(key, bad, reason) in INVALID {
+            let numeric = matches!(spec(key).kind, Kind::Int | Kind::Num);
+            // Non-numbers cannot be written as TOML numbers; those cases have their own test.
+            if numeric && bad.parse::<f64>().is_err() {
+                continue;
+            }
+            let text = toml_line(key, bad).replace("= NaN", "= nan");
+            let error = Config::from_toml_str(&text, "/etc/rtpvisor.toml").unwrap_err();
+            let message = error.to_string();
+            let expected = format!("invalid {} in /etc/rtpvisor.toml: ", spec(key).path);
+            assert!(message.starts_with(&expected), "{message}");
+            assert!(message.contains(reason), "{message} lacks {reason:?}");
+            assert_one_line(&message);
+        }
+    }
+
+    #[test]
+    fn the_example_messages_from_the_brief() {
+        let env = env_of(&[("RTPVISOR_RTP_PORTS", "10100-10000")]);
+        assert_eq!(
+            Config::load(&Cli::default(), &env).unwrap_err().to_string(),
+            "invalid RTPVISOR_RTP_PORTS=\"10100-10000\": start 10100 is above end 10000"
+        );
+        let cli = Cli::try_parse_from(["rtpvisor", "--http-addr", "abc"]).unwrap();
+        assert!(Config::load(&cli, &no_env)
+            .unwrap_err()
+            .to_string()
+            .starts_with("invalid --http-addr \"abc\": not an IP:port socket address"));
+        let error = Config::from_toml_str("[media]\nrtp_ports = \"2-1\"", "/etc/rtpvisor.toml")
+            .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "invalid media.rtp_ports in /etc/rtpvisor.toml: start 2 is above end 1"
+        );
+    }
+
+    #[test]
+    fn wrong_toml_types_name_the_key() {
+        let cases = [
+            (
+                "[media]\nquarantine_ms = \"2000\"",
+                "media.quarantine_ms",
+                "expected an integer, got string \"2000\"",
+            ),
+            (
+                "[media]\nlate_ms = true",
+                "media.late_ms",
+                "expected a number, got boolean true",
+            ),
+            (
+                "[media]\nprobe_timeout_ms = 1.5",
+                "media.probe_timeout_ms",
+                "expected an integer, got float 1.5",
+            ),
+            (
+                "[media]\nrtp_ports = [1, 2]",
+                "media.rtp_ports",
+                "got array",
+            ),
+            (
+                "[media]\nhost = 127",
+                "media.host",
+                "expected a string, got integer 127",
+            ),
+            (
+                "[ari]\npassword = 12345",
+                "ari.password",
+                "expected a string, got integer",
+            ),
+            (
+                "shutdown_timeout_ms = -1",
+                "shutdown_timeout_ms",
+                "must not be negative",
+            ),
+            (
+                "media = 5",
+                "media",
+                "expected a table [media], got integer",
+            ),
+        ];
+        for (text, key, reason) in cases {
+            let message = Config::from_toml_str(text, "f.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                message.starts_with(&format!("invalid {key} in f.toml: ")),
+                "{message}"
+            );
+            assert!(message.contains(reason), "{message} lacks {reason:?}");
+        }
+        // Type errors must not echo the password.
+        let message = Config::from_toml_str("[ari]\npassword = 12345", "f.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(!message.contains("12345"), "{message}");
+    }
+
+    #[test]
+    fn empty_values_are_errors_not_defaults() {
+        let error =
+            Config::load(&Cli::default(), &env_of(&[("RTPVISOR_RTP_PORTS", "")])).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "invalid RTPVISOR_RTP_PORTS=\"\": empty; unset the variable to use the default"
+        );
+        for spec in SPECS {
+            if let Some(var) = spec.env {
+                let message = Config::load(&Cli::default(), &env_of(&[(var, " ")]))
+                    .unwrap_err()
+                    .to_string();
+                assert!(message.starts_with(&format!("invalid {var}=")), "{message}");
+                assert!(message.contains("empty"), "{message}");
+            }
+            if spec.flag.is_some() {
+                let message = Config::load(&cli_with(spec.key, ""), &no_env)
+                    .unwrap_err()
+                    .to_string();
+                assert!(message.contains("empty; omit the flag"), "{message}");
+            }
+            if spec.kind != Kind::Int && spec.kind != Kind::Num {
+                let message = Config::from_toml_str(&toml_line(spec.key, ""), "f.toml")
+                    .unwrap_err()
+                    .to_string();
+                assert!(
+                    message.contains(&format!("{} in f.toml: empty", spec.path)),
+                    "{message}"
+                );
+            }
+        }
+        let message = Config::load(&Cli::default(), &env_of(&[(CONFIG_ENV, "")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.starts_with("invalid RTPVISOR_CONFIG \"\": empty"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn password_is_hidden_in_errors() {
+        let error =
+            Config::load(&Cli::default(), &env_of(&[("RTPVISOR_ARI_PASSWORD", "  ")])).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "invalid RTPVISOR_ARI_PASSWORD=(hidden): empty; unset the variable to use the default"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_named_with_their_table() {
+        let cases = [
+            ("[media]\nrtp_port = \"1-2\"", "unknown key media.rtp_port in f.toml; known keys here: host, bind_ip, rtp_ports"),
+            ("colour = 1", "unknown key colour in f.toml; known keys here: ari, media, echo, http, shutdown_timeout_ms"),
+            ("[metrics]\nport = 1", "unknown key metrics in f.toml"),
+            ("[echo.extra]\nx = 1", "unknown key echo.extra in f.toml; known keys here: addr, host"),
+        ];
+        for (text, expected) in cases {
+            let message = Config::from_toml_str(text, "f.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(message.starts_with(expected), "{message}");
+            assert_one_line(&message);
+        }
+    }
+
+    #[test]
+    fn toml_syntax_errors_are_one_line_with_position() {
+        let error = Config::from_toml_str("[ari]\nurl = \"unterminated\n", "f.toml").unwrap_err();
+        let message = error.to_string();
+        assert!(
+            message.starts_with("invalid TOML in f.toml at line 2, column "),
+            "{message}"
+        );
+        assert_one_line(&message);
+    }
+
+    #[test]
+    fn missing_file_names_the_path_and_who_asked() {
+        let missing = "/nonexistent/rtpvisor-test.toml";
+        let cli = Cli::try_parse_from(["rtpvisor", "--config", missing]).unwrap();
+        let message = Config::load(&cli, &no_env).unwrap_err().to_string();
+        assert!(
+            message.starts_with(&format!(
+                "cannot read config file {missing:?} (from --config): "
+            )),
+            "{message}"
+        );
+        assert_one_line(&message);
+        let message = Config::load(&Cli::default(), &env_of(&[(CONFIG_ENV, missing)]))
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("(from RTPVISOR_CONFIG)"), "{message}");
+    }
+
+    #[test]
+    fn conflicts_blame_the_most_recently_set_side() {
+        // Env ports vs default echo port: the env value is blamed, the default is explained.
+        let env = env_of(&[("RTPVISOR_RTP_PORTS", "3990-4010")]);
+        assert_eq!(
+            Config::load(&Cli::default(), &env).unwrap_err().to_string(),
+            "invalid RTPVISOR_RTP_PORTS=\"3990-4010\": range 3990-4010 contains the echo UDP port 4000 \
+             (set by echo.addr = 0.0.0.0:4000 (built-in default))"
+        );
+        // File ports vs CLI echo port: the flag is blamed.
+        let file = TempFile::new("conflict", "[media]\nrtp_ports = \"5000-5100\"\n");
+        let cli = Cli::try_parse_from([
+            "rtpvisor",
+            "--config",
+            &file.path(),
+            "--echo-addr",
+            "0.0.0.0:5050",
+        ])
+        .unwrap();
+        let message = Config::load(&cli, &no_env).unwrap_err().to_string();
+        assert_eq!(
+            message,
+            format!(
+                "invalid --echo-addr \"0.0.0.0:5050\": echo UDP port 5050 is inside the RTP port range 5000-5100 \
+                 (set by media.rtp_ports in {})",
+                file.path()
+            )
+        );
+        let message = Config::from_toml_str("[ari]\nreconnect_min_ms = 6000", "f.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.starts_with(
+                "invalid ari.reconnect_min_ms in f.toml: 6000 is above the maximum 5000"
+            ),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn password_is_redacted_in_serialization_and_debug() {
+        let mut config = Config::default();
+        config.ari.password = "s3cret-pw".into();
+        let text = config.to_toml_redacted();
+        assert!(text.contains("password = \"***\""), "{text}");
+        assert!(!text.contains("s3cret-pw"), "{text}");
+        assert!(!format!("{config:?}").contains("s3cret-pw"));
+        assert!(!format!("{:#?}", config.ari).contains("s3cret-pw"));
+    }
+
+    #[test]
+    fn print_config_parses_back_to_the_same_config() {
+        let mut config = Config::default();
+        let sample_cli: Vec<String> = SPECS
+            .iter()
+            .filter_map(|spec| Some(format!("{}={}", spec.flag?, samples(spec.key)[2])))
+            .collect();
+        let cli =
+            Cli::try_parse_from(std::iter::once("rtpvisor".to_owned()).chain(sample_cli)).unwrap();
+        for changed in [config.clone(), Config::load(&cli, &no_env).unwrap()] {
+            config = changed;
+            let text = config.to_toml_redacted();
+            let parsed =
+                Config::from_toml_str(&text, "printed").unwrap_or_else(|e| panic!("{e}\n{text}"));
+            assert_eq!(parsed.ari.password, REDACTED);
+            let mut expected = config.clone();
+            expected.ari.password = REDACTED.into();
+            assert_eq!(parsed, expected, "{text}");
+        }
+        assert_eq!(
+            config.echo.host.as_deref(),
+            Some("fe80::1"),
+            "round trip covered echo.host"
+        );
+    }
+
+    #[test]
+    fn echo_host_defaults_to_media_host() {
+        let mut config = Config::default();
+        config.media.host = "pbx-side.example".into();
+        assert_eq!(config.echo_host(), "pbx-side.example");
+        config.echo.host = Some("10.9.9.9".into());
+        assert_eq!(config.echo_host(), "10.9.9.9");
+    }
+
+    #[test]
+    fn cli_help_states_default_and_env_for_every_flag() {
+        Cli::command().debug_assert();
+        let defaults = Config::default();
+        for spec in SPECS.iter().filter(|spec| spec.flag.is_some()) {
+            let help =
+                flag_help(spec.flag.unwrap()).unwrap_or_else(|| panic!("{} missing", spec.path));
+            let default = match spec.key {
+                Key::AriPassword => "rtpvisor".to_owned(),
+                key => defaults.value_text(key),
+            };
+            assert!(help.contains(&format!("[default: {default}]")), "{help}");
+            assert!(
+                help.contains(&format!("[env: {}]", spec.env.unwrap())),
+                "{help}"
+            );
+        }
+        assert!(flag_help("--config")
+            .unwrap()
+            .contains("[env: RTPVISOR_CONFIG]"));
+        // Every value flag is in SPECS, so none can bypass validation.
+        for arg in Cli::command().get_arguments() {
+            let long = format!("--{}", arg.get_long().unwrap());
+            let known = SPECS.iter().any(|spec| spec.flag == Some(long.as_str()));
+            assert!(
+                known
+                    || ["--config", "--print-config", "--help", "--version"]
+                        .contains(&long.as_str()),
+                "{long}"
+            );
+        }
+    }
+
+    #[test]
+    fn cli_parses_print_config_and_keeps_values_as_text() {
+        let cli = Cli::try_parse_from(["rtpvisor", "--print-config", "--late-ms", "2.5"]).unwrap();
+        assert!(cli.print_config);
+        assert_eq!(cli.late_ms.as_deref(), Some("2.5"));
+        assert_eq!(Config::load(&cli, &no_env).unwrap().media.late_ms, 2.5);
+    }
+
+    #[test]
+    fn port_range_text_forms() {
+        let single = PortRangeSetting::parse(" 10000 ").unwrap();
+        assert_eq!(
+            single,
+            PortRangeSetting {
+                start: 10000,
+                end: 10000
+            }
+        );
+        assert_eq!(single.to_string(), "10000");
+        assert_eq!(single.len(), 1);
+        let range = PortRangeSetting::parse("1 - 65535").unwrap();
+        assert_eq!(range.to_string(), "1-65535");
+        assert_eq!(range.len(), 65535);
+        assert!(range.contains(1) && range.contains(65535) && !range.contains(0));
+        assert!(!range.is_empty());
+        assert!(PortRangeSetting::parse("1-2-3").is_err());
+    }
+}
