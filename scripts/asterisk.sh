@@ -124,6 +124,12 @@ unmount_below() {
 # ---------------------------------------------------------------------------------------------
 # build
 
+# pkg_version ROOTFS PACKAGE
+pkg_version() {
+    # shellcheck disable=SC2016 # ${Version} is dpkg-query's format, not a shell expansion
+    chroot "$1" dpkg-query -W -f '${Version}' "$2"
+}
+
 BUILD_TMP=""
 build_cleanup() {
     if [[ -n $BUILD_TMP && -d $BUILD_TMP ]]; then
@@ -133,6 +139,7 @@ build_cleanup() {
         else
             rm -rf --one-file-system "$BUILD_TMP"
         fi
+        rm -f "$BUILD_TMP.debootstrap.log" "$BUILD_TMP.apt.log"
     fi
 }
 
@@ -164,13 +171,18 @@ cmd_build() {
     if ! command -v debootstrap >/dev/null; then
         t="$(now)"
         log "build: installing debootstrap on the host"
-        DEBIAN_FRONTEND=noninteractive apt-get update -q
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q debootstrap
+        { DEBIAN_FRONTEND=noninteractive apt-get update -q &&
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -q debootstrap; } >"$ROOT.host-apt.log" 2>&1 || {
+            tail -n 40 "$ROOT.host-apt.log" >&2
+            die "could not install debootstrap on the host (log: $ROOT.host-apt.log)"
+        }
+        rm -f "$ROOT.host-apt.log"
         log "build: debootstrap installed in $(elapsed "$t")"
     fi
 
     BUILD_TMP="$(mktemp -d "$ROOT.tmp.XXXXXX")"
     trap build_cleanup EXIT
+    trap 'exit 130' INT TERM HUP # make signals run the EXIT trap (unmount, remove the temp dir)
     chmod 755 "$BUILD_TMP"
 
     t="$(now)"
@@ -217,8 +229,8 @@ cmd_build() {
     ln -sfn /usr/share/sip-tester "$BUILD_TMP$SIPP_CWD/pcap"
 
     local ast_version sipp_version
-    ast_version="$(chroot "$BUILD_TMP" dpkg-query -W -f '${Version}' asterisk)"
-    sipp_version="$(chroot "$BUILD_TMP" dpkg-query -W -f '${Version}' sip-tester)"
+    ast_version="$(pkg_version "$BUILD_TMP" asterisk)"
+    sipp_version="$(pkg_version "$BUILD_TMP" sip-tester)"
     {
         echo "asterisk $ast_version, sip-tester $sipp_version, built $(date -u +%FT%TZ)"
         echo "mirror $MIRROR"
@@ -226,7 +238,7 @@ cmd_build() {
     # The stamp is inside the tree before the rename: ROOT appears complete or not at all.
     mv -T "$BUILD_TMP" "$ROOT"
     BUILD_TMP=""
-    trap - EXIT
+    trap - EXIT INT TERM HUP
     exec {lockfd}>&-
     log "build: done in $(elapsed "$t0"): $ROOT ($(du -sh --one-file-system "$ROOT" | cut -f1); asterisk $ast_version, sip-tester $sipp_version)"
 }
@@ -240,11 +252,20 @@ root_real() {
     printf '%s' "$ROOT_REAL"
 }
 
+# Is PID alive? A zombie is not: it has exited and released its ports, and where PID 1 reaps
+# lazily (seen in a microVM: ~2 s) kill -0 would still succeed on it.
+pid_alive() {
+    local stat
+    stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1
+    stat="${stat##*) }"
+    [[ ${stat:0:1} != Z ]]
+}
+
 # Is PID an Asterisk running in our chroot?
 is_our_asterisk() {
     local pid="$1" r comm
     [[ $pid =~ ^[0-9]+$ ]] || return 1
-    [[ -d /proc/$pid ]] || return 1
+    pid_alive "$pid" || return 1
     r="$(readlink "/proc/$pid/root" 2>/dev/null)" || return 1
     comm="$(cat "/proc/$pid/comm" 2>/dev/null)" || return 1
     [[ $r == "$(root_real)" && $comm == asterisk ]]
@@ -285,11 +306,9 @@ port_holder() {
         tcp) flags=-Hltnp ;;
         udp) flags=-Hlunp ;;
     esac
-    ss "$flags" "sport = :$port" 2>/dev/null |
-        grep -o 'users:(.*)' | sed -E 's/users:\(\(//; s/\)\)$//; s/\),\(/; /g; s/"//g; s/,fd=[0-9]+//g' |
-        paste -sd ';' -
-    # ss prints nothing for a free port; a holder without process info (other namespace) shows as
-    # a listening line without users:, handled below.
+    ss "$flags" "sport = :$port" 2>/dev/null | grep -o 'users:(.*)' |
+        grep -oE '"[^"]+",pid=[0-9]+' | sed -E 's/^"([^"]+)",pid=([0-9]+)$/\1 (pid \2)/' |
+        sort -u | paste -sd ',' - | sed 's/,/, /g'
 }
 
 port_busy() {
@@ -363,15 +382,35 @@ EOF
     chmod -R u=rwX,go=rX "$etc"
 }
 
+# wait_exit PID TENTHS: wait up to TENTHS/10 s for PID to exit; fails if it still runs.
+wait_exit() {
+    local i
+    for ((i = 0; i < $2; i++)); do
+        pid_alive "$1" || return 0
+        sleep 0.1
+    done
+    ! pid_alive "$1"
+}
+
+# terminate_pid PID: TERM, wait 5 s, KILL, wait 5 s.
+terminate_pid() {
+    local pid="$1"
+    pid_alive "$pid" || return 0
+    log "sending TERM to Asterisk (PID $pid)"
+    kill -TERM "$pid" 2>/dev/null || true
+    wait_exit "$pid" 50 && return 0
+    log "Asterisk (PID $pid) ignored TERM; sending KILL"
+    kill -KILL "$pid" 2>/dev/null || true
+    wait_exit "$pid" 50
+}
+
 START_PID=""
 start_failed() {
     local why="$1"
     log "start failed: $why"
     print_logs 40
-    if [[ -n $START_PID ]] && kill -0 "$START_PID" 2>/dev/null; then
-        kill -TERM "$START_PID" 2>/dev/null || true
-        sleep 1
-        kill -KILL "$START_PID" 2>/dev/null || true
+    if [[ -n $START_PID ]]; then
+        terminate_pid "$START_PID"
     fi
     rm -f "$PIDFILE"
     unmount_runtime
@@ -407,15 +446,16 @@ cmd_start() {
     : >"$CONSOLE_LOG"
     mount_runtime
 
+    # The lock's fd must not leak into Asterisk, or Asterisk holds the lock until it exits.
     setsid chroot "$ROOT" /usr/sbin/asterisk -f -n -U asterisk -G asterisk \
-        </dev/null >>"$CONSOLE_LOG" 2>&1 &
+        </dev/null >>"$CONSOLE_LOG" 2>&1 {runlockfd}>&- &
     START_PID=$!
     echo "$START_PID" >"$PIDFILE"
 
     local deadline
     deadline="$(awk -v a="$(now)" -v t="$START_TIMEOUT" 'BEGIN { printf "%.3f", a + t }')"
     until ari_ok; do
-        kill -0 "$START_PID" 2>/dev/null || start_failed "Asterisk exited during startup"
+        pid_alive "$START_PID" || start_failed "Asterisk exited during startup"
         if awk -v n="$(now)" -v d="$deadline" 'BEGIN { exit !(n > d) }'; then
             start_failed "ARI did not answer at $ARI_URL within ${START_TIMEOUT} s"
         fi
@@ -423,15 +463,15 @@ cmd_start() {
     done
     in_chroot_asterisk_rx 'core waitfullybooted' "$START_TIMEOUT" >/dev/null ||
         start_failed "'core waitfullybooted' did not return"
-    kill -0 "$START_PID" 2>/dev/null || start_failed "Asterisk exited during startup"
+    pid_alive "$START_PID" || start_failed "Asterisk exited during startup"
     is_our_asterisk "$START_PID" || log "warning: PID $START_PID does not look like our Asterisk"
 
     log "start: Asterisk running (PID $START_PID), ARI answers at $ARI_URL; startup took $(elapsed "$t0")"
 
     local errors
-    errors="$(grep -E '(^|[] ])ERROR\[' "$MESSAGES_LOG" "$CONSOLE_LOG" 2>/dev/null | sort -u || true)"
+    errors="$(grep -E '(^|[] ])ERROR\[' "$MESSAGES_LOG" 2>/dev/null || true)"
     if [[ -n $errors ]]; then
-        log "warning: ERROR lines in Asterisk's logs at startup:"
+        log "warning: ERROR lines in $MESSAGES_LOG at startup:"
         printf '%s\n' "$errors" >&2
     fi
     exec {runlockfd}>&-
@@ -444,31 +484,12 @@ cmd_stop() {
     exec {runlockfd}>"$ROOT.run.lock"
     flock "$runlockfd"
 
-    local pid t0 i
+    local pid t0
     t0="$(now)"
     if pid="$(our_pid)"; then
         in_chroot_asterisk_rx 'core stop now' 5 >/dev/null 2>&1 || true
-        for ((i = 0; i < 50; i++)); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        if kill -0 "$pid" 2>/dev/null; then
-            log "stop: Asterisk (PID $pid) still running; sending TERM"
-            kill -TERM "$pid" 2>/dev/null || true
-            for ((i = 0; i < 50; i++)); do
-                kill -0 "$pid" 2>/dev/null || break
-                sleep 0.1
-            done
-        fi
-        if kill -0 "$pid" 2>/dev/null; then
-            log "stop: Asterisk (PID $pid) ignored TERM; sending KILL"
-            kill -KILL "$pid" 2>/dev/null || true
-            for ((i = 0; i < 50; i++)); do
-                kill -0 "$pid" 2>/dev/null || break
-                sleep 0.1
-            done
-        fi
-        kill -0 "$pid" 2>/dev/null && die "stop: PID $pid survived KILL"
+        wait_exit "$pid" 50 || terminate_pid "$pid"
+        pid_alive "$pid" && die "stop: PID $pid survived KILL"
         log "stop: Asterisk (PID $pid) stopped in $(elapsed "$t0")"
     else
         log "stop: Asterisk is not running"
@@ -487,6 +508,11 @@ cmd_status() {
         fi
         echo "running: PID $pid, ARI does NOT answer at $ARI_URL (ROOT $ROOT)"
         return 1
+    fi
+    if [[ $(id -u) -ne 0 ]] && ari_ok; then
+        # Without root, /proc/PID/root of Asterisk (another user) can't be read.
+        echo "ARI answers at $ARI_URL (run as root to see whether it is our Asterisk and its PID)"
+        return 0
     fi
     if is_built; then
         echo "stopped (ROOT $ROOT is built: $(head -n1 "$ROOT/$STAMP_NAME"))"
@@ -507,7 +533,8 @@ cmd_sipp() {
     need_root sipp
     is_built || die "$ROOT is not built (run: $0 build)"
     mkdir -p "$ROOT$SIPP_CWD"
-    [[ -e $ROOT$SIPP_CWD/pcap ]] || ln -sfn /usr/share/sip-tester "$ROOT$SIPP_CWD/pcap"
+    [[ -L $ROOT$SIPP_CWD/pcap ]] || ln -sfn /usr/share/sip-tester "$ROOT$SIPP_CWD/pcap"
+    # shellcheck disable=SC2016 # expanded by the chroot's sh
     chroot "$ROOT" /bin/sh -c 'cd "$0" && exec /usr/bin/sipp "$@"' "$SIPP_CWD" "$@"
 }
 

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use actix_web::{web, App, HttpServer};
-use rtpvisor_actors::actors::channel::CallSettings;
+use rtpvisor_actors::actors::channel::{host_port, CallSettings};
 use rtpvisor_actors::actors::{Service, ServiceConfig};
 use rtpvisor_actors::ari::client::AriSettings;
 use rtpvisor_actors::mode::CallMode;
@@ -15,7 +15,7 @@ use crate::config::Config;
 
 /// Maps the validated configuration onto what the actor system takes.
 pub fn service_config(cfg: &Config) -> anyhow::Result<ServiceConfig> {
-    let echo_target = format!("{}:{}", cfg.echo_host(), cfg.echo.addr.port());
+    let echo_target = host_port(cfg.echo_host(), cfg.echo.addr.port());
     Ok(ServiceConfig {
         ari: AriSettings {
             url: cfg.ari.url.trim_end_matches('/').to_string(),

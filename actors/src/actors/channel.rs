@@ -62,6 +62,15 @@ pub struct EndCall {
     pub reason: &'static str,
 }
 
+/// `host:port` as ARI's `external_host` wants it; an IPv6 literal gets brackets.
+pub fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
 /// The ids of the resources we create for a caller: derived from the caller's id so that
 /// events and a later reconciliation can tell them apart from anyone else's.
 pub fn external_media_id(caller_id: &str) -> String {
@@ -278,7 +287,7 @@ impl SetupJob {
                     return Err(SetupError::Rejected(reason));
                 }
             };
-            let host = format!("{}:{}", self.settings.media_host, lease.port());
+            let host = host_port(&self.settings.media_host, lease.port());
             built.lease = Some(lease);
             Some((host, socket))
         } else {
@@ -390,4 +399,24 @@ async fn teardown(
     }
     drop(built);
     report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_port_brackets_ipv6_only() {
+        assert_eq!(host_port("127.0.0.1", 10000), "127.0.0.1:10000");
+        assert_eq!(host_port("rtpvisor", 4000), "rtpvisor:4000");
+        assert_eq!(host_port("::1", 10000), "[::1]:10000");
+        assert_eq!(host_port("[::1]", 10000), "[::1]:10000");
+    }
+
+    #[test]
+    fn our_resource_ids_are_recognisable() {
+        assert!(is_our_channel_id(&external_media_id("1700000000.12")));
+        assert!(!is_our_channel_id("1700000000.12"));
+        assert_eq!(bridge_id("abc"), "rtpvisor-br-abc");
+    }
 }

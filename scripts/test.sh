@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The test command (README, .ci/run): unit tests, then the end-to-end suite against a real
+# Asterisk 22 that this script builds (once, cached) and starts, and stops again at the end.
+# Needs root (debootstrap, chroot) and the machine's Rust toolchain; installs the rest.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+[ "$(id -u)" -eq 0 ] || { echo "test.sh: must run as root (it builds and starts Asterisk in a chroot)" >&2; exit 1; }
+command -v cargo >/dev/null || { echo "test.sh: cargo not found: install a Rust toolchain first" >&2; exit 1; }
+
+started_here=0
+if ! bash scripts/asterisk.sh status >/dev/null 2>&1; then
+  started_here=1
+fi
+bash scripts/asterisk.sh start
+if [ "$started_here" -eq 1 ]; then
+  trap 'bash scripts/asterisk.sh stop || true' EXIT
+fi
+
+# Tests share Asterisk's fixed ports (8088, 5060) and the RTP range: one at a time.
+cargo test --workspace --all-targets -- --test-threads=1 "$@"
