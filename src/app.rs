@@ -30,6 +30,7 @@ pub fn service_config(cfg: &Config) -> anyhow::Result<ServiceConfig> {
             echo_target,
             late_threshold: Duration::from_secs_f64(cfg.media.late_ms / 1000.0),
             probe_timeout: Duration::from_millis(cfg.media.probe_timeout_ms),
+            no_media_timeout: Duration::from_millis(cfg.media.no_media_timeout_ms),
         },
         rtp_ports: PortRange::new(cfg.media.rtp_ports.start, cfg.media.rtp_ports.end)
             .map_err(|e| anyhow::anyhow!("invalid media.rtp_ports: {e}"))?,

@@ -114,3 +114,410 @@ pub fn render(m: &MetricsSnapshot, ports: &PoolSnapshot) -> String {
     sample(&mut o, "rtpvisor_port_exhausted_total", "", ports.exhausted_total as f64);
     o
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::collections::{BTreeSet, HashMap, HashSet};
+
+    use rtpvisor_actors::actors::metrics::{AriEventCounts, DroppedCounters, ModesMetrics};
+    use rtpvisor_actors::latency::LatencySummary;
+    use rtpvisor_actors::media::ReflectorCounters;
+    use rtpvisor_actors::ports::PortRange;
+
+    use super::*;
+
+    /// One sample line of an exposition.
+    #[derive(Debug, Clone, PartialEq)]
+    pub(crate) struct Sample {
+        pub name: String,
+        /// Label pairs in the order written.
+        pub labels: Vec<(String, String)>,
+        pub value: f64,
+    }
+
+    /// The label names any rtpvisor metric may carry. Each has a small fixed set of values;
+    /// anything naming a call, channel or stream would make cardinality grow with traffic.
+    const BOUNDED_LABELS: [&str; 5] = ["mode", "quantile", "reason", "outcome", "state"];
+
+    fn is_metric_name(s: &str) -> bool {
+        let mut chars = s.chars();
+        matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_' || c == ':')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+    }
+
+    fn is_label_name(s: &str) -> bool {
+        let mut chars = s.chars();
+        matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !s.starts_with("__")
+    }
+
+    /// Returns `Err(message)` from the enclosing function unless `cond` holds.
+    macro_rules! ensure {
+        ($cond:expr, $($msg:tt)+) => {
+            if !$cond {
+                return Err(format!($($msg)+));
+            }
+        };
+    }
+
+    /// Parses `k="v",k2="v2"` (the text between the braces), honouring `\\`, `\"` and `\n`.
+    fn parse_labels(text: &str, line: &str) -> Result<Vec<(String, String)>, String> {
+        let mut labels = Vec::new();
+        let mut rest = text;
+        while !rest.is_empty() {
+            let (name, after) = rest
+                .split_once("=\"")
+                .unwrap_or_else(|| panic!("label without =\"value\" in {line:?}"));
+            assert!(is_label_name(name), "bad label name {name:?} in {line:?}");
+            let mut value = String::new();
+            let mut chars = after.char_indices();
+            let end = loop {
+                match chars.next() {
+                    Some((i, '"')) => break i,
+                    Some((_, '\\')) => match chars.next() {
+                        Some((_, '\\')) => value.push('\\'),
+                        Some((_, '"')) => value.push('"'),
+                        Some((_, 'n')) => value.push('\n'),
+                        other => panic!("bad escape {other:?} in {line:?}"),
+                    },
+                    Some((_, c)) => value.push(c),
+                    None => panic!("unterminated label value in {line:?}"),
+                }
+            };
+            labels.push((name.to_owned(), value));
+            rest = &after[end + 1..];
+            if let Some(r) = rest.strip_prefix(',') {
+                rest = r;
+            } else {
+                assert!(rest.is_empty(), "junk after label value in {line:?}");
+            }
+        }
+        labels
+    }
+
+    /// Parses `name{labels} value` or `name value` (no timestamp: we never write one).
+    fn parse_sample(line: &str) -> Sample {
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("sample without a value: {line:?}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("value is not a float in {line:?}"));
+        let (name, labels) = match series.split_once('{') {
+            Some((name, labels)) => {
+                let labels = labels
+                    .strip_suffix('}')
+                    .unwrap_or_else(|| panic!("unclosed label set in {line:?}"));
+                (name, parse_labels(labels, line))
+            }
+            None => (series, Vec::new()),
+        };
+        assert!(is_metric_name(name), "bad metric name {name:?} in {line:?}");
+        Sample { name: name.to_owned(), labels, value }
+    }
+
+    /// Checks `text` against the Prometheus text format 0.0.4 and our own rules, panicking with
+    /// the offending line; returns the samples.
+    ///
+    /// Format: every line is `# HELP`, `# TYPE` or a sample; each family has exactly one HELP
+    /// and one TYPE, both before its samples, and its samples are contiguous; a sample belongs
+    /// to the family announced last (a summary also owns `_sum` and `_count`); values are
+    /// floats; no (name, labels) pair appears twice; the text ends with a newline.
+    /// Ours: only [`BOUNDED_LABELS`] (so no per-call label), counters end in `_total` and are
+    /// never negative, and only a summary's quantile samples carry `quantile`.
+    pub(crate) fn check_exposition(text: &str) -> Vec<Sample> {
+        assert!(text.ends_with('\n'), "exposition must end with a newline");
+        let mut helped: HashSet<String> = HashSet::new();
+        let mut types: HashMap<String, String> = HashMap::new();
+        let mut finished: HashSet<String> = HashSet::new();
+        let mut current: Option<String> = None;
+        let mut seen: HashSet<(String, BTreeSet<(String, String)>)> = HashSet::new();
+        let mut samples = Vec::new();
+        for line in text.lines() {
+            assert!(!line.trim().is_empty(), "blank line in the exposition");
+            if let Some(comment) = line.strip_prefix('#') {
+                let mut words = comment.trim_start().splitn(3, ' ');
+                let keyword = words.next().unwrap_or_default();
+                let name = words.next().unwrap_or_default().to_owned();
+                let rest = words.next().unwrap_or_default();
+                if keyword != "HELP" && keyword != "TYPE" {
+                    continue; // a free comment
+                }
+                assert!(is_metric_name(&name), "bad family name in {line:?}");
+                assert!(!finished.contains(&name), "family {name} resumed after another: {line:?}");
+                if current.as_deref() != Some(name.as_str()) {
+                    if let Some(previous) = current.replace(name.clone()) {
+                        finished.insert(previous);
+                    }
+                }
+                if keyword == "HELP" {
+                    assert!(!rest.trim().is_empty(), "empty help text: {line:?}");
+                    assert!(helped.insert(name.clone()), "second HELP for {name}");
+                    assert!(!types.contains_key(&name), "HELP after TYPE for {name}");
+                } else {
+                    assert!(
+                        ["counter", "gauge", "summary", "histogram", "untyped"].contains(&rest),
+                        "unknown type in {line:?}"
+                    );
+                    assert!(helped.contains(&name), "TYPE before HELP for {name}");
+                    assert!(types.insert(name.clone(), rest.to_owned()).is_none(), "second TYPE for {name}");
+                }
+                continue;
+            }
+            let sample = parse_sample(line);
+            let family = current
+                .clone()
+                .unwrap_or_else(|| panic!("sample before any # HELP/# TYPE: {line:?}"));
+            let kind = types
+                .get(&family)
+                .unwrap_or_else(|| panic!("no # TYPE for {family} before {line:?}"));
+            let is_summary_part = kind == "summary"
+                && [format!("{family}_sum"), format!("{family}_count")].contains(&sample.name);
+            assert!(
+                sample.name == family || is_summary_part,
+                "sample {} outside its family {family}: {line:?}",
+                sample.name
+            );
+            let has_quantile = sample.labels.iter().any(|(k, _)| k == "quantile");
+            assert_eq!(
+                has_quantile,
+                kind == "summary" && !is_summary_part,
+                "quantile label misplaced: {line:?}"
+            );
+            if kind == "counter" {
+                assert!(family.ends_with("_total"), "counter {family} does not end in _total");
+                assert!(sample.value >= 0.0, "negative counter: {line:?}");
+            }
+            for (label, _) in &sample.labels {
+                assert!(
+                    BOUNDED_LABELS.contains(&label.as_str()),
+                    "label {label:?} is not one of the bounded labels {BOUNDED_LABELS:?}: {line:?}"
+                );
+            }
+            let names: HashSet<&str> = sample.labels.iter().map(|(k, _)| k.as_str()).collect();
+            assert_eq!(names.len(), sample.labels.len(), "repeated label name: {line:?}");
+            let key = (sample.name.clone(), sample.labels.iter().cloned().collect());
+            assert!(seen.insert(key), "duplicate series: {line:?}");
+            samples.push(sample);
+        }
+        for name in &helped {
+            assert!(types.contains_key(name), "family {name} has HELP but no TYPE");
+        }
+        samples
+    }
+
+    /// A snapshot where every figure is distinct, so a mixed-up field shows.
+    fn distinctive() -> (MetricsSnapshot, PoolSnapshot) {
+        let mode = |base: u64, latency: LatencySummary| ModeMetrics {
+            calls_total: base + 1,
+            calls_active: base + 2,
+            calls_rejected: base + 3,
+            calls_failed: base + 4,
+            latency,
+            packets_in: base + 10,
+            packets_out: base + 11,
+            expected: base + 12,
+            lost: base + 13,
+            late: base + 14,
+            duplicates: base + 15,
+            reordered: base + 16,
+            packet_loss_ratio: 0.25,
+            late_ratio: 0.5,
+            jitter_ms_avg: 3.0,
+            loops_detected: base + 17,
+        };
+        let echo_latency = LatencySummary {
+            count: 40,
+            min_ms: 1.0,
+            p50_ms: 12.5,
+            p95_ms: 20.0,
+            p99_ms: 31.25,
+            p999_ms: 40.0,
+            max_ms: 45.5,
+            avg_ms: 12.5,
+        };
+        let probe_latency = LatencySummary {
+            count: 8,
+            min_ms: 2.0,
+            p50_ms: 4.0,
+            p95_ms: 6.0,
+            p99_ms: 7.0,
+            p999_ms: 7.5,
+            max_ms: 250.0,
+            avg_ms: 5.0,
+        };
+        let mut probe = mode(200, probe_latency);
+        probe.calls_total = 7;
+        let metrics = MetricsSnapshot {
+            total_channels: 1000,
+            active_channels: 1001,
+            total_latencies: 48,
+            p50_latency: 1.5,
+            p95_latency: 2.5,
+            p99_latency: 3.5,
+            max_latency: 4.5,
+            avg_latency: 5.5,
+            late_ratio: 0.125,
+            packet_loss_ratio: 0.0625,
+            rejected_calls: 1002,
+            failed_calls: 1003,
+            jitter_ms_avg: 2.5,
+            modes: ModesMetrics {
+                echo: mode(100, echo_latency),
+                probe,
+                shared_echo: mode(300, LatencySummary::default()),
+            },
+            echo: ReflectorCounters { packets: 500, bytes: 86_000, send_errors: 3 },
+            dropped: DroppedCounters { foreign_source: 21, malformed: 22, media_loop: 23 },
+            ari: AriEventCounts { events: 90, unknown: 5, malformed: 2 },
+        };
+        let ports = PoolSnapshot {
+            range: PortRange::new(10000, 10009).unwrap(),
+            size: 10,
+            leased: 2,
+            free: 5,
+            quarantined: 1,
+            unavailable: 2,
+            leased_ports: vec![10000, 10001],
+            quarantined_ports: vec![10002],
+            unavailable_ports: vec![10003, 10004],
+            leases_total: 77,
+            releases_total: 75,
+            exhausted_total: 4,
+            skipped_total: 2,
+        };
+        (metrics, ports)
+    }
+
+    fn lines(text: &str) -> HashSet<&str> {
+        text.lines().collect()
+    }
+
+    #[test]
+    fn renders_distinctive_values_on_the_expected_lines() {
+        let (m, p) = distinctive();
+        let text = render(&m, &p);
+        let have = lines(&text);
+        for want in [
+            "# HELP rtpvisor_calls_total Calls accepted, by mode.",
+            "# TYPE rtpvisor_calls_total counter",
+            "rtpvisor_calls_total{mode=\"echo\"} 101",
+            "rtpvisor_calls_total{mode=\"probe\"} 7",
+            "rtpvisor_calls_total{mode=\"shared-echo\"} 301",
+            "rtpvisor_calls_active{mode=\"echo\"} 102",
+            "rtpvisor_calls_rejected_total{mode=\"probe\"} 203",
+            "rtpvisor_calls_failed_total{mode=\"shared-echo\"} 304",
+            // Latencies are kept in ms and exposed in seconds.
+            "# TYPE rtpvisor_latency_seconds summary",
+            "rtpvisor_latency_seconds{mode=\"echo\",quantile=\"0.5\"} 0.0125",
+            "rtpvisor_latency_seconds{mode=\"echo\",quantile=\"0.95\"} 0.02",
+            "rtpvisor_latency_seconds{mode=\"echo\",quantile=\"0.99\"} 0.03125",
+            "rtpvisor_latency_seconds{mode=\"echo\",quantile=\"0.999\"} 0.04",
+            "rtpvisor_latency_seconds_sum{mode=\"echo\"} 0.5",
+            "rtpvisor_latency_seconds_count{mode=\"echo\"} 40",
+            "rtpvisor_latency_seconds{mode=\"probe\",quantile=\"0.5\"} 0.004",
+            "rtpvisor_latency_seconds_sum{mode=\"probe\"} 0.04",
+            "rtpvisor_latency_seconds_count{mode=\"probe\"} 8",
+            "rtpvisor_latency_max_seconds{mode=\"echo\"} 0.0455",
+            "rtpvisor_latency_max_seconds{mode=\"probe\"} 0.25",
+            "rtpvisor_packets_received_total{mode=\"echo\"} 110",
+            "rtpvisor_packets_sent_total{mode=\"probe\"} 211",
+            "rtpvisor_packets_expected_total{mode=\"echo\"} 112",
+            "rtpvisor_packets_lost_total{mode=\"probe\"} 213",
+            "rtpvisor_packets_late_total{mode=\"echo\"} 114",
+            "rtpvisor_packets_duplicate_total{mode=\"probe\"} 215",
+            "rtpvisor_packets_reordered_total{mode=\"echo\"} 116",
+            // The service-wide mean jitter, not a per-mode one.
+            "rtpvisor_jitter_seconds_avg 0.0025",
+            "rtpvisor_media_loops_detected_total 117",
+            "rtpvisor_dropped_packets_total{reason=\"foreign_source\"} 21",
+            "rtpvisor_dropped_packets_total{reason=\"malformed\"} 22",
+            "rtpvisor_dropped_packets_total{reason=\"media_loop\"} 23",
+            "rtpvisor_echo_packets_total 500",
+            "rtpvisor_echo_bytes_total 86000",
+            "rtpvisor_echo_send_errors_total 3",
+            // Handled = all events minus unknown and malformed ones.
+            "rtpvisor_ari_events_total{outcome=\"handled\"} 83",
+            "rtpvisor_ari_events_total{outcome=\"unknown_type\"} 5",
+            "rtpvisor_ari_events_total{outcome=\"malformed\"} 2",
+            "# TYPE rtpvisor_ports gauge",
+            "rtpvisor_ports{state=\"leased\"} 2",
+            "rtpvisor_ports{state=\"free\"} 5",
+            "rtpvisor_ports{state=\"quarantined\"} 1",
+            "rtpvisor_ports{state=\"unavailable\"} 2",
+            "rtpvisor_port_leases_total 77",
+            "rtpvisor_port_exhausted_total 4",
+        ] {
+            assert!(have.contains(want), "missing line {want:?} in\n{text}");
+        }
+        // Shared-echo calls have no per-packet figures of ours: no latency or packet series.
+        for line in text.lines().filter(|l| l.contains("shared-echo")) {
+            assert!(line.starts_with("rtpvisor_calls_"), "{line}");
+        }
+    }
+
+    #[test]
+    fn exposition_is_well_formed() {
+        let (m, p) = distinctive();
+        let samples = check_exposition(&render(&m, &p));
+        assert!(samples.iter().all(|s| s.value.is_finite()));
+        // The pool's states add up to its size.
+        let ports: f64 = samples.iter().filter(|s| s.name == "rtpvisor_ports").map(|s| s.value).sum();
+        assert_eq!(ports, p.size as f64);
+        let zero = check_exposition(&render(&MetricsSnapshot::default(), &PoolSnapshot {
+            range: PortRange::new(1, 1).unwrap(),
+            size: 0,
+            leased: 0,
+            free: 0,
+            quarantined: 0,
+            unavailable: 0,
+            leased_ports: Vec::new(),
+            quarantined_ports: Vec::new(),
+            unavailable_ports: Vec::new(),
+            leases_total: 0,
+            releases_total: 0,
+            exhausted_total: 0,
+            skipped_total: 0,
+        }));
+        assert!(zero.iter().all(|s| s.value == 0.0), "{zero:?}");
+    }
+
+    #[test]
+    fn series_do_not_depend_on_the_figures() {
+        // Bounded cardinality: the same series whatever the traffic, idle or busy.
+        let series = |text: &str| -> BTreeSet<(String, Vec<(String, String)>)> {
+            check_exposition(text).into_iter().map(|s| (s.name, s.labels)).collect()
+        };
+        let (m, p) = distinctive();
+        let busy = series(&render(&m, &p));
+        let mut idle_pool = p.clone();
+        idle_pool.leased_ports.clear();
+        idle_pool.quarantined_ports.clear();
+        idle_pool.unavailable_ports.clear();
+        let idle = series(&render(&MetricsSnapshot::default(), &idle_pool));
+        assert_eq!(busy, idle);
+    }
+
+    #[test]
+    fn the_checker_rejects_bad_expositions() {
+        let good = "# HELP a_total A.\n# TYPE a_total counter\na_total{mode=\"echo\"} 1\n";
+        check_exposition(good);
+        for bad in [
+            "a_total 1\n",                                                             // no HELP/TYPE
+            "# HELP a_total A.\na_total 1\n",                                         // no TYPE
+            "# TYPE a_total counter\n# HELP a_total A.\na_total 1\n",                 // TYPE first
+            "# HELP a_total A.\n# TYPE a_total counter\na_total one\n",               // not a float
+            "# HELP a_total A.\n# TYPE a_total counter\na_total 1\na_total 2\n",      // duplicate
+            "# HELP a_total A.\n# TYPE a_total counter\nb_total 1\n",                 // wrong family
+            "# HELP a_total A.\n# TYPE a_total counter\na_total{channel=\"c1\"} 1\n", // per-call label
+            "# HELP a_total A.\n# TYPE a_total counter\na_total{mode=\"echo} 1\n",    // unterminated
+            "# HELP a A.\n# TYPE a counter\na 1\n",                                   // counter name
+            "# HELP a_total A.\n# TYPE a_total counter\na_total 1",                   // no final newline
+            "# HELP a A.\n# TYPE a gauge\n# HELP b B.\n# TYPE b gauge\nb 1\n# HELP a A.\n", // resumed
+        ] {
+            let result = std::panic::catch_unwind(|| check_exposition(bad));
+            assert!(result.is_err(), "accepted {bad:?}");
+        }
+    }
+}

@@ -52,6 +52,9 @@ pub struct StreamSpec {
     pub peer: SocketAddr,
     pub late_threshold: Duration,
     pub probe_timeout: Duration,
+    /// Report the stream idle when no packet came from `peer` for this long (zero: never).
+    /// Counted from when media should flow: stream added (echo), probing started (probe).
+    pub no_media_timeout: Duration,
 }
 
 /// Counters of the shared echo socket (UDP 4000).
@@ -168,6 +171,8 @@ pub struct MediaFlush {
 
 /// Where flushes go (the MetricsActor's address, wrapped); called on the media thread.
 pub type FlushSink = Box<dyn Fn(MediaFlush) + Send>;
+/// Told once per stream when it saw no media for its `no_media_timeout`; on the media thread.
+pub type IdleSink = Box<dyn Fn(StreamId) + Send>;
 
 enum Command {
     Add(Box<StreamSpec>, oneshot::Sender<io::Result<()>>),
@@ -192,11 +197,11 @@ pub struct MediaHandle {
 
 impl MediaHandle {
     /// Starts the media thread.
-    pub fn start(sink: FlushSink) -> io::Result<(MediaHandle, thread::JoinHandle<()>)> {
+    pub fn start(sink: FlushSink, idle: IdleSink) -> io::Result<(MediaHandle, thread::JoinHandle<()>)> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (tx, rx) = mpsc::channel();
-        let engine = Engine::new(poll, rx, sink);
+        let engine = Engine::new(poll, rx, sink, idle);
         let join = thread::Builder::new()
             .name("rtpvisor-media".into())
             .spawn(move || engine.run())?;
@@ -283,9 +288,27 @@ struct Stream {
     send_errors: u64,
     loop_detected: bool,
     last_rx: Option<Instant>,
+    /// Since when media is expected (None: not yet, a probe stream before its bridge is up).
+    media_expected_since: Option<Instant>,
+    no_media_timeout: Duration,
+    idle_reported: bool,
 }
 
 impl Stream {
+    /// True the first time the stream has gone `no_media_timeout` without a packet.
+    fn newly_idle(&mut self, now: Instant) -> bool {
+        if self.idle_reported || self.no_media_timeout.is_zero() {
+            return false;
+        }
+        let Some(since) = self.media_expected_since else { return false };
+        let last = self.last_rx.map_or(since, |t| t.max(since));
+        if now.saturating_duration_since(last) >= self.no_media_timeout {
+            self.idle_reported = true;
+            return true;
+        }
+        false
+    }
+
     fn report(&self, now: Instant) -> StreamReport {
         let (receive, probe) = match &self.work {
             Work::Echo { stats, .. } => (Some(stats.snapshot()), None),
@@ -317,6 +340,7 @@ struct Engine {
     poll: Poll,
     rx: mpsc::Receiver<Command>,
     sink: FlushSink,
+    idle: IdleSink,
     /// Slab of streams; index = token - FIRST_STREAM.
     streams: Vec<Option<Stream>>,
     free_slots: Vec<usize>,
@@ -334,11 +358,12 @@ struct Engine {
 }
 
 impl Engine {
-    fn new(poll: Poll, rx: mpsc::Receiver<Command>, sink: FlushSink) -> Self {
+    fn new(poll: Poll, rx: mpsc::Receiver<Command>, sink: FlushSink, idle: IdleSink) -> Self {
         Engine {
             poll,
             rx,
             sink,
+            idle,
             streams: Vec::new(),
             free_slots: Vec::new(),
             by_id: HashMap::new(),
@@ -463,6 +488,9 @@ impl Engine {
             send_errors: 0,
             loop_detected: false,
             last_rx: None,
+            media_expected_since: (spec.mode != CallMode::Probe).then_some(now),
+            no_media_timeout: spec.no_media_timeout,
+            idle_reported: false,
         });
         self.by_id.insert(spec.id, slot);
         Ok(())
@@ -470,12 +498,13 @@ impl Engine {
 
     fn start_probing(&mut self, id: StreamId) {
         let Some(&slot) = self.by_id.get(&id) else { return };
-        if let Some(Stream { work: Work::Probe { probe, started, timeout, late }, .. }) =
+        if let Some(Stream { work: Work::Probe { probe, started, timeout, late }, media_expected_since, .. }) =
             self.streams[slot].as_mut()
         {
             if !*started {
                 *started = true;
                 let now = Instant::now();
+                *media_expected_since = Some(now);
                 // Re-anchored at the start so the schedule begins now, not at setup time.
                 **probe = ProbeStream::new(id as u32, 0x5256_0000 ^ id as u32, *timeout, *late, now);
                 self.due.push(Reverse((now, slot, id)));
@@ -628,6 +657,9 @@ impl Engine {
             if let Work::Probe { probe, .. } = &mut stream.work {
                 probe.expire(now);
             }
+            if stream.newly_idle(now) {
+                (self.idle)(stream.id);
+            }
             live[stream.mode.index().min(1)].add_report(&stream.report(now));
         }
         let mut latency_delta = [None, None];
@@ -657,6 +689,7 @@ fn loop_key(timestamp: u32, payload: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rtp::{write_header, RtpHeader, HEADER_LEN};
 
     #[test]
     fn loop_key_tells_timestamp_and_payload_apart() {
@@ -666,5 +699,183 @@ mod tests {
         let mut p = [0xffu8; 160];
         p[159] = 0xfe;
         assert_ne!(a, loop_key(160, &p));
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+    }
+
+    struct Harness {
+        media: MediaHandle,
+        flushes: mpsc::Receiver<MediaFlush>,
+        idle: mpsc::Receiver<StreamId>,
+        join: Option<thread::JoinHandle<()>>,
+    }
+
+    impl Harness {
+        fn new() -> Self {
+            let (ftx, flushes) = mpsc::channel();
+            let (itx, idle) = mpsc::channel();
+            let ftx = std::sync::Mutex::new(ftx);
+            let itx = std::sync::Mutex::new(itx);
+            let (media, join) = MediaHandle::start(
+                Box::new(move |f| {
+                    let _ = ftx.lock().unwrap().send(f);
+                }),
+                Box::new(move |id| {
+                    let _ = itx.lock().unwrap().send(id);
+                }),
+            )
+            .unwrap();
+            Harness { media, flushes, idle, join: Some(join) }
+        }
+    }
+
+    impl Drop for Harness {
+        fn drop(&mut self) {
+            self.media.shutdown();
+            if let Some(j) = self.join.take() {
+                j.join().unwrap();
+            }
+        }
+    }
+
+    fn udp() -> std::net::UdpSocket {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        s
+    }
+
+    fn rtp(seq: u16, ts: u32, fill: u8) -> Vec<u8> {
+        let mut buf = vec![fill; HEADER_LEN + 160];
+        let h = RtpHeader {
+            padding: false,
+            extension: false,
+            csrc_count: 0,
+            marker: false,
+            payload_type: 0,
+            sequence: seq,
+            timestamp: ts,
+            ssrc: 7,
+        };
+        write_header(&mut buf, &h).unwrap();
+        buf
+    }
+
+    fn spec(id: StreamId, mode: CallMode, socket: std::net::UdpSocket, peer: SocketAddr) -> StreamSpec {
+        StreamSpec {
+            id,
+            mode,
+            socket,
+            peer,
+            late_threshold: Duration::from_millis(20),
+            probe_timeout: Duration::from_millis(500),
+            no_media_timeout: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn echo_reflects_only_asterisk_and_breaks_media_loops() {
+        let h = Harness::new();
+        let asterisk = udp();
+        let stranger = udp();
+        let call = udp();
+        let call_addr = call.local_addr().unwrap();
+        block_on(h.media.add(spec(1, CallMode::Echo, call, asterisk.local_addr().unwrap()))).unwrap().unwrap();
+
+        let first = rtp(1, 160, 0x11);
+        asterisk.send_to(&first, call_addr).unwrap();
+        let mut buf = [0u8; 2048];
+        let (n, from) = asterisk.recv_from(&mut buf).expect("reflected");
+        assert_eq!((&buf[..n], from), (&first[..], call_addr));
+
+        // Anyone else is counted and ignored.
+        stranger.send_to(&rtp(9, 999, 0x22), call_addr).unwrap();
+        assert!(stranger.recv_from(&mut buf).is_err(), "a stranger must get nothing back");
+
+        // The far end echoes our reflection back (Asterisk rewrote the sequence number): a loop.
+        let mut looped = first.clone();
+        looped[2..4].copy_from_slice(&500u16.to_be_bytes());
+        asterisk.send_to(&looped, call_addr).unwrap();
+        assert!(asterisk.recv_from(&mut buf).is_err(), "a looped packet must not be reflected again");
+
+        // Not RTP.
+        asterisk.send_to(b"hello", call_addr).unwrap();
+        // New media still flows.
+        let second = rtp(2, 320, 0x33);
+        asterisk.send_to(&second, call_addr).unwrap();
+        let (n, _) = asterisk.recv_from(&mut buf).expect("second reflected");
+        assert_eq!(&buf[..n], &second[..]);
+
+        let r = block_on(h.media.remove(1)).unwrap().expect("report");
+        assert_eq!(r.packets_out, 2);
+        assert_eq!(r.dropped_foreign, 1);
+        assert_eq!(r.dropped_loop, 1);
+        assert!(r.loop_detected);
+        assert_eq!(r.dropped_malformed, 1);
+        assert_eq!(r.receive.unwrap().lost, 0);
+        assert_eq!(r.latency.count, 2);
+        // The final report travelled with a flush, for the metrics.
+        let ended = h.flushes.iter().find_map(|f| f.ended).expect("flush with the ended stream");
+        assert_eq!(ended.id, 1);
+        assert_eq!(block_on(h.media.remove(1)).unwrap(), None, "removing twice finds nothing");
+    }
+
+    #[test]
+    fn probe_measures_round_trips_through_an_echoing_far_end() {
+        let h = Harness::new();
+        let far = udp();
+        let call = udp();
+        block_on(h.media.add(spec(2, CallMode::Probe, call, far.local_addr().unwrap()))).unwrap().unwrap();
+        // Before start_probing nothing is sent.
+        let mut buf = [0u8; 2048];
+        assert!(far.recv_from(&mut buf).is_err());
+        h.media.start_probing(2).unwrap();
+        let mut echoed = 0;
+        let until = Instant::now() + Duration::from_millis(400);
+        while Instant::now() < until {
+            if let Ok((n, from)) = far.recv_from(&mut buf) {
+                far.send_to(&buf[..n], from).unwrap();
+                echoed += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        let r = block_on(h.media.remove(2)).unwrap().expect("report");
+        let p = r.probe.unwrap();
+        assert!(echoed >= 15, "20 ms pacing over 400 ms: {echoed}");
+        assert_eq!(p.returned, echoed);
+        assert_eq!(p.lost, 0);
+        assert_eq!(r.latency.count, p.returned);
+        assert!(r.latency.max_ms < 50.0, "{:?}", r.latency);
+    }
+
+    #[test]
+    fn a_stream_without_media_is_reported_idle_once() {
+        let h = Harness::new();
+        let asterisk = udp();
+        let mut s = spec(3, CallMode::Echo, udp(), asterisk.local_addr().unwrap());
+        s.no_media_timeout = Duration::from_millis(300);
+        let t0 = Instant::now();
+        block_on(h.media.add(s)).unwrap().unwrap();
+        let id = h.idle.recv_timeout(Duration::from_secs(2)).expect("idle notice");
+        assert_eq!(id, 3);
+        assert!(t0.elapsed() >= Duration::from_millis(300));
+        assert!(h.idle.recv_timeout(Duration::from_millis(600)).is_err(), "reported once");
+    }
+
+    #[test]
+    fn shared_echo_reflects_any_sender_as_is() {
+        let h = Harness::new();
+        let echo = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let echo_addr = echo.local_addr().unwrap();
+        block_on(h.media.set_reflector(echo)).unwrap().unwrap();
+        let a = udp();
+        let mut buf = [0u8; 2048];
+        for size in [1usize, 172, 1400] {
+            let msg = vec![0x5a; size];
+            a.send_to(&msg, echo_addr).unwrap();
+            let (n, _) = a.recv_from(&mut buf).unwrap();
+            assert_eq!(&buf[..n], &msg[..]);
+        }
     }
 }

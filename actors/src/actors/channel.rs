@@ -28,6 +28,9 @@ pub struct CallSettings {
     pub echo_target: String,
     pub late_threshold: Duration,
     pub probe_timeout: Duration,
+    /// End a call whose media stopped for this long (zero: never). Calls on the shared echo
+    /// have no stream of their own and are not watched.
+    pub no_media_timeout: Duration,
 }
 
 /// Where a call is in its life.
@@ -343,6 +346,7 @@ impl SetupJob {
                 peer,
                 late_threshold: self.settings.late_threshold,
                 probe_timeout: self.settings.probe_timeout,
+                no_media_timeout: self.settings.no_media_timeout,
             };
             self.media
                 .add(spec)

@@ -116,3 +116,44 @@ impl Handler<GetPorts> for PortManager {
         MessageResult(self.pool.snapshot(Instant::now()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn snapshot(pm: &Addr<PortManager>) -> PoolSnapshot {
+        pm.send(GetPorts).await.unwrap()
+    }
+
+    #[actix_rt::test]
+    async fn a_dropped_lease_returns_its_port_even_when_its_holder_panics() {
+        let pm = PortManager::new(PortRange::new(20000, 20001).unwrap(), Duration::ZERO).start();
+        let a = pm.send(AcquirePort).await.unwrap().unwrap();
+        let b = pm.send(AcquirePort).await.unwrap().unwrap();
+        assert_ne!(a.port(), b.port());
+        assert!(matches!(pm.send(AcquirePort).await.unwrap(), Err(PoolError::Exhausted { .. })));
+
+        drop(a);
+        let held = std::thread::spawn(move || {
+            let _lease = b;
+            panic!("a call actor dies holding its lease");
+        });
+        assert!(held.join().is_err());
+        let snap = snapshot(&pm).await;
+        assert_eq!((snap.leased, snap.free), (0, 2), "{snap:?}");
+        assert_eq!(snap.releases_total, 2);
+    }
+
+    #[actix_rt::test]
+    async fn an_unbindable_port_is_skipped_not_quarantined() {
+        let pm = PortManager::new(PortRange::new(20010, 20011).unwrap(), Duration::from_secs(60)).start();
+        let a = pm.send(AcquirePort).await.unwrap().unwrap();
+        let port = a.port();
+        a.mark_unavailable();
+        let snap = snapshot(&pm).await;
+        assert_eq!(snap.unavailable_ports, vec![port]);
+        assert_eq!(snap.quarantined, 0);
+        let b = pm.send(AcquirePort).await.unwrap().unwrap();
+        assert_ne!(b.port(), port, "the skipped port is not offered again at once");
+    }
+}

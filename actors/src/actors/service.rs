@@ -4,7 +4,7 @@
 //! can arrive before there is someone to handle it.
 
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ use super::channel::CallSettings;
 use super::echo::{EchoActor, EchoStatus, GetEchoStatus};
 use super::metrics::{Flush, GetMetrics, MetricsActor, MetricsSnapshot};
 use super::port_manager::{GetPorts, PortManager};
-use super::supervisor::{CallInfo, GetCalls, Shutdown, ShutdownReport, Supervisor};
+use super::supervisor::{CallInfo, GetCalls, MediaIdle, Shutdown, ShutdownReport, Supervisor};
 use crate::ari::client::{AriClient, AriSettings};
 use crate::media::{MediaHandle, StreamReport};
 use crate::mode::CallMode;
@@ -105,8 +105,19 @@ impl Service {
     pub async fn start(cfg: ServiceConfig) -> Result<Service, StartError> {
         let metrics = MetricsActor::default().start();
         let sink_addr = metrics.clone();
-        let (media, join) =
-            MediaHandle::start(Box::new(move |f| sink_addr.do_send(Flush(f)))).map_err(StartError::Media)?;
+        // The supervisor starts after the engine; idle notices before then have nowhere to go
+        // (and cannot happen: there are no streams yet).
+        let idle_to: Arc<OnceLock<Addr<Supervisor>>> = Arc::new(OnceLock::new());
+        let idle_sup = idle_to.clone();
+        let (media, join) = MediaHandle::start(
+            Box::new(move |f| sink_addr.do_send(Flush(f))),
+            Box::new(move |id| {
+                if let Some(s) = idle_sup.get() {
+                    s.do_send(MediaIdle(id));
+                }
+            }),
+        )
+        .map_err(StartError::Media)?;
         let echo_sock = UdpSocket::bind(cfg.echo_addr)
             .map_err(|source| StartError::EchoBind { addr: cfg.echo_addr, source })?;
         let echo_bound = echo_sock.local_addr().map_err(StartError::Media)?;
@@ -127,6 +138,7 @@ impl Service {
         );
         let ports = sup.port_manager();
         let supervisor = sup.start();
+        let _ = idle_to.set(supervisor.clone());
         let ari_conn =
             AriConnection::new(ari, supervisor.clone(), metrics.clone(), cfg.reconnect_min, cfg.reconnect_max)
                 .start();

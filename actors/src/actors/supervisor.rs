@@ -42,6 +42,11 @@ pub struct ChannelDone {
     pub caller_id: String,
 }
 
+/// The media engine saw no packet on this call's stream for the no-media timeout.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct MediaIdle(pub u64);
+
 /// Stop taking calls, end every call, answer when all are gone or the deadline passed.
 #[derive(Message, Debug)]
 #[rtype(result = "ShutdownReport")]
@@ -243,6 +248,16 @@ impl Handler<AriEvent> for Supervisor {
             }
             Event::BridgeDestroyed { bridge } => self.route(&bridge.id, "BridgeDestroyed", true),
             _ => {}
+        }
+    }
+}
+
+impl Handler<MediaIdle> for Supervisor {
+    type Result = ();
+    fn handle(&mut self, MediaIdle(call_no): MediaIdle, _: &mut Context<Self>) {
+        if let Some(c) = self.calls.values().find(|c| c.info.call_no == call_no) {
+            log::warn!("No media on call {} for the no-media timeout: ending it", c.info.channel_id);
+            c.addr.do_send(EndCall { reason: "no media" });
         }
     }
 }
