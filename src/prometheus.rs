@@ -136,8 +136,17 @@ pub(crate) mod tests {
     }
 
     /// The label names any rtpvisor metric may carry. Each has a small fixed set of values;
-    /// anything naming a call, channel or stream would make cardinality grow with traffic.
+    /// a label naming a call, channel or stream would make cardinality grow with traffic.
     const BOUNDED_LABELS: [&str; 5] = ["mode", "quantile", "reason", "outcome", "state"];
+
+    /// Returns `Err(message)` from the enclosing function unless `cond` holds.
+    macro_rules! ensure {
+        ($cond:expr, $($msg:tt)+) => {
+            if !$cond {
+                return Err(format!($($msg)+));
+            }
+        };
+    }
 
     fn is_metric_name(s: &str) -> bool {
         let mut chars = s.chars();
@@ -152,24 +161,15 @@ pub(crate) mod tests {
             && !s.starts_with("__")
     }
 
-    /// Returns `Err(message)` from the enclosing function unless `cond` holds.
-    macro_rules! ensure {
-        ($cond:expr, $($msg:tt)+) => {
-            if !$cond {
-                return Err(format!($($msg)+));
-            }
-        };
-    }
-
     /// Parses `k="v",k2="v2"` (the text between the braces), honouring `\\`, `\"` and `\n`.
     fn parse_labels(text: &str, line: &str) -> Result<Vec<(String, String)>, String> {
         let mut labels = Vec::new();
         let mut rest = text;
         while !rest.is_empty() {
-            let (name, after) = rest
-                .split_once("=\"")
-                .unwrap_or_else(|| panic!("label without =\"value\" in {line:?}"));
-            assert!(is_label_name(name), "bad label name {name:?} in {line:?}");
+            let Some((name, after)) = rest.split_once("=\"") else {
+                return Err(format!("label without =\"value\": {line:?}"));
+            };
+            ensure!(is_label_name(name), "bad label name {name:?}: {line:?}");
             let mut value = String::new();
             let mut chars = after.char_indices();
             let end = loop {
@@ -179,55 +179,54 @@ pub(crate) mod tests {
                         Some((_, '\\')) => value.push('\\'),
                         Some((_, '"')) => value.push('"'),
                         Some((_, 'n')) => value.push('\n'),
-                        other => panic!("bad escape {other:?} in {line:?}"),
+                        other => return Err(format!("bad escape {other:?}: {line:?}")),
                     },
                     Some((_, c)) => value.push(c),
-                    None => panic!("unterminated label value in {line:?}"),
+                    None => return Err(format!("unterminated label value: {line:?}")),
                 }
             };
             labels.push((name.to_owned(), value));
             rest = &after[end + 1..];
-            if let Some(r) = rest.strip_prefix(',') {
-                rest = r;
-            } else {
-                assert!(rest.is_empty(), "junk after label value in {line:?}");
+            match rest.strip_prefix(',') {
+                Some(r) => rest = r,
+                None => ensure!(rest.is_empty(), "junk after a label value: {line:?}"),
             }
         }
-        labels
+        Ok(labels)
     }
 
     /// Parses `name{labels} value` or `name value` (no timestamp: we never write one).
-    fn parse_sample(line: &str) -> Sample {
-        let (series, value) = line
-            .rsplit_once(' ')
-            .unwrap_or_else(|| panic!("sample without a value: {line:?}"));
-        let value: f64 = value
-            .parse()
-            .unwrap_or_else(|_| panic!("value is not a float in {line:?}"));
+    fn parse_sample(line: &str) -> Result<Sample, String> {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            return Err(format!("sample without a value: {line:?}"));
+        };
+        let Ok(value) = value.parse::<f64>() else {
+            return Err(format!("value is not a float: {line:?}"));
+        };
         let (name, labels) = match series.split_once('{') {
             Some((name, labels)) => {
-                let labels = labels
-                    .strip_suffix('}')
-                    .unwrap_or_else(|| panic!("unclosed label set in {line:?}"));
-                (name, parse_labels(labels, line))
+                let Some(labels) = labels.strip_suffix('}') else {
+                    return Err(format!("unclosed label set: {line:?}"));
+                };
+                (name, parse_labels(labels, line)?)
             }
             None => (series, Vec::new()),
         };
-        assert!(is_metric_name(name), "bad metric name {name:?} in {line:?}");
-        Sample { name: name.to_owned(), labels, value }
+        ensure!(is_metric_name(name), "bad metric name {name:?}: {line:?}");
+        Ok(Sample { name: name.to_owned(), labels, value })
     }
 
-    /// Checks `text` against the Prometheus text format 0.0.4 and our own rules, panicking with
-    /// the offending line; returns the samples.
+    /// Checks `text` against the Prometheus text format 0.0.4 and our own rules; returns the
+    /// samples, or what is wrong and on which line.
     ///
     /// Format: every line is `# HELP`, `# TYPE` or a sample; each family has exactly one HELP
-    /// and one TYPE, both before its samples, and its samples are contiguous; a sample belongs
-    /// to the family announced last (a summary also owns `_sum` and `_count`); values are
-    /// floats; no (name, labels) pair appears twice; the text ends with a newline.
+    /// and one TYPE, both before its samples, and its lines are contiguous; a sample belongs to
+    /// the family announced last (a summary also owns `_sum` and `_count`); values are floats;
+    /// no (name, labels) pair appears twice; the text ends with a newline.
     /// Ours: only [`BOUNDED_LABELS`] (so no per-call label), counters end in `_total` and are
     /// never negative, and only a summary's quantile samples carry `quantile`.
-    pub(crate) fn check_exposition(text: &str) -> Vec<Sample> {
-        assert!(text.ends_with('\n'), "exposition must end with a newline");
+    pub(crate) fn try_check_exposition(text: &str) -> Result<Vec<Sample>, String> {
+        ensure!(text.ends_with('\n'), "the exposition does not end with a newline");
         let mut helped: HashSet<String> = HashSet::new();
         let mut types: HashMap<String, String> = HashMap::new();
         let mut finished: HashSet<String> = HashSet::new();
@@ -235,7 +234,7 @@ pub(crate) mod tests {
         let mut seen: HashSet<(String, BTreeSet<(String, String)>)> = HashSet::new();
         let mut samples = Vec::new();
         for line in text.lines() {
-            assert!(!line.trim().is_empty(), "blank line in the exposition");
+            ensure!(!line.trim().is_empty(), "blank line in the exposition");
             if let Some(comment) = line.strip_prefix('#') {
                 let mut words = comment.trim_start().splitn(3, ' ');
                 let keyword = words.next().unwrap_or_default();
@@ -244,67 +243,72 @@ pub(crate) mod tests {
                 if keyword != "HELP" && keyword != "TYPE" {
                     continue; // a free comment
                 }
-                assert!(is_metric_name(&name), "bad family name in {line:?}");
-                assert!(!finished.contains(&name), "family {name} resumed after another: {line:?}");
+                ensure!(is_metric_name(&name), "bad family name: {line:?}");
+                ensure!(!finished.contains(&name), "family {name} resumed after another: {line:?}");
                 if current.as_deref() != Some(name.as_str()) {
                     if let Some(previous) = current.replace(name.clone()) {
                         finished.insert(previous);
                     }
                 }
                 if keyword == "HELP" {
-                    assert!(!rest.trim().is_empty(), "empty help text: {line:?}");
-                    assert!(helped.insert(name.clone()), "second HELP for {name}");
-                    assert!(!types.contains_key(&name), "HELP after TYPE for {name}");
+                    ensure!(!rest.trim().is_empty(), "empty help text: {line:?}");
+                    ensure!(!helped.contains(&name), "second HELP for {name}");
+                    ensure!(!types.contains_key(&name), "HELP after TYPE for {name}");
+                    helped.insert(name);
                 } else {
-                    assert!(
+                    ensure!(
                         ["counter", "gauge", "summary", "histogram", "untyped"].contains(&rest),
-                        "unknown type in {line:?}"
+                        "unknown type: {line:?}"
                     );
-                    assert!(helped.contains(&name), "TYPE before HELP for {name}");
-                    assert!(types.insert(name.clone(), rest.to_owned()).is_none(), "second TYPE for {name}");
+                    ensure!(helped.contains(&name), "TYPE before HELP for {name}");
+                    ensure!(!types.contains_key(&name), "second TYPE for {name}");
+                    types.insert(name, rest.to_owned());
                 }
                 continue;
             }
-            let sample = parse_sample(line);
-            let family = current
-                .clone()
-                .unwrap_or_else(|| panic!("sample before any # HELP/# TYPE: {line:?}"));
-            let kind = types
-                .get(&family)
-                .unwrap_or_else(|| panic!("no # TYPE for {family} before {line:?}"));
+            let sample = parse_sample(line)?;
+            let Some(family) = current.clone() else {
+                return Err(format!("sample before any HELP/TYPE: {line:?}"));
+            };
+            let Some(kind) = types.get(&family) else {
+                return Err(format!("no TYPE for {family} before its sample: {line:?}"));
+            };
             let is_summary_part = kind == "summary"
                 && [format!("{family}_sum"), format!("{family}_count")].contains(&sample.name);
-            assert!(
+            ensure!(
                 sample.name == family || is_summary_part,
-                "sample {} outside its family {family}: {line:?}",
-                sample.name
+                "sample outside its family {family}: {line:?}"
             );
             let has_quantile = sample.labels.iter().any(|(k, _)| k == "quantile");
-            assert_eq!(
-                has_quantile,
-                kind == "summary" && !is_summary_part,
-                "quantile label misplaced: {line:?}"
+            ensure!(
+                has_quantile == (kind == "summary" && !is_summary_part),
+                "quantile label missing or misplaced: {line:?}"
             );
             if kind == "counter" {
-                assert!(family.ends_with("_total"), "counter {family} does not end in _total");
-                assert!(sample.value >= 0.0, "negative counter: {line:?}");
+                ensure!(family.ends_with("_total"), "counter {family} does not end in _total");
+                ensure!(sample.value >= 0.0, "negative counter: {line:?}");
             }
             for (label, _) in &sample.labels {
-                assert!(
+                ensure!(
                     BOUNDED_LABELS.contains(&label.as_str()),
-                    "label {label:?} is not one of the bounded labels {BOUNDED_LABELS:?}: {line:?}"
+                    "unbounded label {label:?} (allowed: {BOUNDED_LABELS:?}): {line:?}"
                 );
             }
-            let names: HashSet<&str> = sample.labels.iter().map(|(k, _)| k.as_str()).collect();
-            assert_eq!(names.len(), sample.labels.len(), "repeated label name: {line:?}");
-            let key = (sample.name.clone(), sample.labels.iter().cloned().collect());
-            assert!(seen.insert(key), "duplicate series: {line:?}");
+            let labels: BTreeSet<(String, String)> = sample.labels.iter().cloned().collect();
+            let names: HashSet<&str> = labels.iter().map(|(k, _)| k.as_str()).collect();
+            ensure!(names.len() == sample.labels.len(), "repeated label name: {line:?}");
+            ensure!(seen.insert((sample.name.clone(), labels)), "duplicate series: {line:?}");
             samples.push(sample);
         }
-        for name in &helped {
-            assert!(types.contains_key(name), "family {name} has HELP but no TYPE");
+        if let Some(name) = helped.iter().find(|name| !types.contains_key(*name)) {
+            return Err(format!("family {name} has HELP but no TYPE"));
         }
-        samples
+        Ok(samples)
+    }
+
+    /// [`try_check_exposition`], panicking with the problem and the whole text.
+    pub(crate) fn check_exposition(text: &str) -> Vec<Sample> {
+        try_check_exposition(text).unwrap_or_else(|e| panic!("{e}\n--- exposition:\n{text}"))
     }
 
     /// A snapshot where every figure is distinct, so a mixed-up field shows.
@@ -501,23 +505,31 @@ pub(crate) mod tests {
 
     #[test]
     fn the_checker_rejects_bad_expositions() {
-        let good = "# HELP a_total A.\n# TYPE a_total counter\na_total{mode=\"echo\"} 1\n";
-        check_exposition(good);
-        for bad in [
-            "a_total 1\n",                                                             // no HELP/TYPE
-            "# HELP a_total A.\na_total 1\n",                                         // no TYPE
-            "# TYPE a_total counter\n# HELP a_total A.\na_total 1\n",                 // TYPE first
-            "# HELP a_total A.\n# TYPE a_total counter\na_total one\n",               // not a float
-            "# HELP a_total A.\n# TYPE a_total counter\na_total 1\na_total 2\n",      // duplicate
-            "# HELP a_total A.\n# TYPE a_total counter\nb_total 1\n",                 // wrong family
-            "# HELP a_total A.\n# TYPE a_total counter\na_total{channel=\"c1\"} 1\n", // per-call label
-            "# HELP a_total A.\n# TYPE a_total counter\na_total{mode=\"echo} 1\n",    // unterminated
-            "# HELP a A.\n# TYPE a counter\na 1\n",                                   // counter name
-            "# HELP a_total A.\n# TYPE a_total counter\na_total 1",                   // no final newline
-            "# HELP a A.\n# TYPE a gauge\n# HELP b B.\n# TYPE b gauge\nb 1\n# HELP a A.\n", // resumed
-        ] {
-            let result = std::panic::catch_unwind(|| check_exposition(bad));
-            assert!(result.is_err(), "accepted {bad:?}");
+        let head = "# HELP a_total A.\n# TYPE a_total counter\n";
+        let good = format!("{head}a_total{{mode=\"echo\"}} 1\n");
+        assert_eq!(check_exposition(&good).len(), 1);
+        let cases: [(String, &str); 12] = [
+            ("a_total 1\n".into(), "sample before any HELP/TYPE"),
+            ("# HELP a_total A.\na_total 1\n".into(), "no TYPE for a_total"),
+            ("# TYPE a_total counter\n# HELP a_total A.\n".into(), "TYPE before HELP"),
+            (format!("{head}a_total one\n"), "not a float"),
+            (format!("{head}a_total 1\na_total 2\n"), "duplicate series"),
+            (format!("{head}a_total{{mode=\"x\"}} 1\na_total{{mode=\"x\"}} 2\n"), "duplicate series"),
+            (format!("{head}b_total 1\n"), "outside its family"),
+            (format!("{head}a_total{{channel=\"c1\"}} 1\n"), "unbounded label \"channel\""),
+            (format!("{head}a_total{{mode=\"echo}} 1\n"), "unterminated label value"),
+            ("# HELP a A.\n# TYPE a counter\na 1\n".into(), "does not end in _total"),
+            (format!("{head}a_total 1"), "does not end with a newline"),
+            (
+                "# HELP a A.\n# TYPE a gauge\n# HELP b B.\n# TYPE b gauge\nb 1\n# TYPE a gauge\n".into(),
+                "family a resumed",
+            ),
+        ];
+        for (text, why) in cases {
+            match try_check_exposition(&text) {
+                Ok(_) => panic!("accepted {text:?}"),
+                Err(e) => assert!(e.contains(why), "{text:?}: {e:?} does not say {why:?}"),
+            }
         }
     }
 }

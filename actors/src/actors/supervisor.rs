@@ -247,6 +247,9 @@ impl Handler<AriEvent> for Supervisor {
                 self.route(&channel.id, "ChannelHangupRequest", false)
             }
             Event::BridgeDestroyed { bridge } => self.route(&bridge.id, "BridgeDestroyed", true),
+            // Asterisk does not always tell an app that a bridge it made was destroyed, but it
+            // does tell it that its channels left: a channel leaving our bridge ends the call.
+            Event::ChannelLeftBridge { bridge, .. } => self.route(&bridge.id, "ChannelLeftBridge", true),
             _ => {}
         }
     }

@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# scripts/docker-images.sh: builds the local base image that rtpvisor's Dockerfiles start FROM,
+# local/debian:sid, from Debian packages, without any container registry.
+#
+# Why: no container registry is reachable on this kind of machine (nothing can be pulled, not
+# even debian:sid), but Debian's package mirror is. So the base image is made the old way:
+# `debootstrap --variant=minbase sid DIR` and `tar -C DIR -c . | docker import - local/debian:sid`.
+# Both Dockerfile (rtpvisor: builder and runtime stage) and docker/asterisk.Dockerfile use this
+# one image: Asterisk 22 and a recent rustc/cargo only come with sid, and a binary built on sid
+# needs sid's glibc at run time, so one base serves all and its layers are stored once.
+#
+# On a machine WITH a registry none of this is needed: replace `FROM local/debian:sid` by
+# `FROM debian:sid` (or a pinned debian:sid-YYYYMMDD) in both Dockerfiles and docker-compose
+# builds everything by itself.
+#
+# Behaviour: idempotent (an image that already exists is kept; --force rebuilds it); installs
+# debootstrap with apt-get if it is missing; removes its temporary rootfs also on failure or
+# Ctrl-C; prints timings. The image's apt lists are dropped before import (~80 MB; every
+# Dockerfile runs `apt-get update` anyway). `docker import` records no CMD: it gets bash.
+# Afterwards, `docker-compose up --build` builds the service images from it.
+#
+# usage: scripts/docker-images.sh [--force]        (as root: debootstrap needs it)
+# environment:
+#   RTPVISOR_DEBIAN_MIRROR  Debian mirror (default http://deb.debian.org/debian)
+#   TMPDIR                  where the temporary rootfs goes (default /var/tmp; needs ~250 MB)
+set -euo pipefail
+
+MIRROR="${RTPVISOR_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+# image name -> Debian suite. One image today; add a line here for another suite.
+declare -A IMAGES=(
+    ["local/debian:sid"]=sid
+)
+
+log() { printf 'docker-images.sh: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+now() { date +%s.%N; }
+elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f s", b - a }'; }
+
+usage() {
+    sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'
+}
+
+FORCE=0
+for arg in "$@"; do
+    case "$arg" in
+        --force) FORCE=1 ;;
+        -h | --help) usage; exit 0 ;;
+        *) usage >&2; die "unknown argument '$arg'" ;;
+    esac
+done
+
+[[ $(id -u) -eq 0 ]] || die "must run as root (debootstrap)"
+command -v docker >/dev/null || die "docker not found"
+docker info >/dev/null 2>&1 || die "cannot talk to the Docker daemon (docker info failed)"
+
+TMP=""
+cleanup() {
+    [[ -n $TMP && -d $TMP ]] || return 0
+    # debootstrap mounts proc/sys inside the target; a failed run can leave them mounted.
+    local m
+    for m in $(awk -v d="$TMP/" 'index($2, d) == 1 { print $2 }' /proc/mounts | sort -r); do
+        umount "$m" 2>/dev/null || umount -l "$m" || true
+    done
+    rm -rf --one-file-system "$TMP" "$TMP.log"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM HUP
+
+image_exists() { docker image inspect "$1" >/dev/null 2>&1; }
+
+build_image() {
+    local name="$1" suite="$2" t0 t size
+    t0="$(now)"
+    TMP="$(mktemp -d "${TMPDIR:-/var/tmp}/rtpvisor-rootfs.XXXXXX")"
+    chmod 755 "$TMP"
+
+    t="$(now)"
+    log "$name: debootstrap --variant=minbase $suite ($MIRROR)"
+    debootstrap --variant=minbase "$suite" "$TMP" "$MIRROR" >"$TMP.log" 2>&1 || {
+        tail -n 30 "$TMP.log" >&2
+        die "$name: debootstrap failed"
+    }
+    log "$name: debootstrap done in $(elapsed "$t")"
+
+    # Package lists and caches: apt-get update in each Dockerfile fetches fresh ones.
+    rm -rf "$TMP"/var/lib/apt/lists/* "$TMP"/var/cache/apt/*.bin "$TMP"/var/cache/apt/archives/*.deb \
+        "$TMP"/var/log/bootstrap.log "$TMP"/debootstrap
+
+    t="$(now)"
+    tar --numeric-owner -C "$TMP" -c . | docker import --change 'CMD ["/bin/bash"]' \
+        --message "debootstrap --variant=minbase $suite $MIRROR" - "$name" >/dev/null
+    size="$(docker image inspect --format '{{.Size}}' "$name" | awk '{ printf "%.0f MB", $1 / 1e6 }')"
+    log "$name: imported in $(elapsed "$t") ($size)"
+
+    cleanup
+    TMP=""
+    log "$name: built in $(elapsed "$t0")"
+}
+
+T0="$(now)"
+if ! command -v debootstrap >/dev/null; then
+    t="$(now)"
+    log "installing debootstrap (apt-get)"
+    { DEBIAN_FRONTEND=noninteractive apt-get update -q &&
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q debootstrap; } >/dev/null ||
+        die "could not install debootstrap"
+    log "debootstrap installed in $(elapsed "$t")"
+fi
+
+for name in "${!IMAGES[@]}"; do
+    if image_exists "$name" && [[ $FORCE -eq 0 ]]; then
+        log "$name: exists, kept (--force rebuilds it)"
+        continue
+    fi
+    build_image "$name" "${IMAGES[$name]}"
+done
+log "done in $(elapsed "$T0")"

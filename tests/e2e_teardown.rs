@@ -1,0 +1,82 @@
+//! Teardown against the real Asterisk, whichever side ends first: the caller's far end hangs
+//! up, our externalMedia channel is hung up by someone else, our bridge is destroyed by someone
+//! else, or the call has no media. Each time: the call ends, its port returns to the pool and
+//! Asterisk lists none of its channels or bridges.
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn assert_all_released(svc: &Rtpvisor, what: &str) {
+    wait_until(&format!("{what}: no active channel"), Duration::from_secs(15), || {
+        svc.metrics()["active_channels"].as_u64() == Some(0)
+    });
+    let p = svc.get("/ports");
+    assert_eq!(u64_of(&p, "leased"), 0, "{what}: {p}");
+    wait_until(&format!("{what}: Asterisk lists no channel or bridge"), Duration::from_secs(15), || {
+        asterisk_channels().is_empty() && asterisk_bridges().is_empty()
+    });
+}
+
+fn wait_active(svc: &Rtpvisor, n: u64) -> serde_json::Value {
+    wait_until("the call is active", Duration::from_secs(15), || {
+        let c = svc.get("/channels");
+        c.as_array().map(|a| a.len() as u64 == n && a.iter().all(|c| c["state"] == "active")) == Some(true)
+    });
+    svc.get("/channels")
+}
+
+#[test]
+fn every_side_ending_first_tears_the_whole_call_down() {
+    ensure_asterisk();
+    clean_asterisk();
+    let svc = Rtpvisor::start("e2e_teardown", Options::default());
+
+    // 1. The far end hangs up by itself after 2 s (dialplan Hangup()).
+    originate("hangup", "echo", "td-far");
+    wait_active(&svc, 1);
+    assert_all_released(&svc, "far end hung up");
+
+    // 2. Someone else hangs up our externalMedia channel.
+    originate("silence", "echo", "td-em");
+    let c = wait_active(&svc, 1);
+    let em = c[0]["external_media_channel"].as_str().unwrap().to_string();
+    assert!(asterisk_channels().contains(&em), "the externalMedia channel exists in Asterisk");
+    ari_delete(&format!("/channels/{em}")).expect("hang up externalMedia");
+    assert_all_released(&svc, "externalMedia channel hung up");
+
+    // 3. Someone else destroys our bridge.
+    originate("silence", "probe", "td-br");
+    let c = wait_active(&svc, 1);
+    let br = c[0]["bridge"].as_str().unwrap().to_string();
+    assert!(asterisk_bridges().contains(&br), "the bridge exists in Asterisk");
+    ari_delete(&format!("/bridges/{br}")).expect("destroy bridge");
+    assert_all_released(&svc, "bridge destroyed");
+
+    let m = svc.metrics();
+    assert_eq!(u64_of(&m, "total_channels"), 3);
+    assert_eq!(u64_of(&m, "failed_calls"), 0);
+}
+
+#[test]
+fn a_call_without_media_is_ended_after_the_no_media_timeout() {
+    ensure_asterisk();
+    clean_asterisk();
+    let svc = Rtpvisor::start(
+        "e2e_no_media",
+        Options {
+            env: vec![("RTPVISOR_NO_MEDIA_TIMEOUT_MS".into(), "1000".into())],
+            ..Options::default()
+        },
+    );
+    // Echo mode toward a far end that sends nothing: no packet ever reaches our port.
+    originate("silence", "echo", "nomedia");
+    wait_active(&svc, 1);
+    let t0 = Instant::now();
+    assert_all_released(&svc, "no media");
+    let took = t0.elapsed();
+    eprintln!("call without media ended {} ms after it was active", took.as_millis());
+    assert!(took >= Duration::from_millis(500), "ended too early: {took:?}");
+    assert!(svc.log_text().contains("No media on call nomedia"));
+}
