@@ -1,30 +1,41 @@
 #!/usr/bin/env bash
-# scripts/docker-images.sh: builds the local base image that rtpvisor's Dockerfiles start FROM,
-# local/debian:sid, from Debian packages, without any container registry.
+# scripts/docker-images.sh: prepares what `docker-compose build` needs on a machine without a
+# container registry: the base image local/debian:sid, and the Rust crates in docker/vendor/.
 #
-# Why: no container registry is reachable on this kind of machine (nothing can be pulled, not
-# even debian:sid), but Debian's package mirror is. So the base image is made the old way:
-# `debootstrap --variant=minbase sid DIR` and `tar -C DIR -c . | docker import - local/debian:sid`.
-# Both Dockerfile (rtpvisor: builder and runtime stage) and docker/asterisk.Dockerfile use this
+# Why the base image: no container registry is reachable on this kind of machine (nothing can be
+# pulled, not even debian:sid), but Debian's package mirror is. So the base image is made the old
+# way: `debootstrap --variant=minbase sid DIR` and `tar -C DIR -c . | docker import - NAME`.
+# Dockerfile (rtpvisor: builder and runtime stage) and docker/asterisk.Dockerfile both use this
 # one image: Asterisk 22 and a recent rustc/cargo only come with sid, and a binary built on sid
 # needs sid's glibc at run time, so one base serves all and its layers are stored once.
 #
-# On a machine WITH a registry none of this is needed: replace `FROM local/debian:sid` by
-# `FROM debian:sid` (or a pinned debian:sid-YYYYMMDD) in both Dockerfiles and docker-compose
-# builds everything by itself.
+# Why the vendored crates: a container build here reaches Debian's mirror (plain HTTP) but its
+# HTTPS to crates.io fails certificate verification (the host trusts a CA the container does
+# not). The host's cargo does reach crates.io, so `cargo vendor --locked` runs here, into
+# docker/vendor/ (git-ignored), and the image build compiles offline from it. It is redone
+# only when Cargo.lock changes (a stamp holds Cargo.lock's sha256); the Dockerfile refuses a
+# stale copy. Without a host cargo this step is skipped and the build fetches crates itself.
 #
-# Behaviour: idempotent (an image that already exists is kept; --force rebuilds it); installs
-# debootstrap with apt-get if it is missing; removes its temporary rootfs also on failure or
-# Ctrl-C; prints timings. The image's apt lists are dropped before import (~80 MB; every
-# Dockerfile runs `apt-get update` anyway). `docker import` records no CMD: it gets bash.
-# Afterwards, `docker-compose up --build` builds the service images from it.
+# On a machine WITH a registry (and plain access to crates.io) none of this is needed:
+#   RTPVISOR_BASE_IMAGE=debian:sid docker-compose up -d --build
+# builds both images from Docker Hub's debian:sid and fetches the crates inside the build.
+#
+# Behaviour: idempotent (an existing image is kept, an up-to-date vendor dir too; --force redoes
+# both); installs debootstrap with apt-get if it is missing; removes its temporary rootfs also
+# on failure or Ctrl-C; prints timings. The image's apt lists are dropped before import
+# (~80 MB; every Dockerfile runs `apt-get update` anyway). `docker import` records no CMD: the
+# image gets bash.
 #
 # usage: scripts/docker-images.sh [--force]        (as root: debootstrap needs it)
+#   then: docker-compose up -d --build
 # environment:
 #   RTPVISOR_DEBIAN_MIRROR  Debian mirror (default http://deb.debian.org/debian)
 #   TMPDIR                  where the temporary rootfs goes (default /var/tmp; needs ~250 MB)
 set -euo pipefail
 
+REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENDOR_DIR="$REPO_DIR/docker/vendor"
+VENDOR_STAMP="$VENDOR_DIR/.rtpvisor-cargo-lock.sha256" # the Dockerfile reads this name too
 MIRROR="${RTPVISOR_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 # image name -> Debian suite. One image today; add a line here for another suite.
 declare -A IMAGES=(
@@ -97,6 +108,30 @@ build_image() {
     log "$name: built in $(elapsed "$t0")"
 }
 
+vendor_crates() {
+    local t want
+    if ! command -v cargo >/dev/null; then
+        log "vendor: no cargo on this host; skipped (the image build will fetch crates itself)"
+        return 0
+    fi
+    want="$(sha256sum "$REPO_DIR/Cargo.lock" | cut -d' ' -f1)"
+    if [[ $FORCE -eq 0 && -r $VENDOR_STAMP && "$(cat "$VENDOR_STAMP")" == "$want" ]]; then
+        log "vendor: docker/vendor matches Cargo.lock, kept (--force redoes it)"
+        return 0
+    fi
+    t="$(now)"
+    mkdir -p "$VENDOR_DIR"
+    rm -f "$VENDOR_STAMP"
+    # Crates vendored earlier but no longer locked are deleted by cargo vendor itself.
+    (cd "$REPO_DIR" && cargo vendor --locked --versioned-dirs --quiet "$VENDOR_DIR" >/dev/null) ||
+        die "vendor: cargo vendor failed"
+    # Keeps git status clean (the directory itself is committed with only this file).
+    printf '%s\n' '# Filled by scripts/docker-images.sh (cargo vendor, for registry-less image builds); never committed.' \
+        '*' '!.gitignore' >"$VENDOR_DIR/.gitignore"
+    printf '%s\n' "$want" >"$VENDOR_STAMP"
+    log "vendor: $(find "$VENDOR_DIR" -mindepth 1 -maxdepth 1 -type d | wc -l) crates into docker/vendor in $(elapsed "$t") ($(du -sh "$VENDOR_DIR" | cut -f1))"
+}
+
 T0="$(now)"
 if ! command -v debootstrap >/dev/null; then
     t="$(now)"
@@ -114,4 +149,5 @@ for name in "${!IMAGES[@]}"; do
     fi
     build_image "$name" "${IMAGES[$name]}"
 done
+vendor_crates
 log "done in $(elapsed "$T0")"

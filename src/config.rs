@@ -360,7 +360,7 @@ pub struct Cli {
     /// Lateness threshold for a packet, ms, above 0 [default: 20] [env: RTPVISOR_LATE_MS]
     #[arg(long, value_name = "MS")]
     pub late_ms: Option<String>,
-    /// How long a probe waits for media, 1-10000 ms [default: 2000] [env: RTPVISOR_PROBE_TIMEOUT_MS]
+    /// How long a probe packet may take to come back before it counts as lost, 1-10000 ms [default: 2000] [env: RTPVISOR_PROBE_TIMEOUT_MS]
     #[arg(long, value_name = "MS")]
     pub probe_timeout_ms: Option<String>,
     /// Hang up calls without media for this long, ms; 0 is off [default: 0] [env: RTPVISOR_NO_MEDIA_TIMEOUT_MS]

@@ -84,3 +84,274 @@ async fn ready(svc: web::Data<Service>) -> Result<HttpResponse, ApiError> {
     let status = if r.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     Ok(HttpResponse::build(status).json(r))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+    use std::time::{Duration, Instant};
+
+    use actix_web::body::MessageBody;
+    use actix_web::dev::ServiceResponse;
+    use actix_web::{http::header, test, App};
+    use serde_json::Value;
+
+    use super::*;
+    use crate::config::{Config, PortRangeSetting};
+    use crate::prometheus::tests::check_exposition;
+
+    /// A real service whose ARI never answers (nothing listens on port 1), so it stays unready
+    /// and keeps reconnecting; the echo socket takes a free port; the RTP range is only leased
+    /// on calls, and there are none.
+    async fn start_service() -> Service {
+        let mut cfg = Config::default();
+        cfg.ari.url = "http://127.0.0.1:1/ari".into();
+        cfg.ari.request_timeout_ms = 1000;
+        cfg.media.bind_ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        cfg.media.rtp_ports = PortRangeSetting { start: 10900, end: 10902 };
+        cfg.echo.addr = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+        let svc_cfg = crate::app::service_config(&cfg).expect("service config");
+        Service::start(svc_cfg).await.expect("service starts")
+    }
+
+    async fn stop_service(service: &Service) {
+        let report = service.shutdown(Duration::from_secs(1)).await.expect("supervisor answers");
+        assert_eq!(report.calls_left, 0);
+    }
+
+    /// GETs `path` from an `init_service` app.
+    macro_rules! get {
+        ($app:expr, $path:expr) => {
+            test::call_service(&$app, test::TestRequest::get().uri($path).to_request()).await
+        };
+    }
+
+    /// The status and JSON body of a response, which must say it is JSON.
+    async fn json_of<B: MessageBody>(resp: ServiceResponse<B>) -> (StatusCode, Value) {
+        let status = resp.status();
+        let path = resp.request().path().to_owned();
+        let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
+        assert_eq!(
+            content_type.as_ref().and_then(|v| v.to_str().ok()),
+            Some("application/json"),
+            "{path}"
+        );
+        let body = test::read_body(resp).await;
+        let json = serde_json::from_slice(&body)
+            .unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {}", String::from_utf8_lossy(&body)));
+        (status, json)
+    }
+
+    /// GETs `path` and returns the status and JSON body.
+    macro_rules! get_json {
+        ($app:expr, $path:expr) => {
+            json_of(get!($app, $path)).await
+        };
+    }
+
+    macro_rules! app {
+        ($service:expr) => {
+            test::init_service(App::new().app_data(web::Data::new($service.clone())).configure(configure)).await
+        };
+    }
+
+    #[actix_web::test]
+    async fn health_is_ok_even_without_ari() {
+        let service = start_service().await;
+        let app = app!(service);
+        let (status, body) = get_json!(app, "/health");
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, serde_json::json!({ "status": "ok" }));
+        stop_service(&service).await;
+    }
+
+    #[actix_web::test]
+    async fn not_ready_while_ari_is_unreachable() {
+        let service = start_service().await;
+        let app = app!(service);
+        let (status, body) = get_json!(app, "/ready");
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert_eq!(body["ready"], false, "{body}");
+        assert_eq!(body["ari"]["connected"], false, "{body}");
+        assert_eq!(body["ari"]["connects"], 0, "{body}");
+        assert_eq!(body["media_engine"], true, "{body}");
+        let bound: SocketAddr = body["echo"]["bound"]
+            .as_str()
+            .unwrap_or_else(|| panic!("echo.bound unset: {body}"))
+            .parse()
+            .expect("echo.bound is an address");
+        assert_eq!(bound.ip(), IpAddr::V4(Ipv4Addr::LOCALHOST));
+        assert_ne!(bound.port(), 0, "the bound port, not the configured 0");
+
+        // The failed connect attempt is reported, and readiness stays false.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let body = loop {
+            let (status, body) = get_json!(app, "/ready");
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+            if body["ari"]["last_error"].is_string() {
+                break body;
+            }
+            assert!(Instant::now() < deadline, "no ARI error reported: {body}");
+            actix_rt::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(body["ready"], false, "{body}");
+        stop_service(&service).await;
+    }
+
+    /// The seed's keys, with whether each is a count (integer) or a measure (float).
+    const SEED_KEYS: [(&str, bool); 10] = [
+        ("total_channels", true),
+        ("active_channels", true),
+        ("total_latencies", true),
+        ("p50_latency", false),
+        ("p95_latency", false),
+        ("p99_latency", false),
+        ("max_latency", false),
+        ("avg_latency", false),
+        ("late_ratio", false),
+        ("packet_loss_ratio", false),
+    ];
+
+    #[actix_web::test]
+    async fn metrics_json_has_the_seed_keys_typed_and_zero() {
+        let service = start_service().await;
+        let app = app!(service);
+        let (status, body) = get_json!(app, "/metrics");
+        assert_eq!(status, StatusCode::OK);
+        for (key, integer) in SEED_KEYS {
+            let value = &body[key];
+            if integer {
+                assert_eq!(value.as_u64(), Some(0), "{key} should be integer 0: {body}");
+            } else {
+                assert!(value.is_f64(), "{key} should be a float: {body}");
+                assert_eq!(value.as_f64(), Some(0.0), "{key}: {body}");
+            }
+        }
+        for mode in ["echo", "probe", "shared-echo"] {
+            let m = &body["modes"][mode];
+            assert!(m.is_object(), "modes.{mode}: {body}");
+            assert_eq!(m["calls_total"].as_u64(), Some(0), "modes.{mode}: {body}");
+            assert_eq!(m["latency"]["count"].as_u64(), Some(0), "modes.{mode}: {body}");
+        }
+        assert_eq!(body["rejected_calls"].as_u64(), Some(0), "{body}");
+        for (object, fields) in [
+            ("echo", &["packets", "bytes", "send_errors"][..]),
+            ("dropped", &["foreign_source", "malformed", "media_loop"][..]),
+            ("ari", &["events", "unknown_events", "malformed_events"][..]),
+        ] {
+            for field in fields {
+                assert_eq!(body[object][field].as_u64(), Some(0), "{object}.{field}: {body}");
+            }
+        }
+        stop_service(&service).await;
+    }
+
+    #[actix_web::test]
+    async fn metrics_prometheus_is_well_formed_text() {
+        let service = start_service().await;
+        let app = app!(service);
+        let resp = get!(app, "/metrics/prometheus");
+        assert_eq!(resp.status(), StatusCode::OK);
+        let content_type = resp.headers().get(header::CONTENT_TYPE).expect("content-type");
+        assert!(content_type.to_str().unwrap().starts_with("text/plain"), "{content_type:?}");
+        let text = String::from_utf8(test::read_body(resp).await.to_vec()).expect("UTF-8");
+        let samples = check_exposition(&text);
+        let value = |name: &str, labels: &[(&str, &str)]| {
+            samples
+                .iter()
+                .find(|s| {
+                    s.name == name
+                        && s.labels.len() == labels.len()
+                        && labels.iter().all(|(k, v)| s.labels.contains(&(k.to_string(), v.to_string())))
+                })
+                .unwrap_or_else(|| panic!("no {name}{labels:?} in\n{text}"))
+                .value
+        };
+        // The live figures reach the text: the service's pool and its (idle) calls.
+        assert_eq!(value("rtpvisor_ports", &[("state", "free")]), 3.0);
+        assert_eq!(value("rtpvisor_ports", &[("state", "leased")]), 0.0);
+        assert_eq!(value("rtpvisor_calls_total", &[("mode", "echo")]), 0.0);
+        assert_eq!(value("rtpvisor_latency_seconds_count", &[("mode", "probe")]), 0.0);
+        stop_service(&service).await;
+    }
+
+    #[actix_web::test]
+    async fn channels_are_empty_and_an_unknown_one_is_404() {
+        let service = start_service().await;
+        let app = app!(service);
+        let (status, body) = get_json!(app, "/channels");
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, serde_json::json!([]));
+        let (status, body) = get_json!(app, "/channels/nope");
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let error = body["error"].as_str().unwrap_or_else(|| panic!("no error field: {body}"));
+        assert!(error.contains("nope"), "{error}");
+        stop_service(&service).await;
+    }
+
+    #[actix_web::test]
+    async fn ports_show_the_configured_pool_all_free() {
+        let service = start_service().await;
+        let app = app!(service);
+        let (status, body) = get_json!(app, "/ports");
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["range"], serde_json::json!({ "start": 10900, "end": 10902 }), "{body}");
+        assert_eq!(body["size"], 3, "{body}");
+        assert_eq!(body["free"], 3, "{body}");
+        assert_eq!(body["leased"], 0, "{body}");
+        assert_eq!(body["leased_ports"], serde_json::json!([]), "{body}");
+        stop_service(&service).await;
+    }
+
+    fn check_node(node: &Value) {
+        assert!(node["name"].is_string(), "name: {node}");
+        assert!(node["kind"].is_string(), "kind: {node}");
+        assert!(node["state"].is_string(), "state: {node}");
+        assert!(node["restarts"].is_u64(), "restarts: {node}");
+        if let Some(children) = node.get("children") {
+            children.as_array().expect("children is an array").iter().for_each(check_node);
+        }
+    }
+
+    fn child<'a>(node: &'a Value, name: &str) -> &'a Value {
+        node["children"]
+            .as_array()
+            .and_then(|c| c.iter().find(|n| n["name"] == name))
+            .unwrap_or_else(|| panic!("no child {name} in {node}"))
+    }
+
+    #[actix_web::test]
+    async fn actors_show_the_supervision_tree() {
+        let service = start_service().await;
+        let app = app!(service);
+        let (status, root) = get_json!(app, "/actors");
+        assert_eq!(status, StatusCode::OK);
+        check_node(&root);
+        assert_eq!(root["name"], "rtpvisor", "{root}");
+        for (name, kind) in [("metrics", "MetricsActor"), ("media-engine", "MediaThread"), ("echo", "EchoActor")] {
+            let node = child(&root, name);
+            assert_eq!(node["kind"], kind, "{node}");
+            assert_eq!(node["state"], "running", "{node}");
+        }
+        let supervisor = child(&root, "supervisor");
+        assert_eq!(supervisor["state"], "running", "{supervisor}");
+        assert_eq!(child(supervisor, "port-manager")["state"], "running", "{supervisor}");
+        assert_eq!(supervisor["children"].as_array().map(Vec::len), Some(1), "no calls: {supervisor}");
+        let ari = child(&root, "ari-connection");
+        assert_eq!(ari["state"], "reconnecting", "{ari}");
+        assert_eq!(ari["restarts"], 0, "never connected, so never restarted: {ari}");
+        stop_service(&service).await;
+    }
+
+    #[actix_web::test]
+    async fn after_shutdown_the_media_engine_reports_stopped() {
+        let service = start_service().await;
+        let app = app!(service);
+        stop_service(&service).await;
+        let (status, body) = get_json!(app, "/ready");
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert_eq!(body["media_engine"], false, "{body}");
+        let (status, root) = get_json!(app, "/actors");
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(child(&root, "media-engine")["state"], "stopped", "{root}");
+    }
+}

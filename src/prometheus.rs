@@ -141,11 +141,12 @@ pub(crate) mod tests {
 
     /// Returns `Err(message)` from the enclosing function unless `cond` holds.
     macro_rules! ensure {
-        ($cond:expr, $($msg:tt)+) => {
-            if !$cond {
+        ($cond:expr, $($msg:tt)+) => {{
+            let holds: bool = $cond;
+            if !holds {
                 return Err(format!($($msg)+));
             }
-        };
+        }};
     }
 
     fn is_metric_name(s: &str) -> bool {

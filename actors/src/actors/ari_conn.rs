@@ -68,7 +68,9 @@ impl AriConnection {
 
     fn connect(&mut self, ctx: &mut Context<Self>) {
         let req = self.ari.events_request();
-        ctx.wait(async move { req.connect().await }.into_actor(self).map(|res, act, ctx| match res {
+        // `spawn`, not `wait`: status queries (/ready, /actors) must be answered while a
+        // connect attempt hangs on an Asterisk that accepts TCP but does not answer.
+        ctx.spawn(async move { req.connect().await }.into_actor(self).map(|res, act, ctx| match res {
             Ok((_resp, framed)) => {
                 let (sink, stream) = framed.split();
                 act.sink = Some(SinkWrite::new(sink, ctx));
@@ -103,9 +105,14 @@ impl AriConnection {
     }
 }
 
-/// Spreads reconnects of several instances apart: the wait times a factor in [0.5, 1.0).
+/// Spreads reconnects apart (of several instances, and of one instance's retries): the wait
+/// times a factor in [0.5, 1.0), drawn from the wall clock's nanoseconds.
 fn jittered(d: Duration) -> Duration {
-    let nanos = Instant::now().elapsed().subsec_nanos() ^ std::process::id();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|t| t.subsec_nanos())
+        .unwrap_or(0)
+        ^ std::process::id();
     let frac = 0.5 + f64::from(nanos % 1000) / 2000.0;
     d.mul_f64(frac)
 }
