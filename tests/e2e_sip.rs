@@ -56,16 +56,6 @@ fn max_txcount_while(channel_id: &str, call: &thread::JoinHandle<(i32, String)>)
     max
 }
 
-fn assert_clean(svc: &Rtpvisor) {
-    wait_until("no active channel", Duration::from_secs(15), || {
-        svc.metrics()["active_channels"].as_u64() == Some(0)
-    });
-    assert_eq!(u64_of(&svc.get("/ports"), "leased"), 0);
-    wait_until("Asterisk lists no channel or bridge", Duration::from_secs(15), || {
-        asterisk_channels().is_empty() && asterisk_bridges().is_empty()
-    });
-}
-
 #[test]
 fn sip_caller_into_probe_mode_echoes_probes_back() {
     ensure_asterisk();
@@ -77,7 +67,7 @@ fn sip_caller_into_probe_mode_echoes_probes_back() {
     assert!(chan["channel_name"].as_str().unwrap().starts_with("PJSIP/"), "{chan}");
     let (code, out) = call.join().unwrap();
     assert_eq!(code, 0, "sipp failed: {out}");
-    assert_clean(&svc);
+    assert_all_released(&svc, "after the SIP call");
     let m = svc.metrics();
     eprintln!("probe via SIP: {}", m["modes"]["probe"]);
     let returned = u64_of(&m["modes"]["probe"], "packets_in");
@@ -87,20 +77,28 @@ fn sip_caller_into_probe_mode_echoes_probes_back() {
     assert!(f64_of(&m, "packet_loss_ratio") < 0.01, "{m}");
 }
 
-#[test]
-fn sip_caller_into_echo_mode_hears_itself() {
+/// A sipp caller plays its pcap into `exten`; returns what rtpvisor reported, the call's view
+/// and how many packets Asterisk sent the caller (only rtpvisor's media is in the bridge).
+fn pcap_call(name: &str, exten: &str) -> (Value, Value, u64) {
     ensure_asterisk();
     clean_asterisk();
-    let svc = Rtpvisor::start("e2e_sip_echo", Options::default());
-    let call = sip_call("100", &["-sn", "uac_pcap"]);
+    let svc = Rtpvisor::start(name, Options::default());
+    let call = sip_call(exten, &["-sn", "uac_pcap"]);
     let chan = wait_for_sip_channel(&svc);
-    assert_eq!(chan["mode"], "echo");
     let caller = chan["channel_id"].as_str().unwrap().to_string();
     let tx = max_txcount_while(&caller, &call);
     let (code, out) = call.join().unwrap();
     assert_eq!(code, 0, "sipp failed: {out}");
-    assert_clean(&svc);
-    let m = svc.metrics();
+    assert_all_released(&svc, "after the SIP call");
+    let mut m = svc.metrics();
+    m["ports_after"] = svc.get("/ports");
+    (m, chan, tx)
+}
+
+#[test]
+fn sip_caller_into_echo_mode_hears_itself() {
+    let (m, chan, tx) = pcap_call("e2e_sip_echo", "100");
+    assert_eq!(chan["mode"], "echo");
     let echo = &m["modes"]["echo"];
     eprintln!("echo via SIP: Asterisk sent the caller {tx} packets; rtpvisor {echo}");
     assert!(u64_of(echo, "packets_in") >= 100, "{echo}");
@@ -111,21 +109,11 @@ fn sip_caller_into_echo_mode_hears_itself() {
 
 #[test]
 fn sip_caller_into_shared_echo_mode_uses_the_echo_port() {
-    ensure_asterisk();
-    clean_asterisk();
-    let svc = Rtpvisor::start("e2e_sip_shared", Options::default());
-    let call = sip_call("102", &["-sn", "uac_pcap"]);
-    let chan = wait_for_sip_channel(&svc);
+    let (m, chan, tx) = pcap_call("e2e_sip_shared", "102");
     assert_eq!(chan["mode"], "shared-echo");
     assert!(chan["port"].is_null(), "shared-echo leases no port: {chan}");
-    let caller = chan["channel_id"].as_str().unwrap().to_string();
-    let tx = max_txcount_while(&caller, &call);
-    let (code, out) = call.join().unwrap();
-    assert_eq!(code, 0, "sipp failed: {out}");
-    assert_clean(&svc);
-    let m = svc.metrics();
     eprintln!("shared echo via SIP: Asterisk sent the caller {tx} packets; echo {}", m["echo"]);
     assert!(u64_of(&m["echo"], "packets") >= 100, "{m}");
     assert!(tx >= 100, "Asterisk sent the caller only {tx} packets");
-    assert_eq!(u64_of(&svc.get("/ports"), "leases_total"), 0);
+    assert_eq!(u64_of(&m["ports_after"], "leases_total"), 0);
 }

@@ -8,17 +8,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn assert_all_released(svc: &Rtpvisor, what: &str) {
-    wait_until(&format!("{what}: no active channel"), Duration::from_secs(15), || {
-        svc.metrics()["active_channels"].as_u64() == Some(0)
-    });
-    let p = svc.get("/ports");
-    assert_eq!(u64_of(&p, "leased"), 0, "{what}: {p}");
-    wait_until(&format!("{what}: Asterisk lists no channel or bridge"), Duration::from_secs(15), || {
-        asterisk_channels().is_empty() && asterisk_bridges().is_empty()
-    });
-}
-
 fn wait_active(svc: &Rtpvisor, n: u64) -> serde_json::Value {
     wait_until("the call is active", Duration::from_secs(15), || {
         let c = svc.get("/channels");

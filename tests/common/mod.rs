@@ -138,6 +138,24 @@ pub fn clean_asterisk() {
     });
 }
 
+/// The service ended every call and gave every port back, and Asterisk lists none of the
+/// channels or bridges it had.
+pub fn assert_all_released(svc: &Rtpvisor, what: &str) {
+    wait_until(&format!("{what}: no active channel"), Duration::from_secs(30), || {
+        svc.metrics()["active_channels"].as_u64() == Some(0)
+    });
+    let p = svc.get("/ports");
+    assert_eq!(p["leased"].as_u64(), Some(0), "{what}: {p}");
+    assert_eq!(
+        p["free"].as_u64().unwrap() + p["quarantined"].as_u64().unwrap() + p["unavailable"].as_u64().unwrap(),
+        p["size"].as_u64().unwrap(),
+        "{what}: {p}"
+    );
+    wait_until(&format!("{what}: Asterisk lists no channel or bridge"), Duration::from_secs(20), || {
+        asterisk_channels().is_empty() && asterisk_bridges().is_empty()
+    });
+}
+
 pub fn free_tcp_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }

@@ -358,10 +358,7 @@ impl SetupJob {
         let br = bridge_id(&self.caller_id);
         built.bridge_created = true;
         self.ari.create_bridge(&br, &br).await.map_err(|e| e.to_string())?;
-        self.ari
-            .add_to_bridge(&br, &[&self.caller_id, &em_id])
-            .await
-            .map_err(|e| e.to_string())?;
+        self.add_to_bridge(&br, &em_id).await?;
         if !self.caller_up {
             self.ari.answer(&self.caller_id).await.map_err(|e: AriError| e.to_string())?;
         }
@@ -369,6 +366,27 @@ impl SetupJob {
             self.media.start_probing(self.call_no).map_err(|e| e.to_string())?;
         }
         Ok(())
+    }
+}
+
+impl SetupJob {
+    /// Adds caller and externalMedia channel to the bridge. The externalMedia channel enters
+    /// Stasis asynchronously after its creation request returns; until it has, Asterisk
+    /// answers 422 "Channel not in Stasis application". Retried briefly with backoff.
+    async fn add_to_bridge(&self, bridge: &str, em_id: &str) -> Result<(), String> {
+        let mut wait = Duration::from_millis(5);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            match self.ari.add_to_bridge(bridge, &[&self.caller_id, em_id]).await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.status() == Some(422) && Instant::now() + wait < deadline => {
+                    log::debug!("addChannel to {bridge} not yet possible ({e}); retrying in {wait:?}");
+                    actix_rt::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_millis(200));
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
     }
 }
 

@@ -1,0 +1,72 @@
+# Dockerfile: the rtpvisor image (docker-compose.yml builds it as rtpvisor/rtpvisor:local).
+#
+# Why it is as it is:
+# * No container registry here, so no rust: image: the base is local/debian:sid, made by
+#   scripts/docker-images.sh (debootstrap + docker import). Debian sid packages a recent rustc
+#   and cargo (the workspace needs >= 1.85), so the builder stage installs them with apt. With a
+#   registry, build with --build-arg BASE_IMAGE=debian:sid (compose: RTPVISOR_BASE_IMAGE).
+# * Crates: if docker/vendor/ holds a `cargo vendor` copy (scripts/docker-images.sh makes it on
+#   hosts where a container cannot fetch from crates.io), the build is offline from it and
+#   refuses a copy that does not match Cargo.lock; if it is empty, cargo fetches from crates.io.
+#   Either way --locked: the image builds exactly the versions in Cargo.lock.
+# * Dependencies are compiled in their own layer (against stub sources), so a change to our own
+#   code recompiles only the two workspace crates.
+# * The runtime stage is the same sid base (its layers are shared with the builder and the
+#   Asterisk image; the binary needs sid's glibc) plus the binary, run as the non-root user
+#   rtpvisor. No ca-certificates: the binary has no TLS support (ARI is plain http:// on the
+#   compose network). The release profile keeps line tables (debug = 1) for backtraces.
+# * The healthcheck (GET /ready) is in docker-compose.yml; `bash` (in every Debian image) can
+#   make that request through /dev/tcp, so the image needs no curl.
+
+ARG BASE_IMAGE=local/debian:sid
+
+FROM ${BASE_IMAGE} AS builder
+# sid's Release file can be past its Valid-Until on a mirror snapshot.
+RUN printf 'Acquire::Check-Valid-Until "false";\n' >/etc/apt/apt.conf.d/99no-check-valid-until \
+    && apt-get update -q \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+        rustc cargo gcc libc6-dev ca-certificates \
+    && apt-get clean && rm -rf /var/lib/apt/lists/*
+ENV CARGO_HOME=/cargo CARGO_TERM_COLOR=never
+WORKDIR /src
+
+# Crate sources: the vendored copy (may be empty), the manifests and the lock.
+COPY docker/vendor/ /vendor/
+COPY Cargo.toml Cargo.lock ./
+COPY actors/Cargo.toml actors/
+RUN set -e; \
+    if [ -e /vendor/.rtpvisor-cargo-lock.sha256 ]; then \
+        if [ "$(cat /vendor/.rtpvisor-cargo-lock.sha256)" != "$(sha256sum Cargo.lock | cut -d' ' -f1)" ]; then \
+            echo "docker/vendor does not match Cargo.lock: run scripts/docker-images.sh" >&2; exit 1; \
+        fi; \
+        mkdir -p "$CARGO_HOME"; \
+        printf '[source.crates-io]\nreplace-with = "vendored"\n[source.vendored]\ndirectory = "/vendor"\n[net]\noffline = true\n' \
+            >"$CARGO_HOME/config.toml"; \
+        echo "crates: vendored copy in docker/vendor (offline build)"; \
+    else \
+        echo "crates: fetched from crates.io (docker/vendor is empty)"; \
+    fi; \
+    mkdir -p src actors/src; \
+    echo 'fn main() {}' >src/main.rs; \
+    : >src/lib.rs; \
+    : >actors/src/lib.rs; \
+    cargo build --release --locked; \
+    rm -rf src actors/src
+
+# Our code. touch: COPY keeps the files' old mtimes, which cargo would think older than the
+# stub build above.
+COPY src/ src/
+COPY actors/src/ actors/src/
+RUN touch src/main.rs src/lib.rs actors/src/lib.rs \
+    && cargo build --release --locked \
+    && install -m 0755 target/release/rtpvisor /rtpvisor \
+    && /rtpvisor --version
+
+FROM ${BASE_IMAGE}
+RUN useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin rtpvisor
+COPY --from=builder /rtpvisor /usr/local/bin/rtpvisor
+USER rtpvisor
+# 9090/tcp: HTTP API (/ready, /metrics); 4000/udp: shared echo. The per-call RTP ports
+# (RTPVISOR_RTP_PORTS, default 10000-10100/udp) are reached by Asterisk on the compose network.
+EXPOSE 9090/tcp 4000/udp
+ENTRYPOINT ["/usr/local/bin/rtpvisor"]

@@ -1,0 +1,36 @@
+# docker/asterisk.Dockerfile: Asterisk 22 for rtpvisor's compose stack (image
+# rtpvisor/asterisk:local), the container twin of the chroot that scripts/asterisk.sh runs.
+#
+# Why it is as it is:
+# * FROM local/debian:sid (made by scripts/docker-images.sh; no registry here): Debian sid is
+#   where Asterisk 22 is packaged. With a registry: --build-arg BASE_IMAGE=debian:sid.
+# * Only asterisk + asterisk-modules, no recommends (same packages as the chroot, minus sipp).
+# * No configuration in the image: docker-compose.yml mounts the repo's asterisk-conf/ read-only
+#   at /etc/asterisk, hiding Debian's ~100 sample files, so the image holds no ARI password and
+#   the chroot and the container run the very same files.
+# * Asterisk starts as root and drops to user asterisk (-U/-G; running as root breaks ASTdb).
+#   The directories it writes belong to that user. -f: foreground, PID 1, stops on SIGTERM;
+#   -n: no colour codes in `docker logs`.
+# * The healthcheck (`asterisk -rx "core waitfullybooted"`) is in docker-compose.yml.
+# * The build context is docker/ with everything ignored (docker/.dockerignore): this file
+#   copies nothing.
+
+ARG BASE_IMAGE=local/debian:sid
+FROM ${BASE_IMAGE}
+
+# Check-Valid-Until: sid's Release file can be past its Valid-Until on a mirror snapshot.
+# policy-rc.d: package scripts must not try to start services during the build.
+RUN printf 'Acquire::Check-Valid-Until "false";\n' >/etc/apt/apt.conf.d/99no-check-valid-until \
+    && printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d \
+    && apt-get update -q \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+        asterisk asterisk-modules \
+    && apt-get clean && rm -rf /var/lib/apt/lists/* /usr/sbin/policy-rc.d \
+    && mkdir -p /run/asterisk /var/lib/asterisk /var/log/asterisk /var/spool/asterisk /var/cache/asterisk \
+    && chown -R asterisk:asterisk /run/asterisk /var/lib/asterisk /var/log/asterisk \
+        /var/spool/asterisk /var/cache/asterisk
+
+# 8088/tcp: HTTP/ARI; 5060/udp: SIP. Asterisk's RTP (31000-31999/udp, asterisk-conf/rtp.conf) is
+# deliberately not EXPOSEd: `docker run -P` would then start 1000 docker-proxy processes.
+EXPOSE 8088/tcp 5060/udp
+CMD ["asterisk", "-f", "-n", "-U", "asterisk", "-G", "asterisk"]
