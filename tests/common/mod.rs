@@ -240,9 +240,15 @@ impl Rtpvisor {
 
     /// Sends SIGTERM and waits for exit; returns the exit code and how long it took.
     pub fn terminate(&mut self) -> (Option<i32>, Duration) {
+        self.signal("TERM")
+    }
+
+    /// Sends `sig` (e.g. "TERM", "INT", "KILL") and waits up to 15 s for the process to exit
+    /// (then kills it); returns the exit code (None when killed by a signal) and the time.
+    pub fn signal(&mut self, sig: &str) -> (Option<i32>, Duration) {
         let mut child = self.child.take().expect("running");
         let start = Instant::now();
-        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        let _ = Command::new("kill").arg(format!("-{sig}")).arg(child.id().to_string()).status();
         let limit = Duration::from_secs(15);
         loop {
             if let Some(st) = child.try_wait().unwrap() {
@@ -255,6 +261,10 @@ impl Rtpvisor {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn log_text(&self) -> String {

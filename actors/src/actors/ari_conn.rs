@@ -12,7 +12,7 @@ use futures_util::stream::{SplitSink, StreamExt};
 use serde::Serialize;
 
 use super::metrics::{AriEventCounts, MetricsActor};
-use super::supervisor::{AriEvent, Supervisor};
+use super::supervisor::{AriConnected, AriEvent, Supervisor};
 use crate::ari::client::AriClient;
 use crate::ari::model::{decode_event, Event};
 
@@ -78,6 +78,8 @@ impl AriConnection {
                 act.connected_at = Some(Instant::now());
                 act.connects += 1;
                 act.backoff = act.backoff_min;
+                // Whatever happened while we were not listening, Asterisk kept: reconcile.
+                act.supervisor.do_send(AriConnected { first: act.connects == 1 });
                 log::info!("[AriConnection] events WebSocket connected for app {}", act.ari.app());
             }
             Err(e) => {

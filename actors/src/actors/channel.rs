@@ -77,14 +77,16 @@ pub fn host_port(host: &str, port: u16) -> String {
 /// The ids of the resources we create for a caller: derived from the caller's id so that
 /// events and a later reconciliation can tell them apart from anyone else's.
 pub fn external_media_id(caller_id: &str) -> String {
-    format!("rtpvisor-em-{caller_id}")
+    format!("{MEDIA_CHANNEL_PREFIX}{caller_id}")
 }
 pub fn bridge_id(caller_id: &str) -> String {
-    format!("rtpvisor-br-{caller_id}")
+    format!("{BRIDGE_PREFIX}{caller_id}")
 }
+pub const MEDIA_CHANNEL_PREFIX: &str = "rtpvisor-em-";
+pub const BRIDGE_PREFIX: &str = "rtpvisor-br-";
 /// True for channel ids rtpvisor created (externalMedia channels).
 pub fn is_our_channel_id(id: &str) -> bool {
-    id.starts_with("rtpvisor-em-")
+    id.starts_with(MEDIA_CHANNEL_PREFIX)
 }
 
 /// What exists of the call so far: exactly what teardown must undo.

@@ -8,6 +8,7 @@ use serde::Serialize;
 use crate::latency::{LatencyHistogram, LatencySummary};
 use crate::media::{MediaFlush, ModeTotals, ReflectorCounters};
 use crate::mode::CallMode;
+use super::supervisor::ReconcileReport;
 
 /// A call was accepted and is being set up.
 #[derive(Message)]
@@ -53,6 +54,22 @@ pub struct AriEventCounts {
 #[derive(Message)]
 #[rtype(result = "MetricsSnapshot")]
 pub struct GetMetrics;
+
+/// A reconciliation with Asterisk finished.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Reconciled(pub ReconcileReport);
+
+/// Reconciliations since start (at every ARI connect and reconnect).
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct ReconcileMetrics {
+    pub runs: u64,
+    /// Orphan callers, externalMedia channels and bridges cleaned up, all runs together.
+    pub orphans_cleaned: u64,
+    /// Live calls ended because their caller had vanished, all runs together.
+    pub vanished_calls: u64,
+    pub last: Option<ReconcileReport>,
+}
 
 /// One media flush from the engine thread.
 #[derive(Message)]
@@ -113,6 +130,7 @@ pub struct MetricsSnapshot {
     pub echo: ReflectorCounters,
     pub dropped: DroppedCounters,
     pub ari: AriEventCounts,
+    pub reconcile: ReconcileMetrics,
 }
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
@@ -134,6 +152,7 @@ pub struct MetricsActor {
     live: [ModeTotals; 2],
     reflector: ReflectorCounters,
     ari: AriEventCounts,
+    reconcile: ReconcileMetrics,
 }
 
 impl Actor for MetricsActor {
@@ -189,6 +208,16 @@ impl Handler<Flush> for MetricsActor {
             self.ended[r.mode.index().min(1)].add_report(r);
         }
         self.reflector = f.reflector;
+    }
+}
+
+impl Handler<Reconciled> for MetricsActor {
+    type Result = ();
+    fn handle(&mut self, Reconciled(r): Reconciled, _: &mut Context<Self>) {
+        self.reconcile.runs += 1;
+        self.reconcile.orphans_cleaned += (r.orphan_app_channels + r.orphan_media_channels + r.orphan_bridges) as u64;
+        self.reconcile.vanished_calls += r.vanished_calls as u64;
+        self.reconcile.last = Some(r);
     }
 }
 
@@ -279,6 +308,7 @@ impl MetricsActor {
                 media_loop: t.dropped_loop,
             },
             ari: self.ari,
+            reconcile: self.reconcile.clone(),
         }
     }
 }

@@ -10,10 +10,10 @@ use actix::prelude::*;
 use serde::Serialize;
 
 use super::channel::{
-    bridge_id, external_media_id, is_our_channel_id, CallSettings, CallState, ChannelActor, EndCall,
+    bridge_id, external_media_id, is_our_channel_id, BRIDGE_PREFIX, CallSettings, CallState, ChannelActor, EndCall,
     Gone, ResourceGone,
 };
-use super::metrics::{CallRejected, MetricsActor};
+use super::metrics::{CallRejected, MetricsActor, Reconciled};
 use super::port_manager::PortManager;
 use crate::ari::client::AriClient;
 use crate::ari::model::{Event, HangupReason};
@@ -41,6 +41,35 @@ pub struct CallUpdate {
 pub struct ChannelDone {
     pub caller_id: String,
 }
+
+/// The events WebSocket is (re)connected: compare what Asterisk holds for our app with our
+/// calls, end what is orphaned.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct AriConnected {
+    pub first: bool,
+}
+
+/// What one reconciliation found and did.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct ReconcileReport {
+    /// Channels in our app that no live call owns (callers left by a crash or missed events,
+    /// and the far halves of Local channels originated into the app): hung up.
+    pub orphan_app_channels: usize,
+    /// Our externalMedia channels (`rtpvisor-em-*`) no live call owns: hung up.
+    pub orphan_media_channels: usize,
+    /// Our bridges (`rtpvisor-br-*`) no live call owns: destroyed.
+    pub orphan_bridges: usize,
+    /// Live calls whose caller Asterisk no longer has: ended.
+    pub vanished_calls: usize,
+    /// Deletes that failed (retried at the next reconciliation).
+    pub errors: usize,
+    pub took_ms: u64,
+}
+
+/// How long an unknown caller must stay unknown before it counts as an orphan: its
+/// StasisStart may still be on its way to us.
+const ORPHAN_GRACE: Duration = Duration::from_millis(1000);
 
 /// The media engine saw no packet on this call's stream for the no-media timeout.
 #[derive(Message, Debug)]
@@ -252,6 +281,130 @@ impl Handler<AriEvent> for Supervisor {
             Event::ChannelLeftBridge { bridge, .. } => self.route(&bridge.id, "ChannelLeftBridge", true),
             _ => {}
         }
+    }
+}
+
+impl Handler<AriConnected> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: AriConnected, ctx: &mut Context<Self>) {
+        log::info!(
+            "[Supervisor] ARI {}: reconciling with Asterisk",
+            if msg.first { "connected" } else { "reconnected" }
+        );
+        self.reconcile(ctx);
+    }
+}
+
+impl Supervisor {
+    /// Looks at Asterisk's side (our app's channels and bridges, every channel and bridge with
+    /// our id prefixes), then ends what no live call owns and the live calls whose caller is
+    /// gone. Unknown callers get [`ORPHAN_GRACE`] to show up as calls before they are hung up.
+    fn reconcile(&mut self, ctx: &mut Context<Self>) {
+        let ari = self.ari.clone();
+        let started = Instant::now();
+        let fetch = async move {
+            let app = ari.application().await?;
+            let channels = ari.channels().await?;
+            let bridges = ari.bridges().await?;
+            Ok::<_, crate::ari::client::AriError>((app, channels, bridges))
+        };
+        ctx.spawn(fetch.into_actor(self).map(move |res, act, ctx| {
+            let (app, channels, bridges) = match res {
+                Ok(v) => v,
+                Err(e) => {
+                    log::error!("[Supervisor] reconciliation could not read Asterisk's state: {e}");
+                    return;
+                }
+            };
+            let mut report = ReconcileReport::default();
+            let existing: std::collections::HashSet<&str> = channels.iter().map(|c| c.id.as_str()).collect();
+            // Live calls whose caller is gone (hung up while we were not listening).
+            for c in act.calls.values() {
+                if c.info.state != CallState::SettingUp && !existing.contains(c.info.channel_id.as_str()) {
+                    report.vanished_calls += 1;
+                    c.addr.do_send(EndCall { reason: "caller vanished while ARI was disconnected" });
+                }
+            }
+            let mut media_orphans = Vec::new();
+            let mut callers = Vec::new();
+            for id in app.channel_ids.iter().chain(channels.iter().map(|c| &c.id)) {
+                if act.calls.contains_key(id) || act.resources.contains_key(id) {
+                    continue;
+                }
+                if is_our_channel_id(id) {
+                    if !media_orphans.contains(id) {
+                        media_orphans.push(id.clone());
+                    }
+                } else if app.channel_ids.contains(id) && !callers.contains(id) {
+                    callers.push(id.clone());
+                }
+            }
+            let mut bridge_orphans: Vec<String> = app
+                .bridge_ids
+                .iter()
+                .chain(bridges.iter().map(|b| &b.id))
+                .filter(|id| id.starts_with(BRIDGE_PREFIX) && !act.resources.contains_key(*id))
+                .cloned()
+                .collect();
+            bridge_orphans.sort();
+            bridge_orphans.dedup();
+            report.orphan_media_channels = media_orphans.len();
+            report.orphan_bridges = bridge_orphans.len();
+            let ari = act.ari.clone();
+            ctx.spawn(
+                async move {
+                    let mut errors = 0;
+                    for id in &media_orphans {
+                        if let Err(e) = ari.hangup(id, HangupReason::Normal).await {
+                            log::error!("[Supervisor] hanging up orphan {id} failed: {e}");
+                            errors += 1;
+                        }
+                    }
+                    for id in &bridge_orphans {
+                        if let Err(e) = ari.destroy_bridge(id).await {
+                            log::error!("[Supervisor] destroying orphan bridge {id} failed: {e}");
+                            errors += 1;
+                        }
+                    }
+                    errors
+                }
+                .into_actor(act)
+                .map(move |errors, _, ctx| {
+                    report.errors += errors;
+                    // Callers: give their StasisStart time to arrive, then look again.
+                    ctx.run_later(ORPHAN_GRACE, move |act, ctx| {
+                        let orphans: Vec<String> =
+                            callers.into_iter().filter(|id| !act.calls.contains_key(id)).collect();
+                        report.orphan_app_channels = orphans.len();
+                        let ari = act.ari.clone();
+                        ctx.spawn(
+                            async move {
+                                let mut errors = 0;
+                                for id in &orphans {
+                                    if let Err(e) = ari.hangup(id, HangupReason::Normal).await {
+                                        log::error!("[Supervisor] hanging up orphan caller {id} failed: {e}");
+                                        errors += 1;
+                                    }
+                                }
+                                errors
+                            }
+                            .into_actor(act)
+                            .map(move |errors, act, _| {
+                                report.errors += errors;
+                                report.took_ms = started.elapsed().as_millis() as u64;
+                                log::info!(
+                                    "[Supervisor] reconciled in {} ms: {} orphan caller(s), {} orphan media channel(s), {} orphan bridge(s) cleaned, {} vanished call(s) ended, {} error(s)",
+                                    report.took_ms, report.orphan_app_channels, report.orphan_media_channels,
+                                    report.orphan_bridges, report.vanished_calls, report.errors
+                                );
+                                act.metrics.do_send(Reconciled(report));
+                            }),
+                        );
+                    });
+                }),
+            );
+        }));
     }
 }
 
