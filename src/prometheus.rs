@@ -99,6 +99,13 @@ pub fn render(m: &MetricsSnapshot, ports: &PoolSnapshot) -> String {
     sample(&mut o, "rtpvisor_ari_events_total", "outcome=\"unknown_type\"", m.ari.unknown as f64);
     sample(&mut o, "rtpvisor_ari_events_total", "outcome=\"malformed\"", m.ari.malformed as f64);
 
+    family(&mut o, "rtpvisor_reconcile_runs_total", "counter", "Reconciliations with Asterisk (at every ARI connect and reconnect).");
+    sample(&mut o, "rtpvisor_reconcile_runs_total", "", m.reconcile.runs as f64);
+    family(&mut o, "rtpvisor_reconcile_orphans_cleaned_total", "counter", "Orphan channels and bridges ended by reconciliation.");
+    sample(&mut o, "rtpvisor_reconcile_orphans_cleaned_total", "", m.reconcile.orphans_cleaned as f64);
+    family(&mut o, "rtpvisor_reconcile_vanished_calls_total", "counter", "Live calls ended by reconciliation because their caller had vanished.");
+    sample(&mut o, "rtpvisor_reconcile_vanished_calls_total", "", m.reconcile.vanished_calls as f64);
+
     family(&mut o, "rtpvisor_ports", "gauge", "RTP ports of the pool, by state.");
     for (state, n) in [
         ("leased", ports.leased),
@@ -376,6 +383,7 @@ pub(crate) mod tests {
             echo: ReflectorCounters { packets: 500, bytes: 86_000, send_errors: 3 },
             dropped: DroppedCounters { foreign_source: 21, malformed: 22, media_loop: 23 },
             ari: AriEventCounts { events: 90, unknown: 5, malformed: 2 },
+            reconcile: Default::default(),
         };
         let ports = PoolSnapshot {
             range: PortRange::new(10000, 10009).unwrap(),
