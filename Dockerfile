@@ -14,7 +14,8 @@
 # * The runtime stage is the same sid base (its layers are shared with the builder and the
 #   Asterisk image; the binary needs sid's glibc) plus the binary, run as the non-root user
 #   rtpvisor. No ca-certificates: the binary has no TLS support (ARI is plain http:// on the
-#   compose network). The release profile keeps line tables (debug = 1) for backtraces.
+#   compose network). The release profile keeps line tables (debug = 1) for backtraces with
+#   file:line; objcopy compresses them (90 MB -> 26 MB binary), backtraces still resolve.
 # * The healthcheck (GET /ready) is in docker-compose.yml; `bash` (in every Debian image) can
 #   make that request through /dev/tcp, so the image needs no curl.
 
@@ -59,7 +60,7 @@ COPY src/ src/
 COPY actors/src/ actors/src/
 RUN touch src/main.rs src/lib.rs actors/src/lib.rs \
     && cargo build --release --locked \
-    && install -m 0755 target/release/rtpvisor /rtpvisor \
+    && objcopy --compress-debug-sections=zlib target/release/rtpvisor /rtpvisor \
     && /rtpvisor --version
 
 FROM ${BASE_IMAGE}

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use actix_web::{web, App, HttpServer};
 use rtpvisor_actors::actors::channel::{host_port, CallSettings};
-use rtpvisor_actors::actors::{Service, ServiceConfig};
+use rtpvisor_actors::actors::{failure, Service, ServiceConfig};
 use rtpvisor_actors::ari::client::AriSettings;
 use rtpvisor_actors::mode::CallMode;
 use rtpvisor_actors::ports::PortRange;
@@ -43,13 +43,21 @@ pub fn service_config(cfg: &Config) -> anyhow::Result<ServiceConfig> {
             .map_err(|e| anyhow::anyhow!("invalid media.default_mode: {e}"))?,
         reconnect_min: Duration::from_millis(cfg.ari.reconnect_min_ms),
         reconnect_max: Duration::from_millis(cfg.ari.reconnect_max_ms),
+        max_restarts: cfg.supervision.max_restarts,
+        restart_window: Duration::from_millis(cfg.supervision.window_ms),
+        faults_enabled: cfg.faults.enabled,
     })
 }
 
 /// Runs the service until SIGTERM or SIGINT, then shuts it down in order.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let svc_cfg = service_config(&cfg)?;
+    failure::install_panic_hook();
+    if cfg.faults.enabled {
+        log::warn!("fault injection is ENABLED (/faults/... routes): for tests only");
+    }
     let service = Service::start(svc_cfg).await?;
+    actix_rt::spawn(watchdog(service.clone()));
     let data = web::Data::new(service.clone());
     let server = HttpServer::new(move || App::new().app_data(data.clone()).configure(crate::http::configure))
         .workers(1)
@@ -86,6 +94,23 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let _ = server_task.await;
     log::info!("rtpvisor stopped");
     Ok(())
+}
+
+/// Escalation, the top of the supervision tree: a long-lived actor that died (a panic in its
+/// handler; actix restarts nothing) leaves the service unable to do its job. The process exits
+/// with status 70 so that its own supervisor (container restart policy, systemd) starts it
+/// again; the new process reconciles Asterisk at connect and ends every orphan.
+async fn watchdog(service: Service) {
+    let mut tick = actix_rt::time::interval(Duration::from_millis(100));
+    loop {
+        tick.tick().await;
+        let dead = service.dead_actors();
+        if !dead.is_empty() {
+            let why = failure::take_last_panic().unwrap_or_else(|| "stopped".into());
+            log::error!("long-lived actor(s) {dead:?} died ({why}): escalating, exiting with status 70");
+            std::process::exit(70);
+        }
+    }
 }
 
 async fn wait_for_signal() -> &'static str {

@@ -33,6 +33,14 @@ const MAX_LATE_MS: f64 = 60_000.0;
 /// The probe timeout is bounded so a probe call cannot hold a port for long.
 const PROBE_TIMEOUT_RANGE_MS: std::ops::RangeInclusive<u64> = 1..=10_000;
 
+/// Restart intensity bounds: at least one failure must be tolerable, and more than a thousand
+/// restarts per window means the supervisor is hiding a crash loop.
+const MAX_RESTARTS_RANGE: std::ops::RangeInclusive<u64> = 1..=1000;
+
+/// Restart window bounds: shorter than 100 ms cannot see a crash loop, longer than the general
+/// duration cap is a unit mistake.
+const RESTART_WINDOW_RANGE_MS: std::ops::RangeInclusive<u64> = 100..=MAX_DURATION_MS;
+
 /// Media modes a call can run in; `media.default_mode` must be one of them.
 pub const MEDIA_MODES: [&str; 3] = ["echo", "probe", "shared-echo"];
 
@@ -102,6 +110,10 @@ pub struct Config {
     pub echo: EchoConfig,
     /// The HTTP API (status, metrics, config).
     pub http: HttpConfig,
+    /// Restart intensity of supervised actors.
+    pub supervision: SupervisionConfig,
+    /// Test-only fault injection.
+    pub faults: FaultsConfig,
     /// How long shutdown waits for calls to be torn down before giving up.
     pub shutdown_timeout_ms: u64,
 }
@@ -166,6 +178,23 @@ pub struct EchoConfig {
 pub struct HttpConfig {
     /// Where the HTTP API listens (port 0: the OS picks one, handy in tests).
     pub addr: SocketAddr,
+}
+
+/// Restart intensity, OTP style: how many actor failures (panics) are tolerated within a sliding
+/// window before the service escalates instead of restarting again.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SupervisionConfig {
+    /// Failures tolerated within `window_ms`, 1..=1000.
+    pub max_restarts: u32,
+    /// Length of the window failures are counted in, ms, 100..=600000.
+    pub window_ms: u64,
+}
+
+/// Fault injection for tests; off by default.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct FaultsConfig {
+    /// Whether the fault-injection HTTP routes (`/faults/...`) are served. Never in production.
+    pub enabled: bool,
 }
 
 /// An inclusive UDP port range, written `10000-10100` or `10000` for a single port.
@@ -303,6 +332,15 @@ impl Default for HttpConfig {
     }
 }
 
+impl Default for SupervisionConfig {
+    fn default() -> Self {
+        SupervisionConfig {
+            max_restarts: 5,
+            window_ms: 10_000,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -310,6 +348,8 @@ impl Default for Config {
             media: MediaConfig::default(),
             echo: EchoConfig::default(),
             http: HttpConfig::default(),
+            supervision: SupervisionConfig::default(),
+            faults: FaultsConfig::default(),
             shutdown_timeout_ms: 5000,
         }
     }
@@ -345,6 +385,9 @@ pub struct Cli {
     /// Stasis application name [default: rtpvisor] [env: RTPVISOR_ARI_APP]
     #[arg(long, value_name = "NAME")]
     pub ari_app: Option<String>,
+    /// Timeout of one ARI REST request, 1-600000 ms [default: 5000] [env: RTPVISOR_ARI_REQUEST_TIMEOUT_MS]
+    #[arg(long, value_name = "MS")]
+    pub ari_request_timeout_ms: Option<String>,
     /// Address Asterisk sends RTP to (IP or hostname of this host as Asterisk sees it) [default: 127.0.0.1] [env: RTPVISOR_MEDIA_HOST]
     #[arg(long, value_name = "HOST")]
     pub media_host: Option<String>,
@@ -378,6 +421,15 @@ pub struct Cli {
     /// Listen address of the HTTP API, IP:PORT [default: 0.0.0.0:9090] [env: RTPVISOR_HTTP_ADDR]
     #[arg(long, value_name = "IP:PORT")]
     pub http_addr: Option<String>,
+    /// Actor failures (panics) tolerated within the restart window before the service escalates, 1-1000 [default: 5] [env: RTPVISOR_MAX_RESTARTS]
+    #[arg(long, value_name = "N")]
+    pub max_restarts: Option<String>,
+    /// Window in which actor failures are counted against --max-restarts, 100-600000 ms [default: 10000] [env: RTPVISOR_RESTART_WINDOW_MS]
+    #[arg(long, value_name = "MS")]
+    pub restart_window_ms: Option<String>,
+    /// Enable the fault-injection HTTP routes (/faults/...): for tests only, never in production [default: false] [env: RTPVISOR_FAULT_INJECTION]
+    #[arg(long, value_name = "BOOL")]
+    pub fault_injection: Option<String>,
     /// How long shutdown waits for calls to end, ms [default: 5000] [env: RTPVISOR_SHUTDOWN_TIMEOUT_MS]
     #[arg(long, value_name = "MS")]
     pub shutdown_timeout_ms: Option<String>,
@@ -393,6 +445,7 @@ impl Cli {
             Key::AriUser => &self.ari_user,
             Key::AriPassword => &self.ari_password,
             Key::AriApp => &self.ari_app,
+            Key::AriRequestTimeoutMs => &self.ari_request_timeout_ms,
             Key::MediaHost => &self.media_host,
             Key::MediaBindIp => &self.media_bind_ip,
             Key::RtpPorts => &self.rtp_ports,
@@ -404,10 +457,11 @@ impl Cli {
             Key::EchoAddr => &self.echo_addr,
             Key::EchoHost => &self.echo_host,
             Key::HttpAddr => &self.http_addr,
+            Key::MaxRestarts => &self.max_restarts,
+            Key::RestartWindowMs => &self.restart_window_ms,
+            Key::FaultInjection => &self.fault_injection,
             Key::ShutdownTimeoutMs => &self.shutdown_timeout_ms,
-            Key::AriReconnectMinMs | Key::AriReconnectMaxMs | Key::AriRequestTimeoutMs => {
-                return None
-            }
+            Key::AriReconnectMinMs | Key::AriReconnectMaxMs => return None,
         };
         value.as_deref()
     }
@@ -434,6 +488,9 @@ enum Key {
     EchoAddr,
     EchoHost,
     HttpAddr,
+    MaxRestarts,
+    RestartWindowMs,
+    FaultInjection,
     ShutdownTimeoutMs,
 }
 
@@ -447,6 +504,8 @@ enum Kind {
     Num,
     /// `rtp_ports = "10000-10100"` or `rtp_ports = 10000`.
     StrOrInt,
+    /// `enabled = true`; env and CLI spell it as text (see `parse_bool`).
+    Bool,
 }
 
 impl Kind {
@@ -456,6 +515,7 @@ impl Kind {
             Kind::Int => "an integer",
             Kind::Num => "a number",
             Kind::StrOrInt => "a string like \"10000-10100\" or an integer",
+            Kind::Bool => "a boolean",
         }
     }
 }
@@ -486,7 +546,7 @@ const SPECS: &[Spec] = &[
     Spec { key: Key::AriApp, path: "ari.app", env: Some("RTPVISOR_ARI_APP"), flag: Some("--ari-app"), kind: Kind::Str },
     Spec { key: Key::AriReconnectMinMs, path: "ari.reconnect_min_ms", env: None, flag: None, kind: Kind::Int },
     Spec { key: Key::AriReconnectMaxMs, path: "ari.reconnect_max_ms", env: None, flag: None, kind: Kind::Int },
-    Spec { key: Key::AriRequestTimeoutMs, path: "ari.request_timeout_ms", env: None, flag: None, kind: Kind::Int },
+    Spec { key: Key::AriRequestTimeoutMs, path: "ari.request_timeout_ms", env: Some("RTPVISOR_ARI_REQUEST_TIMEOUT_MS"), flag: Some("--ari-request-timeout-ms"), kind: Kind::Int },
     Spec { key: Key::MediaHost, path: "media.host", env: Some("RTPVISOR_MEDIA_HOST"), flag: Some("--media-host"), kind: Kind::Str },
     Spec { key: Key::MediaBindIp, path: "media.bind_ip", env: Some("RTPVISOR_MEDIA_BIND_IP"), flag: Some("--media-bind-ip"), kind: Kind::Str },
     Spec { key: Key::RtpPorts, path: "media.rtp_ports", env: Some("RTPVISOR_RTP_PORTS"), flag: Some("--rtp-ports"), kind: Kind::StrOrInt },
@@ -498,6 +558,9 @@ const SPECS: &[Spec] = &[
     Spec { key: Key::EchoAddr, path: "echo.addr", env: Some("RTPVISOR_ECHO_ADDR"), flag: Some("--echo-addr"), kind: Kind::Str },
     Spec { key: Key::EchoHost, path: "echo.host", env: Some("RTPVISOR_ECHO_HOST"), flag: Some("--echo-host"), kind: Kind::Str },
     Spec { key: Key::HttpAddr, path: "http.addr", env: Some("RTPVISOR_HTTP_ADDR"), flag: Some("--http-addr"), kind: Kind::Str },
+    Spec { key: Key::MaxRestarts, path: "supervision.max_restarts", env: Some("RTPVISOR_MAX_RESTARTS"), flag: Some("--max-restarts"), kind: Kind::Int },
+    Spec { key: Key::RestartWindowMs, path: "supervision.window_ms", env: Some("RTPVISOR_RESTART_WINDOW_MS"), flag: Some("--restart-window-ms"), kind: Kind::Int },
+    Spec { key: Key::FaultInjection, path: "faults.enabled", env: Some("RTPVISOR_FAULT_INJECTION"), flag: Some("--fault-injection"), kind: Kind::Bool },
     Spec { key: Key::ShutdownTimeoutMs, path: "shutdown_timeout_ms", env: Some("RTPVISOR_SHUTDOWN_TIMEOUT_MS"), flag: Some("--shutdown-timeout-ms"), kind: Kind::Int },
 ];
 
@@ -661,6 +724,7 @@ impl Draft {
             (Kind::Str | Kind::StrOrInt, Value::String(text)) => text.clone(),
             (Kind::Int | Kind::Num | Kind::StrOrInt, Value::Integer(number)) => number.to_string(),
             (Kind::Num, Value::Float(number)) => number.to_string(),
+            (Kind::Bool, Value::Boolean(flag)) => flag.to_string(),
             (kind, other) => {
                 let got = match other {
                     Value::Array(_) | Value::Table(_) => other.type_str().to_owned(),
@@ -870,6 +934,11 @@ impl Config {
             }
             Key::EchoHost => self.echo.host = Some(parse_host(raw)?),
             Key::HttpAddr => self.http.addr = parse_socket_addr(raw)?,
+            Key::MaxRestarts => self.supervision.max_restarts = parse_max_restarts(raw)?,
+            Key::RestartWindowMs => {
+                self.supervision.window_ms = parse_ms(raw, RESTART_WINDOW_RANGE_MS)?
+            }
+            Key::FaultInjection => self.faults.enabled = parse_bool(raw)?,
             Key::ShutdownTimeoutMs => {
                 self.shutdown_timeout_ms = parse_ms(raw, 0..=MAX_DURATION_MS)?
             }
@@ -902,6 +971,9 @@ impl Config {
                 .clone()
                 .unwrap_or_else(|| "media.host".into()),
             Key::HttpAddr => self.http.addr.to_string(),
+            Key::MaxRestarts => self.supervision.max_restarts.to_string(),
+            Key::RestartWindowMs => self.supervision.window_ms.to_string(),
+            Key::FaultInjection => self.faults.enabled.to_string(),
             Key::ShutdownTimeoutMs => self.shutdown_timeout_ms.to_string(),
         }
     }
@@ -991,6 +1063,33 @@ fn parse_ms(raw: &str, range: std::ops::RangeInclusive<u64>) -> Result<u64, Stri
     Ok(value)
 }
 
+fn parse_max_restarts(raw: &str) -> Result<u32, String> {
+    let raw = raw.trim();
+    if raw.starts_with('-') {
+        return Err("must not be negative".into());
+    }
+    // Parsed wide so an out-of-range number gets the range message, not "not a number".
+    let value: u64 = raw
+        .parse()
+        .map_err(|_| "not a whole number of restarts".to_owned())?;
+    if !MAX_RESTARTS_RANGE.contains(&value) {
+        return Err(format!(
+            "{value} is outside {}..={}",
+            MAX_RESTARTS_RANGE.start(),
+            MAX_RESTARTS_RANGE.end()
+        ));
+    }
+    Ok(u32::try_from(value).expect("range fits in u32"))
+}
+
+fn parse_bool(raw: &str) -> Result<bool, String> {
+    match raw.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        _ => Err("not a boolean; expected true, false, 1, 0, yes or no".into()),
+    }
+}
+
 fn parse_late_ms(raw: &str) -> Result<f64, String> {
     let value: f64 = raw
         .trim()
@@ -1075,7 +1174,7 @@ mod tests {
     fn toml_line(key: Key, raw: &str) -> String {
         let spec = spec(key);
         let literal = match spec.kind {
-            Kind::Int | Kind::Num => raw.to_owned(),
+            Kind::Int | Kind::Num | Kind::Bool => raw.to_owned(),
             Kind::Str | Kind::StrOrInt => format!("{raw:?}"),
         };
         match spec.path.split_once('.') {
@@ -1109,6 +1208,9 @@ mod tests {
             Key::EchoAddr => ["127.0.0.1:4001", "[::1]:4002", "0.0.0.0:4003"],
             Key::EchoHost => ["echo.example", "10.1.1.1", "fe80::1"],
             Key::HttpAddr => ["127.0.0.1:0", "[::]:9091", "0.0.0.0:80"],
+            Key::MaxRestarts => ["1", "20", "1000"],
+            Key::RestartWindowMs => ["100", "2500", "600000"],
+            Key::FaultInjection => ["true", "false", "true"],
             Key::ShutdownTimeoutMs => ["0", "1", "600000"],
         }
     }
@@ -1150,6 +1252,14 @@ mod tests {
         assert_eq!(config.echo.addr.to_string(), "0.0.0.0:4000");
         assert_eq!(config.echo.host, None);
         assert_eq!(config.http.addr.to_string(), "0.0.0.0:9090");
+        assert_eq!(
+            config.supervision,
+            SupervisionConfig {
+                max_restarts: 5,
+                window_ms: 10_000
+            }
+        );
+        assert!(!config.faults.enabled);
         assert_eq!(config.shutdown_timeout_ms, 5000);
         // The defaults must pass the same validation as any other source.
         assert_eq!(Config::load(&Cli::default(), &no_env).unwrap(), config);
@@ -1182,6 +1292,11 @@ mod tests {
             host = "10.0.0.6"
             [http]
             addr = "127.0.0.1:9999"
+            [supervision]
+            max_restarts = 3
+            window_ms = 1000
+            [faults]
+            enabled = true
         "#;
         let config = Config::from_toml_str(text, "t.toml").unwrap();
         assert_eq!(
@@ -1200,6 +1315,15 @@ mod tests {
         assert_eq!(config.media.default_mode, "shared-echo");
         assert_eq!(config.echo_host(), "10.0.0.6");
         assert_eq!(config.http.addr.port(), 9999);
+        assert_eq!(config.ari.request_timeout_ms, 30);
+        assert_eq!(
+            config.supervision,
+            SupervisionConfig {
+                max_restarts: 3,
+                window_ms: 1000
+            }
+        );
+        assert!(config.faults.enabled);
         assert_eq!(config.shutdown_timeout_ms, 7000);
     }
 
@@ -1352,6 +1476,19 @@ mod tests {
         ),
         (Key::HttpAddr, "abc", "not an IP:port socket address"),
         (Key::ShutdownTimeoutMs, "600001", "outside 0..=600000"),
+        (Key::AriRequestTimeoutMs, "0", "outside 1..=600000"),
+        (Key::AriRequestTimeoutMs, "5s", "not a whole number"),
+        (Key::MaxRestarts, "0", "0 is outside 1..=1000"),
+        (Key::MaxRestarts, "1001", "1001 is outside 1..=1000"),
+        (Key::MaxRestarts, "4294967296", "outside 1..=1000"),
+        (Key::MaxRestarts, "-1", "must not be negative"),
+        (Key::MaxRestarts, "five", "not a whole number"),
+        (Key::RestartWindowMs, "99", "99 ms is outside 100..=600000"),
+        (Key::RestartWindowMs, "600001", "outside 100..=600000"),
+        (Key::RestartWindowMs, "10s", "not a whole number"),
+        (Key::FaultInjection, "maybe", "not a boolean"),
+        (Key::FaultInjection, "2", "not a boolean"),
+        (Key::FaultInjection, "on", "not a boolean"),
     ];
 
     fn assert_one_line(message: &str) {
@@ -1401,9 +1538,14 @@ mod tests {
     #[test]
     fn invalid_file_values_name_the_key_and_file() {
         for &(key, bad, reason) in INVALID {
-            let numeric = matches!(spec(key).kind, Kind::Int | Kind::Num);
-            // Non-numbers cannot be written as TOML numbers; those cases have their own test.
-            if numeric && bad.parse::<f64>().is_err() {
+            // Non-numbers cannot be written as TOML numbers, nor non-booleans as TOML booleans;
+            // those cases are wrong TOML types and have their own test.
+            let writable = match spec(key).kind {
+                Kind::Int | Kind::Num => bad.parse::<f64>().is_ok(),
+                Kind::Bool => false,
+                Kind::Str | Kind::StrOrInt => true,
+            };
+            if !writable {
                 continue;
             }
             let text = toml_line(key, bad).replace("= NaN", "= nan");
@@ -1479,6 +1621,31 @@ mod tests {
                 "media",
                 "expected a table [media], got integer",
             ),
+            (
+                "[faults]\nenabled = \"yes\"",
+                "faults.enabled",
+                "expected a boolean, got string \"yes\"",
+            ),
+            (
+                "[faults]\nenabled = 1",
+                "faults.enabled",
+                "expected a boolean, got integer 1",
+            ),
+            (
+                "[supervision]\nmax_restarts = \"5\"",
+                "supervision.max_restarts",
+                "expected an integer, got string \"5\"",
+            ),
+            (
+                "[supervision]\nmax_restarts = -1",
+                "supervision.max_restarts",
+                "must not be negative",
+            ),
+            (
+                "[supervision]\nwindow_ms = 1e4",
+                "supervision.window_ms",
+                "expected an integer, got float",
+            ),
         ];
         for (text, key, reason) in cases {
             let message = Config::from_toml_str(text, "f.toml")
@@ -1519,7 +1686,7 @@ mod tests {
                     .to_string();
                 assert!(message.contains("empty; omit the flag"), "{message}");
             }
-            if spec.kind != Kind::Int && spec.kind != Kind::Num {
+            if matches!(spec.kind, Kind::Str | Kind::StrOrInt) {
                 let message = Config::from_toml_str(&toml_line(spec.key, ""), "f.toml")
                     .unwrap_err()
                     .to_string();
@@ -1552,7 +1719,9 @@ mod tests {
     fn unknown_keys_are_named_with_their_table() {
         let cases = [
             ("[media]\nrtp_port = \"1-2\"", "unknown key media.rtp_port in f.toml; known keys here: host, bind_ip, rtp_ports"),
-            ("colour = 1", "unknown key colour in f.toml; known keys here: ari, media, echo, http, shutdown_timeout_ms"),
+            ("colour = 1", "unknown key colour in f.toml; known keys here: ari, media, echo, http, supervision, faults, shutdown_timeout_ms"),
+            ("[supervision]\nmax_restart = 3", "unknown key supervision.max_restart in f.toml; known keys here: max_restarts, window_ms"),
+            ("[faults]\nenable = true", "unknown key faults.enable in f.toml; known keys here: enabled"),
             ("[metrics]\nport = 1", "unknown key metrics in f.toml"),
             ("[echo.extra]\nx = 1", "unknown key echo.extra in f.toml; known keys here: addr, host"),
         ];
@@ -1718,6 +1887,112 @@ mod tests {
         assert!(cli.print_config);
         assert_eq!(cli.late_ms.as_deref(), Some("2.5"));
         assert_eq!(Config::load(&cli, &no_env).unwrap().media.late_ms, 2.5);
+    }
+
+    #[test]
+    fn fault_injection_accepts_the_usual_boolean_spellings() {
+        for (raw, expected) in [
+            ("true", true),
+            ("TRUE", true),
+            ("1", true),
+            ("Yes", true),
+            (" yes ", true),
+            ("false", false),
+            ("False", false),
+            ("0", false),
+            ("NO", false),
+        ] {
+            let pairs = [("RTPVISOR_FAULT_INJECTION", raw)];
+            let config = Config::load(&Cli::default(), &env_of(&pairs)).unwrap();
+            assert_eq!(config.faults.enabled, expected, "env {raw:?}");
+            let cli = Cli::try_parse_from(["rtpvisor", "--fault-injection", raw]).unwrap();
+            let config = Config::load(&cli, &no_env).unwrap();
+            assert_eq!(config.faults.enabled, expected, "flag {raw:?}");
+        }
+        // The flag takes a value; bare `--fault-injection` is a usage error, not "true".
+        assert!(Cli::try_parse_from(["rtpvisor", "--fault-injection"]).is_err());
+        // A flag "false" overrides an env "true".
+        let cli = Cli::try_parse_from(["rtpvisor", "--fault-injection", "false"]).unwrap();
+        let env = env_of(&[("RTPVISOR_FAULT_INJECTION", "true")]);
+        assert!(!Config::load(&cli, &env).unwrap().faults.enabled);
+        assert_eq!(
+            Config::load(&Cli::default(), &env_of(&[("RTPVISOR_FAULT_INJECTION", "on")]))
+                .unwrap_err()
+                .to_string(),
+            "invalid RTPVISOR_FAULT_INJECTION=\"on\": not a boolean; expected true, false, 1, 0, yes or no"
+        );
+        assert_eq!(
+            flag_help("--fault-injection").unwrap(),
+            "Enable the fault-injection HTTP routes (/faults/...): for tests only, never in \
+             production [default: false] [env: RTPVISOR_FAULT_INJECTION]"
+        );
+    }
+
+    #[test]
+    fn supervision_and_request_timeout_from_env_and_flags() {
+        let env = env_of(&[
+            ("RTPVISOR_ARI_REQUEST_TIMEOUT_MS", "50"),
+            ("RTPVISOR_MAX_RESTARTS", "2"),
+            ("RTPVISOR_RESTART_WINDOW_MS", "500"),
+        ]);
+        let config = Config::load(&Cli::default(), &env).unwrap();
+        assert_eq!(config.ari.request_timeout_ms, 50);
+        assert_eq!(
+            config.supervision,
+            SupervisionConfig {
+                max_restarts: 2,
+                window_ms: 500
+            }
+        );
+        let cli = Cli::try_parse_from([
+            "rtpvisor",
+            "--ari-request-timeout-ms",
+            "75",
+            "--max-restarts",
+            "9",
+            "--restart-window-ms",
+            "60000",
+        ])
+        .unwrap();
+        let config = Config::load(&cli, &env).unwrap();
+        assert_eq!(config.ari.request_timeout_ms, 75);
+        assert_eq!(
+            config.supervision,
+            SupervisionConfig {
+                max_restarts: 9,
+                window_ms: 60_000
+            }
+        );
+        let message = Config::load(&Cli::default(), &env_of(&[("RTPVISOR_MAX_RESTARTS", "0")]))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            message,
+            "invalid RTPVISOR_MAX_RESTARTS=\"0\": 0 is outside 1..=1000"
+        );
+        let cli = Cli::try_parse_from(["rtpvisor", "--restart-window-ms", "50"]).unwrap();
+        assert_eq!(
+            Config::load(&cli, &no_env).unwrap_err().to_string(),
+            "invalid --restart-window-ms \"50\": 50 ms is outside 100..=600000 ms"
+        );
+        let message = Config::from_toml_str("[supervision]\nmax_restarts = 0", "f.toml")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            message,
+            "invalid supervision.max_restarts in f.toml: 0 is outside 1..=1000"
+        );
+    }
+
+    #[test]
+    fn printed_config_has_the_new_sections() {
+        let text = Config::default().to_toml_redacted();
+        assert!(
+            text.contains("[supervision]\nmax_restarts = 5\nwindow_ms = 10000\n"),
+            "{text}"
+        );
+        assert!(text.contains("[faults]\nenabled = false\n"), "{text}");
+        assert!(text.contains("request_timeout_ms = 5000\n"), "{text}");
     }
 
     #[test]

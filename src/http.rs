@@ -13,13 +13,15 @@ pub enum ApiError {
     Unavailable(#[from] actix::MailboxError),
     #[error("no live channel {0}")]
     NotFound(String),
+    #[error("fault injection is disabled (faults.enabled / RTPVISOR_FAULT_INJECTION)")]
+    FaultsDisabled,
 }
 
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::NotFound(_) | ApiError::FaultsDisabled => StatusCode::NOT_FOUND,
         }
     }
 
@@ -28,8 +30,11 @@ impl ResponseError for ApiError {
     }
 }
 
-/// Registers every route; the caller provides `web::Data<Service>`.
+/// Registers every route; the caller provides `web::Data<Service>`. The `/faults/...` routes
+/// answer 404 unless fault injection is enabled in the configuration.
 pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/faults/channels/{id}/panic", web::post().to(fault_channel_panic))
+        .route("/faults/supervisor/panic", web::post().to(fault_supervisor_panic));
     cfg.route("/metrics", web::get().to(metrics))
         .route("/metrics/prometheus", web::get().to(metrics_prometheus))
         .route("/channels", web::get().to(channels))
@@ -40,6 +45,26 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/ready", web::get().to(ready));
 }
 
+async fn fault_channel_panic(svc: web::Data<Service>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    if !svc.faults_enabled() {
+        return Err(ApiError::FaultsDisabled);
+    }
+    let id = id.into_inner();
+    if svc.inject_channel_panic(&id).await? {
+        Ok(HttpResponse::Accepted().json(serde_json::json!({ "injected": "panic", "channel": id })))
+    } else {
+        Err(ApiError::NotFound(id))
+    }
+}
+
+async fn fault_supervisor_panic(svc: web::Data<Service>) -> Result<HttpResponse, ApiError> {
+    if !svc.faults_enabled() {
+        return Err(ApiError::FaultsDisabled);
+    }
+    svc.inject_supervisor_panic();
+    Ok(HttpResponse::Accepted().json(serde_json::json!({ "injected": "panic", "actor": "supervisor" })))
+}
+
 async fn metrics(svc: web::Data<Service>) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(svc.metrics().await?))
 }
@@ -47,9 +72,10 @@ async fn metrics(svc: web::Data<Service>) -> Result<HttpResponse, ApiError> {
 async fn metrics_prometheus(svc: web::Data<Service>) -> Result<HttpResponse, ApiError> {
     let m = svc.metrics().await?;
     let ports = svc.ports().await?;
-    Ok(HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(prometheus::render(&m, &ports)))
+    let actors = svc.actors().await?;
+    let mut body = prometheus::render(&m, &ports);
+    body.push_str(&prometheus::render_actors(&actors));
+    Ok(HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(body))
 }
 
 async fn channels(svc: web::Data<Service>) -> Result<HttpResponse, ApiError> {

@@ -4,6 +4,7 @@
 use std::fmt::Write;
 
 use rtpvisor_actors::actors::metrics::{MetricsSnapshot, ModeMetrics};
+use rtpvisor_actors::actors::service::ActorNode;
 use rtpvisor_actors::ports::PoolSnapshot;
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -17,6 +18,27 @@ fn sample(out: &mut String, name: &str, labels: &str, value: f64) {
     } else {
         let _ = writeln!(out, "{name}{{{labels}}} {value}");
     }
+}
+
+/// Restart and failure counts of the supervision tree's long-lived nodes (the call actors
+/// are summed into their supervisor's `child_failures`: no per-call series).
+pub fn render_actors(root: &ActorNode) -> String {
+    let mut o = String::with_capacity(512);
+    family(&mut o, "rtpvisor_actor_restarts_total", "counter", "Restarts of long-lived actors (the ARI connection: reconnects).");
+    let mut nodes = vec![root];
+    let mut failures = Vec::new();
+    while let Some(n) = nodes.pop() {
+        if n.kind != "ChannelActor" {
+            sample(&mut o, "rtpvisor_actor_restarts_total", &format!("actor=\"{}\"", n.name), n.restarts as f64);
+            if n.kind == "Supervisor" {
+                failures.push(n.child_failures);
+            }
+        }
+        nodes.extend(n.children.iter().rev());
+    }
+    family(&mut o, "rtpvisor_channel_actor_failures_total", "counter", "Call actors that died (panic); their calls were ended cleanly.");
+    sample(&mut o, "rtpvisor_channel_actor_failures_total", "", failures.iter().sum::<u64>() as f64);
+    o
 }
 
 /// Renders every figure of `GET /metrics` and the pool counts.
@@ -144,7 +166,7 @@ pub(crate) mod tests {
 
     /// The label names any rtpvisor metric may carry. Each has a small fixed set of values;
     /// a label naming a call, channel or stream would make cardinality grow with traffic.
-    const BOUNDED_LABELS: [&str; 5] = ["mode", "quantile", "reason", "outcome", "state"];
+    const BOUNDED_LABELS: [&str; 6] = ["mode", "quantile", "reason", "outcome", "state", "actor"];
 
     /// Returns `Err(message)` from the enclosing function unless `cond` holds.
     macro_rules! ensure {

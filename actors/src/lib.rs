@@ -10,6 +10,7 @@
 //!   RFC 3550 A.8 interarrival jitter, delay against the stream's schedule, late packets.
 //! - [`probe`]: probe streams: what a probe packet carries and how its round trip is matched.
 //! - [`mode`]: the call modes (echo, probe, shared-echo).
+//! - [`intensity`]: restart intensity (at most N failures in T), OTP style.
 //! - [`latency`]: latency histograms (HdrHistogram) and their summaries in milliseconds.
 //! - [`ports`]: the RTP port pool: lease, release, quarantine, skipped ports.
 //! - [`ari::model`]: ARI resources and events, decoded by their `type`.
@@ -22,6 +23,7 @@
 
 pub mod actors;
 pub mod ari;
+pub mod intensity;
 pub mod latency;
 pub mod media;
 pub mod mode;

@@ -3,6 +3,8 @@
 //! Asterisk's fixed ports (8088, 5060) run one at a time (`--test-threads=1`).
 #![allow(dead_code)]
 
+pub mod fault_proxy;
+
 use std::io::Read;
 use std::net::{TcpListener, UdpSocket};
 use std::path::PathBuf;
@@ -228,6 +230,32 @@ impl Rtpvisor {
         let (code, v) = self.get_status(path);
         assert_eq!(code, 200, "GET {path} answered {code}: {v}");
         v
+    }
+
+    /// POST without a body; returns the status and the JSON answer.
+    pub fn post(&self, path: &str) -> (u16, Value) {
+        match agent().post(&format!("{}{}", self.http, path)).call() {
+            Ok(r) => {
+                let code = r.status();
+                (code, into_json(Ok(r)).unwrap_or(Value::Null))
+            }
+            Err(ureq::Error::Status(code, r)) => (code, r.into_json().unwrap_or(Value::Null)),
+            Err(e) => panic!("POST {path}: {e}"),
+        }
+    }
+
+    /// Waits for the process to exit by itself; returns its exit code.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let child = self.child.as_mut().expect("running");
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Some(st) = child.try_wait().unwrap() {
+                self.child = None;
+                return st.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("rtpvisor did not exit within {limit:?}");
     }
 
     pub fn get_text(&self, path: &str) -> String {

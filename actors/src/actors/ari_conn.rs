@@ -11,6 +11,7 @@ use awc::BoxedSocket;
 use futures_util::stream::{SplitSink, StreamExt};
 use serde::Serialize;
 
+use super::failure::FailureRecord;
 use super::metrics::{AriEventCounts, MetricsActor};
 use super::supervisor::{AriConnected, AriEvent, Supervisor};
 use crate::ari::client::AriClient;
@@ -29,6 +30,9 @@ pub struct AriStatus {
     pub connects: u64,
     pub last_error: Option<String>,
     pub connected_for_ms: Option<u64>,
+    /// The last time the connection was lost or could not be made, and why.
+    #[serde(skip)]
+    pub last_failure: Option<FailureRecord>,
 }
 
 pub struct AriConnection {
@@ -39,6 +43,7 @@ pub struct AriConnection {
     connected_at: Option<Instant>,
     connects: u64,
     last_error: Option<String>,
+    last_failure: Option<FailureRecord>,
     backoff: Duration,
     backoff_min: Duration,
     backoff_max: Duration,
@@ -60,6 +65,7 @@ impl AriConnection {
             connected_at: None,
             connects: 0,
             last_error: None,
+            last_failure: None,
             backoff: backoff_min,
             backoff_min,
             backoff_max,
@@ -84,6 +90,7 @@ impl AriConnection {
             }
             Err(e) => {
                 act.last_error = Some(e.to_string());
+                act.last_failure = Some(FailureRecord::now(format!("connect failed: {e}")));
                 log::warn!("[AriConnection] connecting the events WebSocket failed: {e}");
                 act.reconnect_later(ctx);
             }
@@ -100,6 +107,7 @@ impl AriConnection {
     fn lost(&mut self, why: String, ctx: &mut Context<Self>) {
         if self.connected_at.take().is_some() {
             log::warn!("[AriConnection] events WebSocket lost: {why}");
+            self.last_failure = Some(FailureRecord::now(format!("lost: {why}")));
             self.last_error = Some(why);
             self.sink = None;
             self.reconnect_later(ctx);
@@ -174,6 +182,7 @@ impl Handler<GetAriStatus> for AriConnection {
             connects: self.connects,
             last_error: self.last_error.clone(),
             connected_for_ms: self.connected_at.map(|t| t.elapsed().as_millis() as u64),
+            last_failure: self.last_failure.clone(),
         })
     }
 }

@@ -10,7 +10,7 @@ use actix::prelude::*;
 
 use super::metrics::{CallEnded, CallOutcome, CallRejected, CallStarted, MetricsActor};
 use super::port_manager::{AcquirePort, Lease, PortManager};
-use super::supervisor::{CallUpdate, ChannelDone, Supervisor};
+use super::supervisor::{CallUpdate, ChannelDone, ChannelFailed, Supervisor};
 use crate::ari::client::{AriClient, AriError};
 use crate::ari::model::{ExternalMediaParams, HangupReason};
 use crate::media::{MediaHandle, StreamReport, StreamSpec};
@@ -89,6 +89,35 @@ pub fn is_our_channel_id(id: &str) -> bool {
     id.starts_with(MEDIA_CHANNEL_PREFIX)
 }
 
+/// Tells the supervisor when the actor ends without finishing its call: a panic in a handler
+/// drops the actor (actix does not restart it) and with it this guard. An actor that ended its
+/// call properly disarms it first.
+#[derive(Debug)]
+struct ExitGuard {
+    supervisor: Addr<Supervisor>,
+    caller_id: String,
+    call_no: u64,
+    mode: CallMode,
+    armed: bool,
+}
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            self.supervisor.do_send(ChannelFailed {
+                caller_id: self.caller_id.clone(),
+                call_no: self.call_no,
+                mode: self.mode,
+            });
+        }
+    }
+}
+
+/// A fault injected for tests: panic in this actor's handler.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct InjectPanic;
+
 /// What exists of the call so far: exactly what teardown must undo.
 #[derive(Debug, Default)]
 struct Built {
@@ -114,6 +143,7 @@ pub struct ChannelActor {
     built: Built,
     started_at: Instant,
     outcome: CallOutcome,
+    guard: ExitGuard,
 }
 
 impl ChannelActor {
@@ -130,6 +160,8 @@ impl ChannelActor {
         supervisor: Addr<Supervisor>,
         settings: CallSettings,
     ) -> Self {
+        let guard =
+            ExitGuard { supervisor: supervisor.clone(), caller_id: caller_id.clone(), call_no, mode, armed: true };
         ChannelActor {
             call_no,
             caller_id,
@@ -145,6 +177,7 @@ impl ChannelActor {
             built: Built::default(),
             started_at: Instant::now(),
             outcome: CallOutcome::Completed,
+            guard,
         }
     }
 
@@ -184,6 +217,7 @@ impl ChannelActor {
             act.metrics.do_send(CallEnded { mode: act.mode, outcome: act.outcome });
             act.supervisor.do_send(ChannelDone { caller_id: caller_id.clone() });
             log::info!("Cleaned up channel {caller_id} after {:.1} s", act.started_at.elapsed().as_secs_f64());
+            act.guard.armed = false;
             ctx.stop();
         }));
     }
@@ -222,6 +256,7 @@ impl Actor for ChannelActor {
                     log::warn!("Rejected call {}: {e}", act.caller_id);
                     act.metrics.do_send(CallRejected { mode: act.mode });
                     act.supervisor.do_send(ChannelDone { caller_id: act.caller_id.clone() });
+                    act.guard.armed = false;
                     ctx.stop();
                 }
                 Err(SetupError::Failed(built, e)) => {
@@ -245,6 +280,13 @@ impl Handler<ResourceGone> for ChannelActor {
             Gone::Bridge => "bridge destroyed",
         };
         self.teardown(&format!("{why}: {}", msg.event), ctx);
+    }
+}
+
+impl Handler<InjectPanic> for ChannelActor {
+    type Result = ();
+    fn handle(&mut self, _: InjectPanic, _: &mut Context<Self>) {
+        panic!("injected fault: panic in the ChannelActor of {}", self.caller_id);
     }
 }
 

@@ -14,6 +14,7 @@
 pub mod ari_conn;
 pub mod channel;
 pub mod echo;
+pub mod failure;
 pub mod metrics;
 pub mod port_manager;
 pub mod service;

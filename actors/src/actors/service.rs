@@ -16,7 +16,12 @@ use super::channel::CallSettings;
 use super::echo::{EchoActor, EchoStatus, GetEchoStatus};
 use super::metrics::{Flush, GetMetrics, MetricsActor, MetricsSnapshot};
 use super::port_manager::{GetPorts, PortManager};
-use super::supervisor::{CallInfo, GetCalls, MediaIdle, Shutdown, ShutdownReport, Supervisor};
+use super::failure::FailureRecord;
+use super::supervisor::{
+    CallInfo, GetCalls, GetSupervisorStatus, InjectChannelPanic, InjectSupervisorPanic, MediaIdle, Shutdown,
+    ShutdownReport, Supervisor,
+};
+use crate::intensity::Intensity;
 use crate::ari::client::{AriClient, AriSettings};
 use crate::media::{MediaHandle, StreamReport};
 use crate::mode::CallMode;
@@ -33,6 +38,11 @@ pub struct ServiceConfig {
     pub default_mode: CallMode,
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
+    /// Restart intensity for call actors: at most this many failures within `restart_window`.
+    pub max_restarts: u32,
+    pub restart_window: Duration,
+    /// Whether the fault-injection entry points may be used (tests only).
+    pub faults_enabled: bool,
 }
 
 /// Why the service could not start.
@@ -56,12 +66,15 @@ pub struct Service {
     echo: Addr<EchoActor>,
     media: MediaHandle,
     media_thread: Arc<Mutex<Option<JoinHandle<()>>>>,
+    faults_enabled: bool,
 }
 
 /// What `GET /ready` reports.
 #[derive(Debug, Clone, Serialize)]
 pub struct Readiness {
     pub ready: bool,
+    /// The supervisor's state: `running`, `degraded` or `shutting_down`.
+    pub supervisor: &'static str,
     pub ari: AriStatus,
     pub echo: EchoStatus,
     pub media_engine: bool,
@@ -81,8 +94,14 @@ pub struct ActorNode {
     pub name: String,
     pub kind: &'static str,
     pub state: String,
+    /// What happens when it fails (see ARCHITECTURE.md).
+    pub policy: &'static str,
+    /// Times it was restarted (the ARI connection: reconnects).
     pub restarts: u64,
-    pub last_failure: Option<String>,
+    /// Supervisor: children that failed (call actors are not restarted; their calls end).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub child_failures: u64,
+    pub last_failure: Option<FailureRecord>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub children: Vec<ActorNode>,
 }
@@ -93,11 +112,17 @@ impl ActorNode {
             name: name.into(),
             kind,
             state: state.into(),
+            policy: "",
             restarts: 0,
+            child_failures: 0,
             last_failure: None,
             children: Vec::new(),
         }
     }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Service {
@@ -135,6 +160,7 @@ impl Service {
             media.clone(),
             cfg.call.clone(),
             cfg.default_mode,
+            Intensity::new(cfg.max_restarts, cfg.restart_window),
         );
         let ports = sup.port_manager();
         let supervisor = sup.start();
@@ -150,6 +176,7 @@ impl Service {
             echo,
             media,
             media_thread: Arc::new(Mutex::new(Some(join))),
+            faults_enabled: cfg.faults_enabled,
         })
     }
 
@@ -181,7 +208,14 @@ impl Service {
         let ari = self.ari_conn.send(GetAriStatus).await?;
         let echo = self.echo.send(GetEchoStatus).await?;
         let media_engine = self.media.snapshot().await.is_ok();
-        Ok(Readiness { ready: ari.connected && echo.bound.is_some() && media_engine, ari, echo, media_engine })
+        let supervisor = self.supervisor.send(GetSupervisorStatus).await?.state;
+        Ok(Readiness {
+            ready: ari.connected && echo.bound.is_some() && media_engine && supervisor == "running",
+            supervisor,
+            ari,
+            echo,
+            media_engine,
+        })
     }
 
     /// The supervision tree with each actor's state.
@@ -189,16 +223,21 @@ impl Service {
         let ari = self.ari_conn.send(GetAriStatus).await?;
         let calls = self.supervisor.send(GetCalls).await?;
         let media_running = self.media.snapshot().await.is_ok();
+        let status = self.supervisor.send(GetSupervisorStatus).await?;
         let running = |alive: bool| if alive { "running" } else { "stopped" };
-        let mut sup = ActorNode::leaf("supervisor", "Supervisor", running(self.supervisor.connected()));
-        sup.children.push(ActorNode::leaf("port-manager", "PortManager", running(self.ports.connected())));
+        let mut sup = ActorNode::leaf("supervisor", "Supervisor", status.state);
+        sup.policy = "escalate: the process exits (70) and is restarted by its supervisor";
+        sup.child_failures = status.channel_failures;
+        sup.last_failure = status.last_failure;
+        let mut pm = ActorNode::leaf("port-manager", "PortManager", running(self.ports.connected()));
+        pm.policy = "escalate";
+        sup.children.push(pm);
         for c in calls {
             let state = serde_json::to_value(c.state).ok().and_then(|v| v.as_str().map(String::from));
-            sup.children.push(ActorNode::leaf(
-                format!("channel:{}", c.channel_id),
-                "ChannelActor",
-                state.unwrap_or_default(),
-            ));
+            let mut node =
+                ActorNode::leaf(format!("channel:{}", c.channel_id), "ChannelActor", state.unwrap_or_default());
+            node.policy = "no restart: on failure the call is ended cleanly; counted against the restart intensity";
+            sup.children.push(node);
         }
         let mut ari_node = ActorNode::leaf(
             "ari-connection",
@@ -206,16 +245,52 @@ impl Service {
             if ari.connected { "connected" } else { "reconnecting" },
         );
         ari_node.restarts = ari.connects.saturating_sub(1);
-        ari_node.last_failure = ari.last_error;
+        ari_node.policy = "reconnect with capped exponential backoff and jitter; not ready meanwhile";
+        ari_node.last_failure = ari.last_failure;
         let mut root = ActorNode::leaf("rtpvisor", "Service", "running");
+        let escalate = |mut n: ActorNode| {
+            n.policy = "escalate";
+            n
+        };
         root.children = vec![
-            ActorNode::leaf("metrics", "MetricsActor", running(self.metrics.connected())),
-            ActorNode::leaf("media-engine", "MediaThread", running(media_running)),
-            ActorNode::leaf("echo", "EchoActor", running(self.echo.connected())),
+            escalate(ActorNode::leaf("metrics", "MetricsActor", running(self.metrics.connected()))),
+            escalate(ActorNode::leaf("media-engine", "MediaThread", running(media_running))),
+            escalate(ActorNode::leaf("echo", "EchoActor", running(self.echo.connected()))),
             sup,
             ari_node,
         ];
         Ok(root)
+    }
+
+    pub fn faults_enabled(&self) -> bool {
+        self.faults_enabled
+    }
+
+    /// Fault injection: panic in the ChannelActor of a call. `Ok(false)`: no such call.
+    pub async fn inject_channel_panic(&self, id: &str) -> Result<bool, MailboxError> {
+        self.supervisor.send(InjectChannelPanic(id.to_string())).await
+    }
+
+    /// Fault injection: panic in the Supervisor (the process escalates and exits).
+    pub fn inject_supervisor_panic(&self) {
+        self.supervisor.do_send(InjectSupervisorPanic);
+    }
+
+    /// Long-lived actors that are gone (a panic killed them): the process must escalate.
+    pub fn dead_actors(&self) -> Vec<&'static str> {
+        let mut dead = Vec::new();
+        for (name, alive) in [
+            ("supervisor", self.supervisor.connected()),
+            ("port-manager", self.ports.connected()),
+            ("metrics", self.metrics.connected()),
+            ("echo", self.echo.connected()),
+            ("ari-connection", self.ari_conn.connected()),
+        ] {
+            if !alive {
+                dead.push(name);
+            }
+        }
+        dead
     }
 
     /// Ends every call (hang up, destroy bridges, release ports) within `deadline`, then stops

@@ -10,10 +10,12 @@ use actix::prelude::*;
 use serde::Serialize;
 
 use super::channel::{
-    bridge_id, external_media_id, is_our_channel_id, BRIDGE_PREFIX, CallSettings, CallState, ChannelActor, EndCall,
-    Gone, ResourceGone,
+    bridge_id, external_media_id, is_our_channel_id, CallSettings, CallState, ChannelActor, EndCall, Gone,
+    InjectPanic, ResourceGone, BRIDGE_PREFIX,
 };
-use super::metrics::{CallRejected, MetricsActor, Reconciled};
+use super::failure::{take_last_panic, FailureRecord};
+use crate::intensity::Intensity;
+use super::metrics::{CallEnded, CallOutcome, CallRejected, MetricsActor, Reconciled};
 use super::port_manager::PortManager;
 use crate::ari::client::AriClient;
 use crate::ari::model::{Event, HangupReason};
@@ -76,6 +78,47 @@ const ORPHAN_GRACE: Duration = Duration::from_millis(1000);
 #[rtype(result = "()")]
 pub struct MediaIdle(pub u64);
 
+/// A ChannelActor ended without finishing its call (it panicked). Policy: no restart; the
+/// supervisor ends the call cleanly in Asterisk and counts the failure against the restart
+/// intensity.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct ChannelFailed {
+    pub caller_id: String,
+    pub call_no: u64,
+    pub mode: CallMode,
+}
+
+/// Fault injection: make the ChannelActor of this call (channel id or call number) panic.
+/// Answers whether such a call exists.
+#[derive(Message, Debug)]
+#[rtype(result = "bool")]
+pub struct InjectChannelPanic(pub String);
+
+/// Fault injection: panic in the supervisor itself (escalates: the process exits).
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct InjectSupervisorPanic;
+
+#[derive(Message)]
+#[rtype(result = "SupervisorStatus")]
+pub struct GetSupervisorStatus;
+
+/// The supervisor's own state, for `/actors`, `/ready` and metrics.
+#[derive(Debug, Clone, Serialize)]
+pub struct SupervisorStatus {
+    /// `running`, `degraded` (restart intensity exceeded: new calls refused until the window
+    /// clears) or `shutting_down`.
+    pub state: &'static str,
+    /// ChannelActors that died without finishing their call, since start.
+    pub channel_failures: u64,
+    /// Failures within the current window, and its limits.
+    pub recent_failures: usize,
+    pub max_restarts: u32,
+    pub window_ms: u64,
+    pub last_failure: Option<FailureRecord>,
+}
+
 /// Stop taking calls, end every call, answer when all are gone or the deadline passed.
 #[derive(Message, Debug)]
 #[rtype(result = "ShutdownReport")]
@@ -132,6 +175,9 @@ pub struct Supervisor {
     accepting: bool,
     /// Shutdown requests waiting for the last call to end; each gets the count left.
     drained: Vec<tokio::sync::oneshot::Sender<usize>>,
+    /// ChannelActor failures within the restart window.
+    intensity: Intensity,
+    last_failure: Option<FailureRecord>,
 }
 
 impl Supervisor {
@@ -143,6 +189,7 @@ impl Supervisor {
         media: MediaHandle,
         settings: CallSettings,
         default_mode: CallMode,
+        intensity: Intensity,
     ) -> Self {
         Supervisor {
             ari,
@@ -156,6 +203,8 @@ impl Supervisor {
             next_call_no: 1,
             accepting: true,
             drained: Vec::new(),
+            intensity,
+            last_failure: None,
         }
     }
 
@@ -193,6 +242,14 @@ impl Supervisor {
         };
         if !self.accepting {
             return self.reject(channel.id, mode, "shutting down".into(), ctx);
+        }
+        if self.intensity.exceeded(Instant::now()) {
+            let why = format!(
+                "degraded: more than {} call actor failures within {} ms",
+                self.intensity.max(),
+                self.intensity.window().as_millis()
+            );
+            return self.reject(channel.id, mode, why, ctx);
         }
         if self.calls.contains_key(&channel.id) {
             log::warn!("duplicate StasisStart for {}: ignored", channel.id);
@@ -405,6 +462,95 @@ impl Supervisor {
                 }),
             );
         }));
+    }
+}
+
+impl Handler<ChannelFailed> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, f: ChannelFailed, ctx: &mut Context<Self>) {
+        let reason = take_last_panic().unwrap_or_else(|| "ended without finishing its call".into());
+        log::error!("[Supervisor] ChannelActor of {} died ({reason}): ending the call cleanly", f.caller_id);
+        self.last_failure = Some(FailureRecord::now(format!("channel {}: {reason}", f.caller_id)));
+        if self.intensity.record(Instant::now()) {
+            log::error!(
+                "[Supervisor] restart intensity exceeded ({} failures within {} ms): degraded, refusing new calls until the window clears",
+                self.intensity.max() + 1,
+                self.intensity.window().as_millis()
+            );
+        }
+        // The dead actor's lease was dropped with it (port back in the pool); its socket is
+        // still in the media engine and its channels and bridge in Asterisk.
+        if let Some(c) = self.calls.remove(&f.caller_id) {
+            self.resources.remove(&c.info.external_media_channel);
+            self.resources.remove(&c.info.bridge);
+        }
+        self.metrics.do_send(CallEnded { mode: f.mode, outcome: CallOutcome::Failed });
+        let (ari, media, caller) = (self.ari.clone(), self.media.clone(), f.caller_id);
+        ctx.spawn(
+            async move {
+                let _ = media.remove(f.call_no).await;
+                for (what, result) in [
+                    ("externalMedia channel", ari.hangup(&external_media_id(&caller), HangupReason::Normal).await),
+                    ("bridge", ari.destroy_bridge(&bridge_id(&caller)).await),
+                    ("caller", ari.hangup(&caller, HangupReason::Normal).await),
+                ] {
+                    if let Err(e) = result {
+                        log::error!("[Supervisor] cleaning up the {what} of failed call {caller}: {e}");
+                    }
+                }
+                log::info!("Cleaned up channel {caller} after its actor failed");
+            }
+            .into_actor(self)
+            .map(|_, act, _| {
+                if !act.accepting && act.calls.is_empty() {
+                    act.notify_drained();
+                }
+            }),
+        );
+    }
+}
+
+impl Handler<InjectChannelPanic> for Supervisor {
+    type Result = bool;
+    fn handle(&mut self, InjectChannelPanic(id): InjectChannelPanic, _: &mut Context<Self>) -> bool {
+        match self.calls.values().find(|c| c.info.channel_id == id || c.info.call_no.to_string() == id) {
+            Some(c) => {
+                log::warn!("[Supervisor] fault injection: panic in the ChannelActor of {}", c.info.channel_id);
+                c.addr.do_send(InjectPanic);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl Handler<InjectSupervisorPanic> for Supervisor {
+    type Result = ();
+    fn handle(&mut self, _: InjectSupervisorPanic, _: &mut Context<Self>) {
+        panic!("injected fault: panic in the Supervisor");
+    }
+}
+
+impl Handler<GetSupervisorStatus> for Supervisor {
+    type Result = MessageResult<GetSupervisorStatus>;
+    fn handle(&mut self, _: GetSupervisorStatus, _: &mut Context<Self>) -> Self::Result {
+        let now = Instant::now();
+        let state = if !self.accepting {
+            "shutting_down"
+        } else if self.intensity.exceeded(now) {
+            "degraded"
+        } else {
+            "running"
+        };
+        MessageResult(SupervisorStatus {
+            state,
+            channel_failures: self.intensity.total(),
+            recent_failures: self.intensity.recent(now),
+            max_restarts: self.intensity.max(),
+            window_ms: self.intensity.window().as_millis() as u64,
+            last_failure: self.last_failure.clone(),
+        })
     }
 }
 

@@ -1,0 +1,290 @@
+//! The load generator: plays "the Asterisk side" of N channels. One thread, one mio poll over
+//! N UDP sockets (one per channel, so a service that accepts RTP only from its peer's address
+//! accepts ours), each sending a 20 ms PCMU RTP stream (50 packets/s) to its channel's port,
+//! the channels' send phases spread evenly over the 20 ms. Every packet carries its send time;
+//! the reflected copy is stamped by the kernel on arrival (SO_TIMESTAMPNS), so turnaround =
+//! kernel arrival − send time, whatever the generator was busy with when it came back.
+//!
+//! The same generator, with the same pacing, drives every system under test, so its own cost
+//! and quirks are the same in each and cancel out in the ratios.
+
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use mio::{Events, Interest, Poll, Token};
+
+use crate::sys;
+
+/// RTP header (12) + one 20 ms PCMU frame (160).
+pub const PACKET_LEN: usize = 172;
+/// Where our fields sit in the payload (after the 12-byte RTP header).
+const AT_SENT: usize = 12;
+const AT_CHANNEL: usize = 20;
+const AT_FLAGS: usize = 24;
+const FLAG_MEASURED: u8 = 1;
+/// Samples per packet at 8 kHz, 20 ms.
+const TS_STEP: u32 = 160;
+/// Largest turnaround the histogram tells apart: 10 s (more is recorded as 10 s).
+const HIST_MAX_NS: u64 = 10_000_000_000;
+
+/// The timing of one run.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    /// Packets per second per channel.
+    pub pps: u32,
+    /// Sent but not measured: lets the system under test settle (caches, buffers, JIT-free
+    /// but not cold).
+    pub warmup: Duration,
+    /// Packets sent in this window are measured.
+    pub measure: Duration,
+    /// After the last send, how long we still wait for reflections; later ones count as lost.
+    pub grace: Duration,
+}
+
+/// N bound sockets, made before the system under test so that their addresses can be handed
+/// to it (the fake ARI reports them as Asterisk's side) and their memory is not counted as its.
+pub struct Generator {
+    socks: Vec<UdpSocket>,
+}
+
+/// What one run measured.
+#[derive(Debug, Clone)]
+pub struct GenResult {
+    /// Turnaround of every measured packet that came back, nanoseconds.
+    pub turnaround: Histogram<u64>,
+    /// How late the generator sent measured packets against their schedule, nanoseconds: its
+    /// own pacing quality (bursts it sent after falling behind).
+    pub send_lag: Histogram<u64>,
+    /// Measured packets sent, and those that came back in time.
+    pub sent: u64,
+    pub received: u64,
+    /// Every packet sent and received, warm-up included.
+    pub sent_total: u64,
+    pub received_total: u64,
+    pub send_errors: u64,
+    /// Reflections that came back on another channel's socket, or were not ours.
+    pub misrouted: u64,
+    /// Received without a kernel timestamp (timed in user space instead).
+    pub no_kernel_stamp: u64,
+    /// Largest count of measured packets one channel lost.
+    pub worst_channel_lost: u64,
+    /// CPU seconds of the generator thread over the whole run.
+    pub cpu_s: f64,
+}
+
+impl Generator {
+    /// Binds `n` sockets on 127.0.0.1 (ephemeral ports).
+    pub fn bind(n: usize) -> io::Result<Self> {
+        let mut socks = Vec::with_capacity(n);
+        for _ in 0..n {
+            let s = UdpSocket::bind("127.0.0.1:0")?;
+            s.set_nonblocking(true)?;
+            sys::enable_rx_timestamps(&s)?;
+            socks.push(s);
+        }
+        Ok(Generator { socks })
+    }
+
+    pub fn addrs(&self) -> io::Result<Vec<SocketAddr>> {
+        self.socks.iter().map(UdpSocket::local_addr).collect()
+    }
+
+    /// Starts the generator thread; channel `i` sends to `targets[i]`. Sending starts at `t0`
+    /// (give the thread a few milliseconds to get there). The thread ends by itself after
+    /// warm-up + measure + grace.
+    pub fn start(self, targets: &[SocketAddr], plan: Plan, t0: Instant) -> io::Result<thread::JoinHandle<GenResult>> {
+        assert_eq!(targets.len(), self.socks.len(), "one target per channel");
+        for (s, t) in self.socks.iter().zip(targets) {
+            // Connected: the kernel drops anything not from the target, and send needs no
+            // address per packet.
+            s.connect(t)?;
+        }
+        let state = State::new(self.socks, plan, t0)?;
+        thread::Builder::new().name("bench-gen".into()).spawn(move || state.run())
+    }
+}
+
+struct State {
+    socks: Vec<mio::net::UdpSocket>,
+    poll: Poll,
+    plan: Plan,
+    t0: Instant,
+    sent_measured: Vec<u32>,
+    received_measured: Vec<u32>,
+    result: GenResult,
+    pkt: [u8; PACKET_LEN],
+    buf: [u8; 2048],
+    cmsg: Vec<u8>,
+}
+
+impl State {
+    /// Everything the run needs is allocated here, before the thread starts.
+    fn new(socks: Vec<UdpSocket>, plan: Plan, t0: Instant) -> io::Result<Self> {
+        let n = socks.len();
+        let poll = Poll::new()?;
+        let mut mio_socks = Vec::with_capacity(n);
+        for (i, s) in socks.into_iter().enumerate() {
+            let mut m = mio::net::UdpSocket::from_std(s);
+            poll.registry().register(&mut m, Token(i), Interest::READABLE)?;
+            mio_socks.push(m);
+        }
+        let hist = || Histogram::new_with_bounds(1, HIST_MAX_NS, 3).expect("constant bounds");
+        let mut pkt = [0u8; PACKET_LEN];
+        pkt[0] = 0x80; // V=2, no padding, no extension, no CSRC
+        pkt[1] = 0; // PT 0 (PCMU), no marker
+        Ok(State {
+            socks: mio_socks,
+            poll,
+            plan,
+            t0,
+            sent_measured: vec![0; n],
+            received_measured: vec![0; n],
+            result: GenResult {
+                turnaround: hist(),
+                send_lag: hist(),
+                sent: 0,
+                received: 0,
+                sent_total: 0,
+                received_total: 0,
+                send_errors: 0,
+                misrouted: 0,
+                no_kernel_stamp: 0,
+                worst_channel_lost: 0,
+                cpu_s: 0.0,
+            },
+            pkt,
+            buf: [0; 2048],
+            cmsg: sys::cmsg_buffer(),
+        })
+    }
+
+    fn run(mut self) -> GenResult {
+        sys::fine_timer_slack();
+        let cpu0 = thread_cpu_s();
+        let n = self.socks.len() as u64;
+        // Global send order: packet k of channel i is number g = k * n + i, due at
+        // t0 + g * (period / n): channel phases spread evenly over the period.
+        let period_ns = 1_000_000_000 / u64::from(self.plan.pps.max(1));
+        let due = |g: u64| Duration::from_nanos(((g as u128 * period_ns as u128) / n as u128) as u64);
+        let send_for = self.plan.warmup + self.plan.measure;
+        let measure_from = self.plan.warmup;
+        let end_g = (send_for.as_nanos() * n as u128 / period_ns as u128) as u64;
+        let stop_at = self.t0 + send_for + self.plan.grace;
+        let mut events = Events::with_capacity(4096);
+        let mut g: u64 = 0;
+        // Bounded: the loop ends at stop_at whatever happens.
+        loop {
+            let now = Instant::now();
+            if now >= stop_at {
+                break;
+            }
+            // Send what is due (at most one period's worth per turn, so receives interleave).
+            let mut burst = 0;
+            while g < end_g && burst < n {
+                let due_at = due(g);
+                let since_t0 = now.saturating_duration_since(self.t0);
+                if due_at > since_t0 {
+                    break;
+                }
+                self.send(g, n, due_at >= measure_from, since_t0 - due_at);
+                g += 1;
+                burst += 1;
+            }
+            self.drain(&mut events, Duration::ZERO);
+            // Wait for the next send: long waits in epoll (ms granularity), short ones asleep
+            // (the kernel keeps what arrives meanwhile, stamped).
+            let next = if g < end_g { self.t0 + due(g) } else { stop_at };
+            let wait = next.saturating_duration_since(Instant::now());
+            if wait > Duration::from_millis(2) {
+                self.drain(&mut events, wait - Duration::from_millis(1));
+            } else if !wait.is_zero() {
+                thread::sleep(wait);
+            }
+        }
+        self.drain(&mut events, Duration::ZERO);
+        let mut r = self.result;
+        r.worst_channel_lost = self
+            .sent_measured
+            .iter()
+            .zip(&self.received_measured)
+            .map(|(s, rx)| u64::from(s.saturating_sub(*rx)))
+            .max()
+            .unwrap_or(0);
+        r.cpu_s = thread_cpu_s() - cpu0;
+        r
+    }
+
+    fn send(&mut self, g: u64, n: u64, measured: bool, lag: Duration) {
+        let ch = (g % n) as usize;
+        let k = g / n;
+        let p = &mut self.pkt;
+        p[2..4].copy_from_slice(&(k as u16).to_be_bytes());
+        p[4..8].copy_from_slice(&(k as u32).wrapping_mul(TS_STEP).to_be_bytes());
+        p[8..12].copy_from_slice(&(ch as u32 ^ 0x5eed_0000).to_be_bytes());
+        p[AT_CHANNEL..AT_CHANNEL + 4].copy_from_slice(&(ch as u32).to_le_bytes());
+        p[AT_FLAGS] = if measured { FLAG_MEASURED } else { 0 };
+        p[AT_SENT..AT_SENT + 8].copy_from_slice(&sys::realtime_ns().to_le_bytes());
+        match self.socks[ch].send(&self.pkt) {
+            Ok(_) => {
+                self.result.sent_total += 1;
+                if measured {
+                    self.result.sent += 1;
+                    self.sent_measured[ch] += 1;
+                    let _ = self.result.send_lag.record(lag.as_nanos().min(u128::from(HIST_MAX_NS)) as u64);
+                }
+            }
+            Err(_) => self.result.send_errors += 1,
+        }
+    }
+
+    /// Reads every reflection that has arrived (waiting up to `timeout` for the first).
+    fn drain(&mut self, events: &mut Events, timeout: Duration) {
+        if self.poll.poll(events, Some(timeout)).is_err() {
+            return;
+        }
+        for ev in events.iter() {
+            let ch = ev.token().0;
+            // Edge-triggered: read until the socket is empty. Bounded by what is queued.
+            loop {
+                let (len, stamp) = match sys::recv_stamped(&self.socks[ch], &mut self.buf, &mut self.cmsg) {
+                    Ok(v) => v,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    // ECONNREFUSED from an ICMP of an earlier send (target gone): skip.
+                    Err(_) => break,
+                };
+                self.on_reflection(ch, len, stamp);
+            }
+        }
+    }
+
+    fn on_reflection(&mut self, ch: usize, len: usize, stamp: Option<u64>) {
+        self.result.received_total += 1;
+        let b = &self.buf[..len];
+        if len != PACKET_LEN || u32::from_le_bytes(b[AT_CHANNEL..AT_CHANNEL + 4].try_into().unwrap_or_default()) as usize != ch {
+            self.result.misrouted += 1;
+            return;
+        }
+        if b[AT_FLAGS] & FLAG_MEASURED == 0 {
+            return;
+        }
+        let sent = u64::from_le_bytes(b[AT_SENT..AT_SENT + 8].try_into().unwrap_or_default());
+        let arrived = stamp.unwrap_or_else(|| {
+            self.result.no_kernel_stamp += 1;
+            sys::realtime_ns()
+        });
+        self.result.received += 1;
+        self.received_measured[ch] += 1;
+        let _ = self.result.turnaround.record(arrived.saturating_sub(sent).clamp(1, HIST_MAX_NS));
+    }
+}
+
+/// CPU seconds of the calling thread.
+pub fn thread_cpu_s() -> f64 {
+    use nix::time::{clock_gettime, ClockId};
+    clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .map_or(0.0, |t| t.tv_sec() as f64 + t.tv_nsec() as f64 / 1e9)
+}
