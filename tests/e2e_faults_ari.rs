@@ -353,6 +353,15 @@ fn websocket_drop_with_live_calls_reconnects_and_reconciles() {
     let rec = svc.metrics()["reconcile"].clone();
     eprintln!("reconciliation as the service reports it: {rec}");
     assert_eq!(u64_of(&rec, "vanished_calls"), 2, "{rec}");
+    // ... and it must not have ended the three survivors (e.g. by taking the far `;2` halves of
+    // their Local channels, listed in the app but running dialplan, for orphan callers).
+    let survivors = active_calls(&svc);
+    assert_eq!(
+        survivors.len(),
+        3,
+        "SERVICE BUG: reconciliation after the reconnect ended surviving calls too: reconcile {rec}; \
+         live calls {survivors:?}"
+    );
     let p = svc.get("/ports");
     assert_eq!(u64_of(&p, "leased"), 3, "{p}");
     let leased: Vec<u64> =

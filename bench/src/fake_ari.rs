@@ -7,7 +7,7 @@
 //! It runs on its own thread ("fake-ari") with its own actix System, so its CPU time is not
 //! counted as the service's. It is idle while media is measured.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,6 +40,9 @@ struct Shared {
     media: Mutex<HashMap<String, SocketAddr>>,
     /// Caller id -> when its setup's last request (answer) arrived.
     answered_at: Mutex<HashMap<String, Instant>>,
+    /// Callers in Stasis (StasisStart sent, not yet hung up): what GET /channels lists, so a
+    /// reconciliation after a reconnect finds the calls alive.
+    live_callers: Mutex<HashSet<String>>,
     caller_hangups: AtomicU64,
     requests: AtomicU64,
     unexpected: AtomicU64,
@@ -69,8 +72,8 @@ impl FakeAri {
                         .route("/ari/bridges/{id}/addChannel", web::post().to(no_content))
                         .route("/ari/bridges/{id}", web::delete().to(no_content))
                         .route("/ari/applications/{name}", web::get().to(application))
-                        .route("/ari/channels", web::get().to(empty_list))
-                        .route("/ari/bridges", web::get().to(empty_list))
+                        .route("/ari/channels", web::get().to(list_channels))
+                        .route("/ari/bridges", web::get().to(list_bridges))
                         .default_service(web::to(unexpected))
                 })
                 .workers(1)
@@ -116,6 +119,7 @@ impl FakeAri {
 
     /// A caller enters our Stasis app with `args` (e.g. `["echo"]`), in state `Ring`.
     pub fn stasis_start(&self, caller: &str, args: &[&str]) -> bool {
+        self.shared.live_callers.lock().expect("not poisoned").insert(caller.to_string());
         self.send_event(json!({
             "type": "StasisStart",
             "application": self.shared.app,
@@ -301,6 +305,7 @@ async fn delete_channel(path: web::Path<String>, st: Data) -> HttpResponse {
     st.requests.fetch_add(1, Ordering::Relaxed);
     let id = path.into_inner();
     if !id.starts_with("rtpvisor-em-") {
+        st.live_callers.lock().expect("not poisoned").remove(&id);
         st.caller_hangups.fetch_add(1, Ordering::Relaxed);
     }
     HttpResponse::NoContent().finish()
@@ -311,17 +316,45 @@ async fn no_content(st: Data) -> HttpResponse {
     HttpResponse::NoContent().finish()
 }
 
+fn live_callers(st: &Shared) -> Vec<String> {
+    let mut v: Vec<String> = st.live_callers.lock().expect("not poisoned").iter().cloned().collect();
+    v.sort();
+    v
+}
+
 async fn application(path: web::Path<String>, st: Data) -> HttpResponse {
     st.requests.fetch_add(1, Ordering::Relaxed);
+    let callers = live_callers(&st);
+    let bridges: Vec<String> = callers.iter().map(|c| bridge_id(c)).collect();
+    let mut channels = callers.clone();
+    channels.extend(callers.iter().map(|c| external_media_id(c)));
     HttpResponse::Ok().json(json!({
-        "name": path.into_inner(), "channel_ids": [], "bridge_ids": [],
+        "name": path.into_inner(), "channel_ids": channels, "bridge_ids": bridges,
         "endpoint_ids": [], "device_names": [],
     }))
 }
 
-async fn empty_list(st: Data) -> HttpResponse {
+async fn list_channels(st: Data) -> HttpResponse {
     st.requests.fetch_add(1, Ordering::Relaxed);
-    HttpResponse::Ok().json(json!([]))
+    let callers = live_callers(&st);
+    let mut v: Vec<serde_json::Value> = callers.iter().map(|c| caller_channel(c, "Up")).collect();
+    v.extend(callers.iter().map(|c| {
+        let mut em = caller_channel(&external_media_id(c), "Up");
+        em["name"] = json!(format!("UnicastRTP/{c}"));
+        em
+    }));
+    HttpResponse::Ok().json(v)
+}
+
+async fn list_bridges(st: Data) -> HttpResponse {
+    st.requests.fetch_add(1, Ordering::Relaxed);
+    let v: Vec<serde_json::Value> = live_callers(&st)
+        .iter()
+        .map(|c| json!({"id": bridge_id(c), "technology": "simple_bridge", "bridge_type": "mixing",
+                        "bridge_class": "stasis", "creator": "Stasis", "name": bridge_id(c),
+                        "channels": [c, external_media_id(c)]}))
+        .collect();
+    HttpResponse::Ok().json(v)
 }
 
 async fn unexpected(req: HttpRequest, st: Data) -> HttpResponse {
@@ -331,8 +364,3 @@ async fn unexpected(req: HttpRequest, st: Data) -> HttpResponse {
     HttpResponse::NotFound().json(json!({"message": "not in the fake"}))
 }
 
-/// The id of the bridge the service creates for `caller` (for symmetry with the service's
-/// naming; the fake accepts any).
-pub fn caller_bridge(caller: &str) -> String {
-    bridge_id(caller)
-}

@@ -44,10 +44,11 @@ pub struct Plan {
     pub grace: Duration,
 }
 
-/// N bound sockets, made before the system under test so that their addresses can be handed
-/// to it (the fake ARI reports them as Asterisk's side) and their memory is not counted as its.
+/// N bound sockets and everything the run needs, made before the system under test so that
+/// their addresses can be handed to it (the fake ARI reports them as Asterisk's side) and their
+/// memory is not counted as its.
 pub struct Generator {
-    socks: Vec<UdpSocket>,
+    state: State,
 }
 
 /// What one run measured.
@@ -76,8 +77,8 @@ pub struct GenResult {
 }
 
 impl Generator {
-    /// Binds `n` sockets on 127.0.0.1 (ephemeral ports).
-    pub fn bind(n: usize) -> io::Result<Self> {
+    /// Binds `n` sockets on 127.0.0.1 (ephemeral ports) and allocates the run's state.
+    pub fn bind(n: usize, plan: Plan) -> io::Result<Self> {
         let mut socks = Vec::with_capacity(n);
         for _ in 0..n {
             let s = UdpSocket::bind("127.0.0.1:0")?;
@@ -85,24 +86,25 @@ impl Generator {
             sys::enable_rx_timestamps(&s)?;
             socks.push(s);
         }
-        Ok(Generator { socks })
+        Ok(Generator { state: State::new(socks, plan)? })
     }
 
     pub fn addrs(&self) -> io::Result<Vec<SocketAddr>> {
-        self.socks.iter().map(UdpSocket::local_addr).collect()
+        self.state.socks.iter().map(mio::net::UdpSocket::local_addr).collect()
     }
 
     /// Starts the generator thread; channel `i` sends to `targets[i]`. Sending starts at `t0`
     /// (give the thread a few milliseconds to get there). The thread ends by itself after
     /// warm-up + measure + grace.
-    pub fn start(self, targets: &[SocketAddr], plan: Plan, t0: Instant) -> io::Result<thread::JoinHandle<GenResult>> {
-        assert_eq!(targets.len(), self.socks.len(), "one target per channel");
-        for (s, t) in self.socks.iter().zip(targets) {
+    pub fn start(mut self, targets: &[SocketAddr], t0: Instant) -> io::Result<thread::JoinHandle<GenResult>> {
+        assert_eq!(targets.len(), self.state.socks.len(), "one target per channel");
+        for (s, t) in self.state.socks.iter().zip(targets) {
             // Connected: the kernel drops anything not from the target, and send needs no
             // address per packet.
-            s.connect(t)?;
+            s.connect(*t)?;
         }
-        let state = State::new(self.socks, plan, t0)?;
+        self.state.t0 = t0;
+        let state = self.state;
         thread::Builder::new().name("bench-gen".into()).spawn(move || state.run())
     }
 }
@@ -122,7 +124,7 @@ struct State {
 
 impl State {
     /// Everything the run needs is allocated here, before the thread starts.
-    fn new(socks: Vec<UdpSocket>, plan: Plan, t0: Instant) -> io::Result<Self> {
+    fn new(socks: Vec<UdpSocket>, plan: Plan) -> io::Result<Self> {
         let n = socks.len();
         let poll = Poll::new()?;
         let mut mio_socks = Vec::with_capacity(n);
@@ -139,7 +141,7 @@ impl State {
             socks: mio_socks,
             poll,
             plan,
-            t0,
+            t0: Instant::now(),
             sent_measured: vec![0; n],
             received_measured: vec![0; n],
             result: GenResult {

@@ -1,0 +1,153 @@
+//! The system under test: the real actor system (`Service::start`), in its own thread
+//! ("rtpvisor-svc") with its own actix System, exactly as `rtpvisor` runs it (metrics, media
+//! engine thread "rtpvisor-media", echo socket, supervisor, port manager, ARI connection).
+//! The bench talks to it through a small command channel, as the HTTP API would.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::thread;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context as _};
+use tokio::sync::{mpsc, oneshot};
+
+use rtpvisor_actors::actors::channel::{host_port, CallSettings};
+use rtpvisor_actors::actors::metrics::MetricsSnapshot;
+use rtpvisor_actors::actors::service::{ChannelView, Readiness};
+use rtpvisor_actors::actors::{Service, ServiceConfig};
+use rtpvisor_actors::ari::client::AriSettings;
+use rtpvisor_actors::mode::CallMode;
+use rtpvisor_actors::ports::PortRange;
+
+/// Threads whose CPU time is the service's: the actix System (actors, ARI client, metrics)
+/// and the media engine.
+pub const SERVICE_THREADS: &[&str] = &["rtpvisor-svc", "rtpvisor-media"];
+
+/// How to start it.
+#[derive(Debug, Clone)]
+pub struct SvcSettings {
+    pub ari_url: String,
+    pub ari_user: String,
+    pub ari_password: String,
+    pub app: String,
+    pub rtp_ports: (u16, u16),
+    pub default_mode: CallMode,
+}
+
+enum Cmd {
+    Metrics(oneshot::Sender<Option<MetricsSnapshot>>),
+    Channels(oneshot::Sender<Vec<ChannelView>>),
+    Ready(oneshot::Sender<Option<Readiness>>),
+    Shutdown(Duration, oneshot::Sender<()>),
+}
+
+/// The running service.
+pub struct ServiceUnderTest {
+    cmd: mpsc::UnboundedSender<Cmd>,
+    join: Option<thread::JoinHandle<()>>,
+    /// Where its shared echo (the media engine's reflector) was bound.
+    pub echo_addr: SocketAddr,
+}
+
+impl ServiceUnderTest {
+    pub fn start(s: &SvcSettings) -> anyhow::Result<Self> {
+        let localhost = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let cfg = ServiceConfig {
+            ari: AriSettings {
+                url: s.ari_url.clone(),
+                user: s.ari_user.clone(),
+                password: s.ari_password.clone(),
+                app: s.app.clone(),
+                request_timeout: Duration::from_secs(5),
+            },
+            call: CallSettings {
+                media_host: "127.0.0.1".into(),
+                bind_ip: localhost,
+                echo_target: host_port("127.0.0.1", 4000),
+                late_threshold: Duration::from_millis(20),
+                probe_timeout: Duration::from_secs(2),
+                no_media_timeout: Duration::ZERO,
+            },
+            rtp_ports: PortRange::new(s.rtp_ports.0, s.rtp_ports.1).map_err(|e| anyhow!("port range: {e}"))?,
+            quarantine: Duration::from_secs(2),
+            echo_addr: SocketAddr::new(localhost, 0),
+            default_mode: s.default_mode,
+            reconnect_min: Duration::from_millis(200),
+            reconnect_max: Duration::from_secs(2),
+        };
+        let (cmd_tx, mut cmd_rx) = mpsc::unbounded_channel::<Cmd>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<SocketAddr, String>>();
+        let join = thread::Builder::new().name("rtpvisor-svc".into()).spawn(move || {
+            actix_rt::System::new().block_on(async move {
+                let svc = match Service::start(cfg).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e.to_string()));
+                        return;
+                    }
+                };
+                let echo = svc.ready().await.ok().and_then(|r| r.echo.bound);
+                let _ = ready_tx.send(echo.ok_or_else(|| "the echo socket is not bound".to_string()));
+                // Ends on Shutdown or when the bench drops its handle.
+                while let Some(cmd) = cmd_rx.recv().await {
+                    match cmd {
+                        Cmd::Metrics(r) => {
+                            let _ = r.send(svc.metrics().await.ok());
+                        }
+                        Cmd::Channels(r) => {
+                            let _ = r.send(svc.channels().await.unwrap_or_default());
+                        }
+                        Cmd::Ready(r) => {
+                            let _ = r.send(svc.ready().await.ok());
+                        }
+                        Cmd::Shutdown(deadline, r) => {
+                            let _ = svc.shutdown(deadline).await;
+                            let _ = r.send(());
+                            break;
+                        }
+                    }
+                }
+            });
+        })?;
+        let echo_addr = ready_rx
+            .recv_timeout(Duration::from_secs(20))
+            .context("the service did not start within 20 s")?
+            .map_err(|e| anyhow!("the service did not start: {e}"))?;
+        Ok(ServiceUnderTest { cmd: cmd_tx, join: Some(join), echo_addr })
+    }
+
+    fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Cmd) -> Option<T> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd.send(make(tx)).ok()?;
+        rx.blocking_recv().ok()
+    }
+
+    pub fn metrics(&self) -> Option<MetricsSnapshot> {
+        self.ask(Cmd::Metrics).flatten()
+    }
+
+    pub fn channels(&self) -> Vec<ChannelView> {
+        self.ask(Cmd::Channels).unwrap_or_default()
+    }
+
+    pub fn ready(&self) -> Option<Readiness> {
+        self.ask(Cmd::Ready).flatten()
+    }
+
+    /// Ends every call (the service's own shutdown sequence) and stops its threads.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        let _ = self.ask(|r| Cmd::Shutdown(Duration::from_secs(10), r));
+        if let Some(j) = self.join.take() {
+            let _ = j.join();
+        }
+    }
+}
+
+impl Drop for ServiceUnderTest {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
