@@ -117,14 +117,22 @@ pub struct ModeTotals {
 
 impl ModeTotals {
     pub fn add_report(&mut self, r: &StreamReport) {
+        self.add_counts(r.packets_in, r.packets_out, r.dropped_foreign, r.dropped_malformed, r.dropped_loop, r.loop_detected);
+        self.add_measures(r.receive.as_ref(), r.probe.as_ref());
+    }
+
+    fn add_counts(&mut self, pin: u64, pout: u64, foreign: u64, malformed: u64, looped: u64, loop_detected: bool) {
         self.streams += 1;
-        self.packets_in += r.packets_in;
-        self.packets_out += r.packets_out;
-        self.dropped_foreign += r.dropped_foreign;
-        self.dropped_malformed += r.dropped_malformed;
-        self.dropped_loop += r.dropped_loop;
-        self.loops_detected += u64::from(r.loop_detected);
-        if let Some(rx) = &r.receive {
+        self.packets_in += pin;
+        self.packets_out += pout;
+        self.dropped_foreign += foreign;
+        self.dropped_malformed += malformed;
+        self.dropped_loop += looped;
+        self.loops_detected += u64::from(loop_detected);
+    }
+
+    fn add_measures(&mut self, receive: Option<&ReceiveSnapshot>, probe: Option<&ProbeSnapshot>) {
+        if let Some(rx) = receive {
             self.expected += rx.expected;
             self.lost += rx.lost;
             self.late += rx.late;
@@ -132,7 +140,7 @@ impl ModeTotals {
             self.reordered += rx.reordered;
             self.jitter_ms_sum += rx.jitter_ms;
         }
-        if let Some(p) = &r.probe {
+        if let Some(p) = probe {
             self.expected += p.returned + p.lost;
             self.lost += p.lost;
             self.late += p.late;
@@ -295,6 +303,23 @@ struct Stream {
 }
 
 impl Stream {
+    /// Adds this stream's counters to `t`: what the periodic flush needs, without the latency
+    /// summary (percentiles walk the whole histogram; they are computed only on request).
+    fn add_to(&self, t: &mut ModeTotals) {
+        t.add_counts(
+            self.packets_in,
+            self.packets_out,
+            self.dropped_foreign,
+            self.dropped_malformed,
+            self.dropped_loop,
+            self.loop_detected,
+        );
+        match &self.work {
+            Work::Echo { stats, .. } => t.add_measures(Some(&stats.snapshot()), None),
+            Work::Probe { probe, .. } => t.add_measures(None, Some(&probe.snapshot())),
+        }
+    }
+
     /// True the first time the stream has gone `no_media_timeout` without a packet.
     fn newly_idle(&mut self, now: Instant) -> bool {
         if self.idle_reported || self.no_media_timeout.is_zero() {
@@ -660,7 +685,7 @@ impl Engine {
             if stream.newly_idle(now) {
                 (self.idle)(stream.id);
             }
-            live[stream.mode.index().min(1)].add_report(&stream.report(now));
+            stream.add_to(&mut live[stream.mode.index().min(1)]);
         }
         let mut latency_delta = [None, None];
         for (i, slot) in latency_delta.iter_mut().enumerate() {

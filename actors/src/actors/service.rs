@@ -191,14 +191,12 @@ impl Service {
     /// Live calls joined with their media streams.
     pub async fn channels(&self) -> Result<Vec<ChannelView>, MailboxError> {
         let calls = self.supervisor.send(GetCalls).await?;
-        let mut streams = self.media.snapshot().await.unwrap_or_default();
+        let mut streams: std::collections::HashMap<u64, StreamReport> =
+            self.media.snapshot().await.unwrap_or_default().into_iter().map(|s| (s.id, s)).collect();
         Ok(calls
             .into_iter()
             .map(|call| {
-                let media = streams
-                    .iter()
-                    .position(|s| s.id == call.call_no)
-                    .map(|i| streams.swap_remove(i));
+                let media = streams.remove(&call.call_no);
                 ChannelView { call, media }
             })
             .collect())
