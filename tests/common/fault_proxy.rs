@@ -101,7 +101,9 @@ pub enum Fault {
     /// Forward the request at once (Asterisk executes it) and hold the answer this long (the
     /// answer is slow or lost on the way back).
     DelayResponse(Duration),
-    /// Close the connection without answering; Asterisk never sees the request.
+    /// Close the connection without answering; Asterisk never sees the request. A plain close
+    /// (FIN; std cannot set SO_LINGER 0 for a real RST): the client sees its connection end
+    /// before any answer, which awc reports as a transport error like a reset.
     Reset,
 }
 

@@ -215,7 +215,10 @@ impl ChannelActor {
                 );
             }
             act.metrics.do_send(CallEnded { mode: act.mode, outcome: act.outcome });
-            act.supervisor.do_send(ChannelDone { caller_id: caller_id.clone() });
+            act.supervisor.do_send(ChannelDone {
+                caller_id: caller_id.clone(),
+                setup_failed: act.outcome == CallOutcome::Failed,
+            });
             log::info!("Cleaned up channel {caller_id} after {:.1} s", act.started_at.elapsed().as_secs_f64());
             act.guard.armed = false;
             ctx.stop();
@@ -255,7 +258,7 @@ impl Actor for ChannelActor {
                 Err(SetupError::Rejected(e)) => {
                     log::warn!("Rejected call {}: {e}", act.caller_id);
                     act.metrics.do_send(CallRejected { mode: act.mode });
-                    act.supervisor.do_send(ChannelDone { caller_id: act.caller_id.clone() });
+                    act.supervisor.do_send(ChannelDone { caller_id: act.caller_id.clone(), setup_failed: false });
                     act.guard.armed = false;
                     ctx.stop();
                 }

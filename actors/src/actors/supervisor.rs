@@ -42,6 +42,9 @@ pub struct CallUpdate {
 #[rtype(result = "()")]
 pub struct ChannelDone {
     pub caller_id: String,
+    /// Setup failed part way: a request that timed out may still be executed by Asterisk
+    /// later, creating what teardown already deleted; a reconciliation is scheduled.
+    pub setup_failed: bool,
 }
 
 /// The events WebSocket is (re)connected: compare what Asterisk holds for our app with our
@@ -68,6 +71,9 @@ pub struct ReconcileReport {
     pub errors: usize,
     pub took_ms: u64,
 }
+
+/// Interval of the background reconciliation.
+const PERIODIC_RECONCILE: Duration = Duration::from_secs(60);
 
 /// How long an unknown caller must stay unknown before it counts as an orphan: its
 /// StasisStart may still be on its way to us.
@@ -229,7 +235,26 @@ impl Supervisor {
         ctx: &mut Context<Self>,
     ) {
         if is_our_channel_id(&channel.id) || channel.is_external_media() {
-            log::debug!("externalMedia channel {} entered Stasis (ours)", channel.id);
+            let owner_live = self
+                .resources
+                .get(&channel.id)
+                .and_then(|caller| self.calls.get(caller))
+                .is_some_and(|c| c.info.state != CallState::TearingDown);
+            if owner_live {
+                log::debug!("externalMedia channel {} entered Stasis (ours)", channel.id);
+            } else {
+                // Created by a request Asterisk executed after its call had given up on it.
+                log::warn!("externalMedia channel {} belongs to no live call: hanging it up", channel.id);
+                let ari = self.ari.clone();
+                ctx.spawn(
+                    async move {
+                        if let Err(e) = ari.hangup(&channel.id, HangupReason::Normal).await {
+                            log::error!("hanging up stray externalMedia channel {} failed: {e}", channel.id);
+                        }
+                    }
+                    .into_actor(self),
+                );
+            }
             return;
         }
         log::info!("StasisStart event received for channel {} ({})", channel.id, channel.name);
@@ -316,8 +341,11 @@ impl Supervisor {
 impl Actor for Supervisor {
     type Context = Context<Self>;
 
-    fn started(&mut self, _: &mut Context<Self>) {
+    fn started(&mut self, ctx: &mut Context<Self>) {
         log::info!("[Supervisor] started: app {}, default mode {}", self.ari.app(), self.default_mode);
+        // Besides every (re)connect: a slow sweep catches what events cannot tell us (a
+        // request Asterisk executed long after we gave up on it).
+        ctx.run_interval(PERIODIC_RECONCILE, |act, ctx| act.reconcile(ctx));
     }
 }
 
@@ -383,6 +411,14 @@ impl Supervisor {
                     c.addr.do_send(EndCall { reason: "caller vanished while ARI was disconnected" });
                 }
             }
+            // A channel of our app runs Stasis (a caller) or not: the far half of a Local
+            // channel originated into the app is subscribed to it too but runs dialplan, and
+            // ends with its Stasis half. Only channels in Stasis count as orphan callers.
+            let in_stasis = |id: &str| {
+                channels.iter().find(|c| c.id == id).is_none_or(|c| {
+                    c.dialplan.as_ref().and_then(|d| d.app_name.as_deref()).is_none_or(|a| a == "Stasis")
+                })
+            };
             let mut media_orphans = Vec::new();
             let mut callers = Vec::new();
             for id in app.channel_ids.iter().chain(channels.iter().map(|c| &c.id)) {
@@ -393,7 +429,7 @@ impl Supervisor {
                     if !media_orphans.contains(id) {
                         media_orphans.push(id.clone());
                     }
-                } else if app.channel_ids.contains(id) && !callers.contains(id) {
+                } else if app.channel_ids.contains(id) && !callers.contains(id) && in_stasis(id) {
                     callers.push(id.clone());
                 }
             }
@@ -581,7 +617,13 @@ impl Handler<CallUpdate> for Supervisor {
 
 impl Handler<ChannelDone> for Supervisor {
     type Result = ();
-    fn handle(&mut self, d: ChannelDone, _: &mut Context<Self>) {
+    fn handle(&mut self, d: ChannelDone, ctx: &mut Context<Self>) {
+        if d.setup_failed {
+            // A timed-out request may still be executed by Asterisk; look again once any
+            // such request must have been answered.
+            let later = self.ari.settings().request_timeout * 2 + Duration::from_secs(1);
+            ctx.run_later(later, |act, ctx| act.reconcile(ctx));
+        }
         if let Some(c) = self.calls.remove(&d.caller_id) {
             self.resources.remove(&c.info.external_media_channel);
             self.resources.remove(&c.info.bridge);
