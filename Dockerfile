@@ -10,7 +10,10 @@
 #   refuses a copy that does not match Cargo.lock; if it is empty, cargo fetches from crates.io.
 #   Either way --locked: the image builds exactly the versions in Cargo.lock.
 # * Dependencies are compiled in their own layer (against stub sources), so a change to our own
-#   code recompiles only the two workspace crates.
+#   code recompiles only rtpvisor and rtpvisor-actors. Cargo loads every workspace member's
+#   manifest even with -p, so EACH MEMBER of Cargo.toml's `members` needs its Cargo.toml copied
+#   (and a stub target) below, and in .dockerignore; only rtpvisor (-p) and what it depends on
+#   are compiled, so bench/ needs no more than that.
 # * The runtime stage is the same sid base (its layers are shared with the builder and the
 #   Asterisk image; the binary needs sid's glibc) plus the binary, run as the non-root user
 #   rtpvisor. No ca-certificates: the binary has no TLS support (ARI is plain http:// on the
@@ -35,6 +38,7 @@ WORKDIR /src
 COPY docker/vendor/ /vendor/
 COPY Cargo.toml Cargo.lock ./
 COPY actors/Cargo.toml actors/
+COPY bench/Cargo.toml bench/
 RUN set -e; \
     if [ -e /vendor/.rtpvisor-cargo-lock.sha256 ]; then \
         if [ "$(cat /vendor/.rtpvisor-cargo-lock.sha256)" != "$(sha256sum Cargo.lock | cut -d' ' -f1)" ]; then \
@@ -47,11 +51,12 @@ RUN set -e; \
     else \
         echo "crates: fetched from crates.io (docker/vendor is empty)"; \
     fi; \
-    mkdir -p src actors/src; \
+    mkdir -p src actors/src bench/src; \
     echo 'fn main() {}' >src/main.rs; \
     : >src/lib.rs; \
     : >actors/src/lib.rs; \
-    cargo build --release --locked; \
+    echo 'fn main() {}' >bench/src/main.rs; \
+    cargo build --release --locked -p rtpvisor; \
     rm -rf src actors/src
 
 # Our code. touch: COPY keeps the files' old mtimes, which cargo would think older than the
@@ -59,7 +64,7 @@ RUN set -e; \
 COPY src/ src/
 COPY actors/src/ actors/src/
 RUN touch src/main.rs src/lib.rs actors/src/lib.rs \
-    && cargo build --release --locked \
+    && cargo build --release --locked -p rtpvisor \
     && objcopy --compress-debug-sections=zlib target/release/rtpvisor /rtpvisor \
     && /rtpvisor --version
 
