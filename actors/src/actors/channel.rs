@@ -128,17 +128,23 @@ struct Built {
     peer: Option<SocketAddr>,
 }
 
+/// What every call's actor works with: the handles and settings the Supervisor shares.
+#[derive(Clone)]
+pub struct CallContext {
+    pub ari: AriClient,
+    pub ports: Addr<PortManager>,
+    pub media: MediaHandle,
+    pub metrics: Addr<MetricsActor>,
+    pub supervisor: Addr<Supervisor>,
+    pub settings: CallSettings,
+}
+
 pub struct ChannelActor {
     call_no: u64,
     caller_id: String,
     caller_state: String,
     mode: CallMode,
-    ari: AriClient,
-    ports: Addr<PortManager>,
-    media: MediaHandle,
-    metrics: Addr<MetricsActor>,
-    supervisor: Addr<Supervisor>,
-    settings: CallSettings,
+    cx: CallContext,
     state: CallState,
     built: Built,
     started_at: Instant,
@@ -147,32 +153,15 @@ pub struct ChannelActor {
 }
 
 impl ChannelActor {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        call_no: u64,
-        caller_id: String,
-        caller_state: String,
-        mode: CallMode,
-        ari: AriClient,
-        ports: Addr<PortManager>,
-        media: MediaHandle,
-        metrics: Addr<MetricsActor>,
-        supervisor: Addr<Supervisor>,
-        settings: CallSettings,
-    ) -> Self {
+    pub fn new(call_no: u64, caller_id: String, caller_state: String, mode: CallMode, cx: CallContext) -> Self {
         let guard =
-            ExitGuard { supervisor: supervisor.clone(), caller_id: caller_id.clone(), call_no, mode, armed: true };
+            ExitGuard { supervisor: cx.supervisor.clone(), caller_id: caller_id.clone(), call_no, mode, armed: true };
         ChannelActor {
             call_no,
             caller_id,
             caller_state,
             mode,
-            ari,
-            ports,
-            media,
-            metrics,
-            supervisor,
-            settings,
+            cx,
             state: CallState::SettingUp,
             built: Built::default(),
             started_at: Instant::now(),
@@ -182,7 +171,7 @@ impl ChannelActor {
     }
 
     fn update(&self) {
-        self.supervisor.do_send(CallUpdate {
+        self.cx.supervisor.do_send(CallUpdate {
             caller_id: self.caller_id.clone(),
             state: self.state,
             port: self.built.lease.as_ref().map(Lease::port),
@@ -199,8 +188,8 @@ impl ChannelActor {
         self.state = CallState::TearingDown;
         self.update();
         let built = std::mem::take(&mut self.built);
-        let ari = self.ari.clone();
-        let media = self.media.clone();
+        let ari = self.cx.ari.clone();
+        let media = self.cx.media.clone();
         let caller_id = self.caller_id.clone();
         let call_no = self.call_no;
         let fut = async move {
@@ -214,8 +203,8 @@ impl ChannelActor {
                     r.packets_in, r.packets_out, r.latency.p50_ms, r.latency.p99_ms, r.latency.count
                 );
             }
-            act.metrics.do_send(CallEnded { mode: act.mode, outcome: act.outcome });
-            act.supervisor.do_send(ChannelDone {
+            act.cx.metrics.do_send(CallEnded { mode: act.mode, outcome: act.outcome });
+            act.cx.supervisor.do_send(ChannelDone {
                 caller_id: caller_id.clone(),
                 setup_failed: act.outcome == CallOutcome::Failed,
             });
@@ -235,10 +224,7 @@ impl Actor for ChannelActor {
             caller_id: self.caller_id.clone(),
             caller_up: self.caller_state == "Up",
             mode: self.mode,
-            ari: self.ari.clone(),
-            ports: self.ports.clone(),
-            media: self.media.clone(),
-            settings: self.settings.clone(),
+            cx: self.cx.clone(),
         };
         // `wait`: events for this call queue up until setup has finished, so teardown always
         // sees everything setup built.
@@ -247,7 +233,7 @@ impl Actor for ChannelActor {
                 Ok(built) => {
                     act.built = built;
                     act.state = CallState::Active;
-                    act.metrics.do_send(CallStarted { mode: act.mode });
+                    act.cx.metrics.do_send(CallStarted { mode: act.mode });
                     let port = act.built.lease.as_ref().map(Lease::port);
                     match port {
                         Some(p) => log::info!("Created channel {} with RTP port {p}", act.caller_id),
@@ -257,14 +243,14 @@ impl Actor for ChannelActor {
                 }
                 Err(SetupError::Rejected(e)) => {
                     log::warn!("Rejected call {}: {e}", act.caller_id);
-                    act.metrics.do_send(CallRejected { mode: act.mode });
-                    act.supervisor.do_send(ChannelDone { caller_id: act.caller_id.clone(), setup_failed: false });
+                    act.cx.metrics.do_send(CallRejected { mode: act.mode });
+                    act.cx.supervisor.do_send(ChannelDone { caller_id: act.caller_id.clone(), setup_failed: false });
                     act.guard.armed = false;
                     ctx.stop();
                 }
                 Err(SetupError::Failed(built, e)) => {
                     log::error!("Setup of call {} failed: {e}", act.caller_id);
-                    act.metrics.do_send(CallStarted { mode: act.mode });
+                    act.cx.metrics.do_send(CallStarted { mode: act.mode });
                     act.outcome = CallOutcome::Failed;
                     act.built = built;
                     act.teardown("setup failed", ctx);
@@ -315,10 +301,7 @@ struct SetupJob {
     caller_id: String,
     caller_up: bool,
     mode: CallMode,
-    ari: AriClient,
-    ports: Addr<PortManager>,
-    media: MediaHandle,
-    settings: CallSettings,
+    cx: CallContext,
 }
 
 /// How often setup tries another port when the leased one is held by another process.
@@ -331,13 +314,13 @@ impl SetupJob {
             let (lease, socket) = match self.lease_and_bind().await {
                 Ok(v) => v,
                 Err(reason) => {
-                    if let Err(e) = self.ari.hangup(&self.caller_id, HangupReason::Congestion).await {
+                    if let Err(e) = self.cx.ari.hangup(&self.caller_id, HangupReason::Congestion).await {
                         log::error!("hanging up rejected call {} failed: {e}", self.caller_id);
                     }
                     return Err(SetupError::Rejected(reason));
                 }
             };
-            let host = host_port(&self.settings.media_host, lease.port());
+            let host = host_port(&self.cx.settings.media_host, lease.port());
             built.lease = Some(lease);
             Some((host, socket))
         } else {
@@ -351,13 +334,13 @@ impl SetupJob {
 
     async fn lease_and_bind(&self) -> Result<(Lease, UdpSocket), String> {
         for _ in 0..BIND_ATTEMPTS {
-            let lease = match self.ports.send(AcquirePort).await {
+            let lease = match self.cx.ports.send(AcquirePort).await {
                 Ok(Ok(lease)) => lease,
                 Ok(Err(e @ PoolError::Exhausted { .. })) => return Err(format!("no free RTP port: {e}")),
                 Ok(Err(e)) => return Err(format!("port pool: {e}")),
                 Err(e) => return Err(format!("port manager unreachable: {e}")),
             };
-            match UdpSocket::bind((self.settings.bind_ip, lease.port())) {
+            match UdpSocket::bind((self.cx.settings.bind_ip, lease.port())) {
                 Ok(sock) => return Ok((lease, sock)),
                 Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
                     log::warn!("port {} is in use by another process: skipping it", lease.port());
@@ -373,14 +356,14 @@ impl SetupJob {
         let em_id = external_media_id(&self.caller_id);
         let (host, socket) = match own {
             Some((h, s)) => (h, Some(s)),
-            None => (self.settings.echo_target.clone(), None),
+            None => (self.cx.settings.echo_target.clone(), None),
         };
-        let mut params = ExternalMediaParams::new(self.ari.app().to_string(), host, "ulaw".to_string());
+        let mut params = ExternalMediaParams::new(self.cx.ari.app().to_string(), host, "ulaw".to_string());
         params.channel_id = Some(em_id.clone());
         // Marked before the request: a request that timed out may still have created it, and
         // deleting one that does not exist is harmless.
         built.em_created = true;
-        let em = self.ari.external_media(&params).await.map_err(|e| e.to_string())?;
+        let em = self.cx.ari.external_media(&params).await.map_err(|e| e.to_string())?;
         let peer = em.unicast_rtp_local().ok_or_else(|| {
             "externalMedia answer has no UNICASTRTP_LOCAL_ADDRESS/PORT channel variables".to_string()
         })?;
@@ -391,11 +374,11 @@ impl SetupJob {
                 mode: self.mode,
                 socket,
                 peer,
-                late_threshold: self.settings.late_threshold,
-                probe_timeout: self.settings.probe_timeout,
-                no_media_timeout: self.settings.no_media_timeout,
+                late_threshold: self.cx.settings.late_threshold,
+                probe_timeout: self.cx.settings.probe_timeout,
+                no_media_timeout: self.cx.settings.no_media_timeout,
             };
-            self.media
+            self.cx.media
                 .add(spec)
                 .await
                 .map_err(|e| e.to_string())?
@@ -404,13 +387,13 @@ impl SetupJob {
         }
         let br = bridge_id(&self.caller_id);
         built.bridge_created = true;
-        self.ari.create_bridge(&br, &br).await.map_err(|e| e.to_string())?;
+        self.cx.ari.create_bridge(&br, &br).await.map_err(|e| e.to_string())?;
         self.add_to_bridge(&br, &em_id).await?;
         if !self.caller_up {
-            self.ari.answer(&self.caller_id).await.map_err(|e: AriError| e.to_string())?;
+            self.cx.ari.answer(&self.caller_id).await.map_err(|e: AriError| e.to_string())?;
         }
         if self.mode == CallMode::Probe {
-            self.media.start_probing(self.call_no).map_err(|e| e.to_string())?;
+            self.cx.media.start_probing(self.call_no).map_err(|e| e.to_string())?;
         }
         Ok(())
     }
@@ -424,7 +407,7 @@ impl SetupJob {
         let mut wait = Duration::from_millis(5);
         let deadline = Instant::now() + Duration::from_secs(2);
         loop {
-            match self.ari.add_to_bridge(bridge, &[&self.caller_id, em_id]).await {
+            match self.cx.ari.add_to_bridge(bridge, &[&self.caller_id, em_id]).await {
                 Ok(()) => return Ok(()),
                 Err(e) if e.status() == Some(422) && Instant::now() + wait < deadline => {
                     log::debug!("addChannel to {bridge} not yet possible ({e}); retrying in {wait:?}");

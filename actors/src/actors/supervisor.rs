@@ -10,7 +10,7 @@ use actix::prelude::*;
 use serde::Serialize;
 
 use super::channel::{
-    bridge_id, external_media_id, is_our_channel_id, CallSettings, CallState, ChannelActor, EndCall, Gone,
+    bridge_id, external_media_id, is_our_channel_id, CallContext, CallSettings, CallState, ChannelActor, EndCall, Gone,
     InjectPanic, ResourceGone, BRIDGE_PREFIX,
 };
 use super::failure::{take_last_panic, FailureRecord};
@@ -282,18 +282,15 @@ impl Supervisor {
         }
         let call_no = self.next_call_no;
         self.next_call_no += 1;
-        let actor = ChannelActor::new(
-            call_no,
-            channel.id.clone(),
-            channel.state.clone(),
-            mode,
-            self.ari.clone(),
-            self.ports.clone(),
-            self.media.clone(),
-            self.metrics.clone(),
-            ctx.address(),
-            self.settings.clone(),
-        );
+        let cx = CallContext {
+            ari: self.ari.clone(),
+            ports: self.ports.clone(),
+            media: self.media.clone(),
+            metrics: self.metrics.clone(),
+            supervisor: ctx.address(),
+            settings: self.settings.clone(),
+        };
+        let actor = ChannelActor::new(call_no, channel.id.clone(), channel.state.clone(), mode, cx);
         let addr = actor.start();
         let em = external_media_id(&channel.id);
         let br = bridge_id(&channel.id);
