@@ -65,6 +65,11 @@ pub struct SetupStats {
     /// From the first StasisStart sent to the last call's answer request received.
     pub all_calls_s: f64,
     pub per_call: LatencyStats,
+    /// ARI requests the fake served during setup, those it did not expect, and how often the
+    /// events WebSocket connected (more than once: the service reconnected mid-run).
+    pub ari_requests: u64,
+    pub ari_unexpected: u64,
+    pub ws_connects: u64,
 }
 
 /// One system at one channel count.
@@ -73,6 +78,11 @@ pub struct RunResult {
     pub system: Sut,
     pub channels: usize,
     pub turnaround: LatencyStats,
+    /// Whether the generator kept to its schedule (sent every planned packet, p99 send lag
+    /// <= 1 ms). When it did not, the machine was short of CPU and the figures of this run
+    /// say more about that than about the system under test.
+    pub generator_kept_pace: bool,
+    pub planned: u64,
     pub sent: u64,
     pub received: u64,
     pub lost: u64,
@@ -83,9 +93,14 @@ pub struct RunResult {
     pub no_kernel_stamp: u64,
     /// CPU of the system's threads over the measured window, in cores.
     pub sut_cpu_cores: f64,
+    /// The same per reflected packet, microseconds: the cost of the design, which (unlike
+    /// latency) a busy neighbour hardly changes, since a thread is charged only while it runs.
+    pub sut_cpu_us_per_packet: f64,
     pub generator_cpu_cores: f64,
     /// Every thread's CPU over the window (cores), by name.
     pub threads: Vec<ThreadCpu>,
+    /// What other processes (and the hypervisor) took from the machine meanwhile.
+    pub neighbours: sys::Neighbours,
     pub rss_before_kib: u64,
     pub rss_after_kib: u64,
     pub rss_per_channel_kib: f64,
@@ -110,8 +125,15 @@ pub fn run_all(counts: &[usize], systems: &[Sut], plan: Plan) -> Vec<Result<RunR
             let r = run_one(sut, n, plan).map_err(|e| (sut, n, format!("{e:#}")));
             match &r {
                 Ok(r) => eprintln!(
-                    "   p50 {:.1} us  p99 {:.1} us  p99.9 {:.1} us  lost {}/{}  cpu {:.2} cores  gen {:.2} cores",
-                    r.turnaround.p50_us, r.turnaround.p99_us, r.turnaround.p999_us, r.lost, r.sent, r.sut_cpu_cores, r.generator_cpu_cores
+                    "   p50 {:.1} us  p99 {:.1} us  p99.9 {:.1} us  lost {}/{}  cpu {:.2} cores  gen {:.2} cores{}",
+                    r.turnaround.p50_us,
+                    r.turnaround.p99_us,
+                    r.turnaround.p999_us,
+                    r.lost,
+                    r.sent,
+                    r.sut_cpu_cores,
+                    r.generator_cpu_cores,
+                    if r.generator_kept_pace { "" } else { "  (GENERATOR FELL BEHIND: machine short of CPU)" }
                 ),
                 Err((_, _, e)) => eprintln!("   FAILED: {e}"),
             }
@@ -172,7 +194,13 @@ pub fn run_one(sut: Sut, n: usize, plan: Plan) -> anyhow::Result<RunResult> {
             if !all_up {
                 bail!("only {} of {n} calls were set up within {limit:?}", ari.answered());
             }
-            setup = Some(SetupStats { all_calls_s, per_call: setup_times(&lines) });
+            setup = Some(SetupStats {
+                all_calls_s,
+                per_call: setup_times(&lines),
+                ari_requests: ari.requests(),
+                ari_unexpected: ari.unexpected(),
+                ws_connects: ari.ws_connects(),
+            });
             let targets = callers
                 .iter()
                 .map(|c| ari.media_target(c).ok_or_else(|| anyhow!("no media port for {c}")))
@@ -190,12 +218,15 @@ pub fn run_one(sut: Sut, n: usize, plan: Plan) -> anyhow::Result<RunResult> {
     let t0 = Instant::now() + Duration::from_millis(20);
     let gen = gen.start(&targets, t0)?;
     sleep_until(t0 + plan.warmup);
-    let cpu0 = sys::ThreadTimes::now();
-    let alloc0 = AllocCount::now();
+    // Ordered so the bench's own bookkeeping (reading /proc) falls outside the counted window.
     let rss_after = sys::rss_bytes();
+    let cpu0 = sys::ThreadTimes::now();
+    let machine0 = sys::MachineCpu::now();
+    let alloc0 = AllocCount::now();
     sleep_until(t0 + plan.warmup + plan.measure);
-    let cpu1 = sys::ThreadTimes::now();
     let allocs = AllocCount::now().since(alloc0);
+    let neighbours = sys::MachineCpu::now().since(&machine0, plan.measure.as_secs_f64());
+    let cpu1 = sys::ThreadTimes::now();
     let service_metrics = match &running {
         Running::Service { svc, .. } => svc.metrics().and_then(|m| serde_json::to_value(m).ok()),
         Running::Baseline(_) => None,
@@ -232,6 +263,8 @@ pub fn run_one(sut: Sut, n: usize, plan: Plan) -> anyhow::Result<RunResult> {
         system: sut,
         channels: n,
         turnaround: LatencyStats::from_ns(&g.turnaround),
+        generator_kept_pace: g.sent >= g.planned && g.send_lag.value_at_quantile(0.99) <= 1_000_000,
+        planned: g.planned,
         sent: g.sent,
         received: g.received,
         lost,
@@ -241,8 +274,10 @@ pub fn run_one(sut: Sut, n: usize, plan: Plan) -> anyhow::Result<RunResult> {
         send_errors: g.send_errors,
         no_kernel_stamp: g.no_kernel_stamp,
         sut_cpu_cores,
+        sut_cpu_us_per_packet: sut_cpu_cores * window * 1e6 / g.received.max(1) as f64,
         generator_cpu_cores,
         threads,
+        neighbours,
         rss_before_kib: rss_before / 1024,
         rss_after_kib: rss_after / 1024,
         rss_per_channel_kib: (rss_after as f64 - rss_before as f64) / 1024.0 / n as f64,

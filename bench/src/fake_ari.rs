@@ -146,11 +146,6 @@ impl FakeAri {
         self.shared.media.lock().expect("not poisoned").get(caller).copied()
     }
 
-    /// When each caller's setup finished (its answer request arrived).
-    pub fn answered_at(&self) -> HashMap<String, Instant> {
-        self.shared.answered_at.lock().expect("not poisoned").clone()
-    }
-
     pub fn answered(&self) -> usize {
         self.shared.answered_at.lock().expect("not poisoned").len()
     }

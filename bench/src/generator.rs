@@ -6,7 +6,10 @@
 //! kernel arrival − send time, whatever the generator was busy with when it came back.
 //!
 //! The same generator, with the same pacing, drives every system under test, so its own cost
-//! and quirks are the same in each and cancel out in the ratios.
+//! and quirks are the same in each and cancel out in the ratios. It keeps its own cost per
+//! packet low: connected sockets (no address per send), and a level-triggered epoll (nix) so
+//! one `recvmsg` per reflection suffices (edge-triggered would need a second one that answers
+//! EAGAIN to prove the socket empty).
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
@@ -14,7 +17,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use mio::{Events, Interest, Poll, Token};
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 
 use crate::sys;
 
@@ -59,6 +62,8 @@ pub struct GenResult {
     /// How late the generator sent measured packets against their schedule, nanoseconds: its
     /// own pacing quality (bursts it sent after falling behind).
     pub send_lag: Histogram<u64>,
+    /// Measured packets the plan called for (all channels x rate x measured window).
+    pub planned: u64,
     /// Measured packets sent, and those that came back in time.
     pub sent: u64,
     pub received: u64,
@@ -90,7 +95,7 @@ impl Generator {
     }
 
     pub fn addrs(&self) -> io::Result<Vec<SocketAddr>> {
-        self.state.socks.iter().map(mio::net::UdpSocket::local_addr).collect()
+        self.state.socks.iter().map(UdpSocket::local_addr).collect()
     }
 
     /// Starts the generator thread; channel `i` sends to `targets[i]`. Sending starts at `t0`
@@ -110,8 +115,9 @@ impl Generator {
 }
 
 struct State {
-    socks: Vec<mio::net::UdpSocket>,
-    poll: Poll,
+    socks: Vec<UdpSocket>,
+    epoll: Epoll,
+    events: Vec<EpollEvent>,
     plan: Plan,
     t0: Instant,
     sent_measured: Vec<u32>,
@@ -126,20 +132,18 @@ impl State {
     /// Everything the run needs is allocated here, before the thread starts.
     fn new(socks: Vec<UdpSocket>, plan: Plan) -> io::Result<Self> {
         let n = socks.len();
-        let poll = Poll::new()?;
-        let mut mio_socks = Vec::with_capacity(n);
-        for (i, s) in socks.into_iter().enumerate() {
-            let mut m = mio::net::UdpSocket::from_std(s);
-            poll.registry().register(&mut m, Token(i), Interest::READABLE)?;
-            mio_socks.push(m);
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(io::Error::from)?;
+        for (i, s) in socks.iter().enumerate() {
+            epoll.add(s, EpollEvent::new(EpollFlags::EPOLLIN, i as u64)).map_err(io::Error::from)?;
         }
         let hist = || Histogram::new_with_bounds(1, HIST_MAX_NS, 3).expect("constant bounds");
         let mut pkt = [0u8; PACKET_LEN];
         pkt[0] = 0x80; // V=2, no padding, no extension, no CSRC
         pkt[1] = 0; // PT 0 (PCMU), no marker
         Ok(State {
-            socks: mio_socks,
-            poll,
+            socks,
+            epoll,
+            events: vec![EpollEvent::empty(); 4096],
             plan,
             t0: Instant::now(),
             sent_measured: vec![0; n],
@@ -147,6 +151,7 @@ impl State {
             result: GenResult {
                 turnaround: hist(),
                 send_lag: hist(),
+                planned: 0,
                 sent: 0,
                 received: 0,
                 sent_total: 0,
@@ -175,7 +180,8 @@ impl State {
         let measure_from = self.plan.warmup;
         let end_g = (send_for.as_nanos() * n as u128 / period_ns as u128) as u64;
         let stop_at = self.t0 + send_for + self.plan.grace;
-        let mut events = Events::with_capacity(4096);
+        let first_measured = (measure_from.as_nanos() * n as u128).div_ceil(period_ns as u128) as u64;
+        self.result.planned = end_g.saturating_sub(first_measured);
         let mut g: u64 = 0;
         // Bounded: the loop ends at stop_at whatever happens.
         loop {
@@ -185,7 +191,10 @@ impl State {
             }
             // Send what is due (at most one period's worth per turn, so receives interleave).
             let mut burst = 0;
-            while g < end_g && burst < n {
+            // No send after the sending window, even when behind: every measured packet gets
+            // the full grace to come back, so a late generator does not fake losses.
+            let sending = now < self.t0 + send_for;
+            while sending && g < end_g && burst < n {
                 let due_at = due(g);
                 let since_t0 = now.saturating_duration_since(self.t0);
                 if due_at > since_t0 {
@@ -195,18 +204,18 @@ impl State {
                 g += 1;
                 burst += 1;
             }
-            self.drain(&mut events, Duration::ZERO);
+            self.drain(0);
             // Wait for the next send: long waits in epoll (ms granularity), short ones asleep
             // (the kernel keeps what arrives meanwhile, stamped).
-            let next = if g < end_g { self.t0 + due(g) } else { stop_at };
+            let next = if sending && g < end_g { self.t0 + due(g) } else { stop_at };
             let wait = next.saturating_duration_since(Instant::now());
             if wait > Duration::from_millis(2) {
-                self.drain(&mut events, wait - Duration::from_millis(1));
+                self.drain((wait.as_millis() - 1).min(1000) as u16);
             } else if !wait.is_zero() {
                 thread::sleep(wait);
             }
         }
-        self.drain(&mut events, Duration::ZERO);
+        self.drain(0);
         let mut r = self.result;
         r.worst_channel_lost = self
             .sent_measured
@@ -242,23 +251,20 @@ impl State {
         }
     }
 
-    /// Reads every reflection that has arrived (waiting up to `timeout` for the first).
-    fn drain(&mut self, events: &mut Events, timeout: Duration) {
-        if self.poll.poll(events, Some(timeout)).is_err() {
-            return;
-        }
-        for ev in events.iter() {
-            let ch = ev.token().0;
-            // Edge-triggered: read until the socket is empty. Bounded by what is queued.
-            loop {
-                let (len, stamp) = match sys::recv_stamped(&self.socks[ch], &mut self.buf, &mut self.cmsg) {
-                    Ok(v) => v,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    // ECONNREFUSED from an ICMP of an earlier send (target gone): skip.
-                    Err(_) => break,
-                };
-                self.on_reflection(ch, len, stamp);
+    /// Reads the reflections that have arrived, one per ready socket (level-triggered: a
+    /// socket with more queued is reported again next time), waiting up to `timeout_ms` for
+    /// the first.
+    fn drain(&mut self, timeout_ms: u16) {
+        let ready = match self.epoll.wait(&mut self.events, timeout_ms) {
+            Ok(n) => n,
+            Err(_) => return,
+        };
+        for e in 0..ready {
+            let ch = self.events[e].data() as usize;
+            match sys::recv_stamped(&self.socks[ch], &mut self.buf, &mut self.cmsg) {
+                Ok((len, stamp)) => self.on_reflection(ch, len, stamp),
+                // WouldBlock (raced), or ECONNREFUSED from an ICMP of an earlier send: skip.
+                Err(_) => continue,
             }
         }
     }

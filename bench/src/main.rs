@@ -9,7 +9,8 @@
 //! - [`suite`]: the command line, the order of a run, what is printed and written.
 //! - [`channels`]: item 1, channel media at scale (rtpvisor vs bare epoll vs naive tokio).
 //! - [`echo`]: item 2, the shared echo vs a blocking UdpSocket loop.
-//! - [`asterisk`]: item 3, probe calls through the real Asterisk (only if it runs).
+//! - [`asterisk`]: item 3, probe calls through the real Asterisk (only if it runs); [`wire`]:
+//!   the same round trips captured on the loopback interface.
 //! - [`micro_alloc`]: allocations of the per-packet operations (timings: criterion, in
 //!   `actors/benches/`).
 //! - [`generator`]: the load generator (the "Asterisk side": one socket per channel, paced RTP).
@@ -33,6 +34,7 @@ mod report;
 mod service_run;
 mod suite;
 mod sys;
+mod wire;
 
 use clap::Parser;
 

@@ -10,13 +10,12 @@ use std::time::Duration;
 use anyhow::{anyhow, Context as _};
 use tokio::sync::{mpsc, oneshot};
 
-use rtpvisor_actors::actors::channel::{host_port, CallSettings};
+use rtpvisor::app::service_config;
+use rtpvisor::config::{Config, PortRangeSetting};
 use rtpvisor_actors::actors::metrics::MetricsSnapshot;
 use rtpvisor_actors::actors::service::{ChannelView, Readiness};
-use rtpvisor_actors::actors::{Service, ServiceConfig};
-use rtpvisor_actors::ari::client::AriSettings;
+use rtpvisor_actors::actors::Service;
 use rtpvisor_actors::mode::CallMode;
-use rtpvisor_actors::ports::PortRange;
 
 /// Threads whose CPU time is the service's: the actix System (actors, ARI client, metrics)
 /// and the media engine.
@@ -50,30 +49,20 @@ pub struct ServiceUnderTest {
 
 impl ServiceUnderTest {
     pub fn start(s: &SvcSettings) -> anyhow::Result<Self> {
-        let localhost = IpAddr::V4(Ipv4Addr::LOCALHOST);
-        let cfg = ServiceConfig {
-            ari: AriSettings {
-                url: s.ari_url.clone(),
-                user: s.ari_user.clone(),
-                password: s.ari_password.clone(),
-                app: s.app.clone(),
-                request_timeout: Duration::from_secs(5),
-            },
-            call: CallSettings {
-                media_host: "127.0.0.1".into(),
-                bind_ip: localhost,
-                echo_target: host_port("127.0.0.1", 4000),
-                late_threshold: Duration::from_millis(20),
-                probe_timeout: Duration::from_secs(2),
-                no_media_timeout: Duration::ZERO,
-            },
-            rtp_ports: PortRange::new(s.rtp_ports.0, s.rtp_ports.1).map_err(|e| anyhow!("port range: {e}"))?,
-            quarantine: Duration::from_secs(2),
-            echo_addr: SocketAddr::new(localhost, 0),
-            default_mode: s.default_mode,
-            reconnect_min: Duration::from_millis(200),
-            reconnect_max: Duration::from_secs(2),
-        };
+        // Through the service crate's own defaults and mapping, exactly as `rtpvisor` builds
+        // its ServiceConfig; only what the bench needs differs.
+        let mut c = Config::default();
+        c.ari.url = s.ari_url.clone();
+        c.ari.user = s.ari_user.clone();
+        c.ari.password = s.ari_password.clone();
+        c.ari.app = s.app.clone();
+        c.ari.reconnect_max_ms = 2000;
+        c.media.host = "127.0.0.1".into();
+        c.media.bind_ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        c.media.rtp_ports = PortRangeSetting { start: s.rtp_ports.0, end: s.rtp_ports.1 };
+        c.media.default_mode = s.default_mode.to_string();
+        c.echo.addr = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+        let cfg = service_config(&c)?;
         let (cmd_tx, mut cmd_rx) = mpsc::unbounded_channel::<Cmd>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<SocketAddr, String>>();
         let join = thread::Builder::new().name("rtpvisor-svc".into()).spawn(move || {

@@ -131,6 +131,57 @@ fn parse_stat(stat: &str) -> Option<(String, u64)> {
     Some((name, utime + stime))
 }
 
+/// Busy time of the whole machine and of this process, to tell how much of the machine others
+/// used while we measured (the machine is shared: a neighbour's build skews any figure).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MachineCpu {
+    /// Ticks of every CPU in user, nice, system, irq and softirq (/proc/stat).
+    busy: u64,
+    /// Ticks the hypervisor gave to someone else (steal).
+    steal: u64,
+    /// Ticks of this process, every thread, live or ended (/proc/self/stat).
+    own: u64,
+}
+
+/// CPU others used over a window, in cores.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct Neighbours {
+    /// Busy CPU of every other process (and of kernel threads).
+    pub others_cores: f64,
+    /// CPU time the hypervisor took away.
+    pub steal_cores: f64,
+}
+
+impl MachineCpu {
+    pub fn now() -> Self {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let f: Vec<u64> = stat
+            .lines()
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .skip(1)
+            .map(|v| v.parse().unwrap_or(0))
+            .collect();
+        let at = |i: usize| f.get(i).copied().unwrap_or(0);
+        let own = std::fs::read_to_string("/proc/self/stat")
+            .ok()
+            .and_then(|s| parse_stat(&s))
+            .map_or(0, |(_, t)| t);
+        MachineCpu { busy: at(0) + at(1) + at(2) + at(5) + at(6), steal: at(7), own }
+    }
+
+    pub fn since(&self, earlier: &MachineCpu, secs: f64) -> Neighbours {
+        let tck = clk_tck() * secs.max(1e-9);
+        let busy = self.busy.saturating_sub(earlier.busy) as f64;
+        let own = self.own.saturating_sub(earlier.own) as f64;
+        Neighbours {
+            others_cores: ((busy - own) / tck).max(0.0),
+            steal_cores: self.steal.saturating_sub(earlier.steal) as f64 / tck,
+        }
+    }
+}
+
 /// The machine the figures were measured on.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Machine {

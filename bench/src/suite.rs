@@ -1,0 +1,453 @@
+//! The command line and the order of a run: allocation check, channel media, echo, real
+//! Asterisk; then the tables on stdout, `results.json`, `results.md` and the latency plot in
+//! the output directory (default `target/bench/`).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, ValueEnum};
+use serde::Serialize;
+
+use crate::asterisk::{self, AsteriskOpts, AsteriskOutcome};
+use crate::channels::{self, RunResult, Sut};
+use crate::echo::{self, EchoOpts, EchoResult, Load};
+use crate::generator::Plan;
+use crate::micro_alloc::{self, AllocCheck};
+use crate::report::{self, Curve, Target};
+use crate::{logcap, sys};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum What {
+    /// Everything below, in this order.
+    All,
+    /// Allocation check of the per-packet operations.
+    Alloc,
+    /// Item 1: channel media at scale against the bare-epoll and naive-tokio baselines.
+    Channels,
+    /// Item 2: the shared echo against a blocking UdpSocket loop.
+    Echo,
+    /// Item 3: probe calls through the real Asterisk (skipped unless it runs).
+    Asterisk,
+}
+
+/// rtpvisor's benchmark suite (issue #4). Prints tables; writes results.json, results.md and
+/// latency-<N>.svg into --out.
+#[derive(Debug, Clone, Parser, Serialize)]
+#[command(name = "rtpvisor-bench", version)]
+pub struct Args {
+    /// What to run.
+    #[arg(value_enum, default_value = "all")]
+    pub what: What,
+    /// A short run: 1 s warm-up, 3 s measured, channel counts 101,1000,2000 (unless given),
+    /// 10 s of real Asterisk.
+    #[arg(long)]
+    pub quick: bool,
+    /// Channel counts of item 1.
+    #[arg(long, value_delimiter = ',')]
+    pub channels: Option<Vec<usize>>,
+    /// Systems of item 1.
+    #[arg(long, value_delimiter = ',', value_enum)]
+    pub systems: Option<Vec<SutArg>>,
+    /// Measured seconds per run (items 1 and 2).
+    #[arg(long)]
+    pub seconds: Option<f64>,
+    /// Warm-up seconds per run (items 1 and 2).
+    #[arg(long)]
+    pub warmup: Option<f64>,
+    /// Packets per second per channel.
+    #[arg(long, default_value_t = 50)]
+    pub pps: u32,
+    /// Channel count whose latency distribution is plotted.
+    #[arg(long, default_value_t = 2000)]
+    pub plot_channels: usize,
+    /// Item 2, saturation: client sockets.
+    #[arg(long, default_value_t = 16)]
+    pub echo_sockets: usize,
+    /// Item 2, saturation: packets in flight per client socket.
+    #[arg(long, default_value_t = 8)]
+    pub echo_window: usize,
+    /// Item 2, low load: echoes per second (from 10 sockets).
+    #[arg(long, default_value_t = 1000)]
+    pub echo_rate: u32,
+    /// Item 3: probe calls placed through the real Asterisk.
+    #[arg(long, default_value_t = 100)]
+    pub asterisk_calls: usize,
+    /// Item 3: measured seconds once every call is up (default 60; --quick: 10).
+    #[arg(long)]
+    pub asterisk_seconds: Option<f64>,
+    /// Output directory (default: the workspace's target/bench).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Print the service's info log lines too.
+    #[arg(short, long)]
+    pub verbose: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+pub enum SutArg {
+    Rtpvisor,
+    BareEpoll,
+    NaiveTokio,
+}
+
+impl From<SutArg> for Sut {
+    fn from(s: SutArg) -> Sut {
+        match s {
+            SutArg::Rtpvisor => Sut::Rtpvisor,
+            SutArg::BareEpoll => Sut::BareEpoll,
+            SutArg::NaiveTokio => Sut::NaiveTokio,
+        }
+    }
+}
+
+/// Everything one invocation measured (sections not run are null).
+#[derive(Debug, Serialize)]
+struct Results<'a> {
+    suite: &'static str,
+    date: String,
+    machine: sys::Machine,
+    args: &'a Args,
+    plan: PlanJson,
+    alloc: Option<AllocCheck>,
+    channels: Option<Vec<RunResult>>,
+    channel_failures: Vec<String>,
+    echo: Option<Vec<EchoResult>>,
+    asterisk: Option<AsteriskOutcome>,
+    targets: Vec<Target>,
+    log_lines_suppressed: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct PlanJson {
+    pps: u32,
+    warmup_s: f64,
+    measure_s: f64,
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    logcap::init(args.verbose);
+    let root = repo_root();
+    let out_dir = args.out.clone().unwrap_or_else(|| root.join("target/bench"));
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let counts = args
+        .channels
+        .clone()
+        .unwrap_or_else(|| if args.quick { vec![101, 1000, 2000] } else { vec![101, 1000, 2000, 4000] });
+    let systems: Vec<Sut> = args.systems.as_ref().map_or_else(|| Sut::ALL.to_vec(), |v| v.iter().map(|s| (*s).into()).collect());
+    let warmup = Duration::from_secs_f64(args.warmup.unwrap_or(if args.quick { 1.0 } else { 2.0 }));
+    let measure = Duration::from_secs_f64(args.seconds.unwrap_or(if args.quick { 3.0 } else { 10.0 }));
+    let plan = Plan { pps: args.pps, warmup, measure, grace: Duration::from_millis(500) };
+    let max_n = counts.iter().copied().max().unwrap_or(0) as u64;
+    let limit = sys::raise_nofile(3 * max_n + 1024);
+    if limit < 2 * max_n + 256 {
+        eprintln!("warning: open-files limit {limit} may be too low for {max_n} channels");
+    }
+    let want = |w: What| args.what == What::All || args.what == w;
+    let machine = sys::Machine::read();
+    let date = sys::utc_now();
+    eprintln!("rtpvisor-bench {date}: {} x {} ({:.1} GiB), kernel {}", machine.cpus, machine.cpu_model, machine.mem_total_gib, machine.kernel);
+
+    let alloc = want(What::Alloc).then(micro_alloc::run);
+    let mut channel_failures = Vec::new();
+    let channel_runs = want(What::Channels).then(|| {
+        channels::run_all(&counts, &systems, plan)
+            .into_iter()
+            .filter_map(|r| r.map_err(|(s, n, e)| channel_failures.push(format!("{} x {n}: {e}", s.name()))).ok())
+            .collect::<Vec<_>>()
+    });
+    let echo_runs = if want(What::Echo) {
+        let opts = EchoOpts {
+            warmup,
+            measure,
+            low: Load::Paced { rate: args.echo_rate, sockets: 10 },
+            saturate: Load::Saturate { sockets: args.echo_sockets, window: args.echo_window },
+        };
+        match echo::run_all(opts) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                eprintln!("echo: FAILED: {e:#}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let asterisk_out = want(What::Asterisk).then(|| {
+        let secs = args.asterisk_seconds.unwrap_or(if args.quick { 10.0 } else { 60.0 });
+        eprintln!("== asterisk: {} probe calls for {secs:.0} s", args.asterisk_calls);
+        asterisk::run(&root, AsteriskOpts { calls: args.asterisk_calls, measure: Duration::from_secs_f64(secs) })
+    });
+
+    // Judge the targets.
+    let mut targets = Vec::new();
+    if let Some(runs) = &channel_runs {
+        targets.extend(report::channel_targets(runs));
+    }
+    if let Some(e) = &echo_runs {
+        targets.extend(echo_targets(e));
+    }
+    if let Some(a) = &alloc {
+        targets.push(Target::new(
+            "alloc_free",
+            "histogram record and stats update allocation-free",
+            format!("{} and {} allocations per call", a.histogram_record, a.stats_update),
+            Some(a.histogram_record == 0.0 && a.stats_update == 0.0),
+        ));
+    }
+    if let Some(a) = &asterisk_out {
+        targets.extend(asterisk_targets(a));
+    }
+
+    // Print and write.
+    let mut md = String::new();
+    md.push_str(&format!("Run of {date} on {} x {}\n\n", machine.cpus, machine.cpu_model));
+    if let Some(a) = &alloc {
+        println!("\nAllocations per call (after warm-up, {} calls): rtp parse {}, stats update {}, histogram record {}, port lease+release {}", a.ops, a.rtp_parse, a.stats_update, a.histogram_record, a.port_lease_release);
+    }
+    if let Some(runs) = &channel_runs {
+        println!(
+            "\nChannel media at scale: echo, {} pps per channel, {:.0} s measured after {:.0} s warm-up",
+            plan.pps,
+            measure.as_secs_f64(),
+            warmup.as_secs_f64()
+        );
+        println!("{}", report::channels_table(runs, false));
+        for l in report::ratio_lines(runs) {
+            println!("{l}");
+        }
+        md.push_str("### Channel media at scale\n\n");
+        md.push_str(&report::channels_table(runs, true));
+        md.push('\n');
+        for l in report::ratio_lines(runs) {
+            md.push_str(&format!("- {l}\n"));
+        }
+        md.push('\n');
+        if let Some(svg) = plot(runs, args.plot_channels, plan, &date, &machine) {
+            let p = out_dir.join(format!("latency-{}.svg", args.plot_channels));
+            std::fs::write(&p, svg).with_context(|| format!("writing {}", p.display()))?;
+            println!("plot: {}", p.display());
+        }
+    }
+    for f in &channel_failures {
+        println!("FAILED run: {f}");
+    }
+    if let Some(e) = &echo_runs {
+        let t = echo_table(e);
+        println!("\nShared echo vs blocking UdpSocket loop, {:.0} s measured", measure.as_secs_f64());
+        println!("{}", report::table(&ECHO_HEAD, &t, false));
+        md.push_str("### Echo\n\n");
+        md.push_str(&report::table(&ECHO_HEAD, &t, true));
+        md.push('\n');
+    }
+    if let Some(a) = &asterisk_out {
+        let text = asterisk_text(a);
+        println!("\nReal Asterisk\n{text}");
+        md.push_str("### Real Asterisk\n\n");
+        md.push_str(&text);
+        md.push('\n');
+    }
+    println!("\nTargets of issue #4");
+    println!("{}", report::targets_table(&targets, false));
+    md.push_str("### Targets\n\n");
+    md.push_str(&report::targets_table(&targets, true));
+
+    let results = Results {
+        suite: "rtpvisor-bench",
+        date,
+        machine,
+        args: &args,
+        plan: PlanJson { pps: plan.pps, warmup_s: warmup.as_secs_f64(), measure_s: measure.as_secs_f64() },
+        alloc,
+        channels: channel_runs,
+        channel_failures,
+        echo: echo_runs,
+        asterisk: asterisk_out,
+        targets,
+        log_lines_suppressed: logcap::suppressed(),
+    };
+    let json = out_dir.join("results.json");
+    std::fs::write(&json, serde_json::to_string_pretty(&results)?).with_context(|| format!("writing {}", json.display()))?;
+    let mdp = out_dir.join("results.md");
+    std::fs::write(&mdp, md).with_context(|| format!("writing {}", mdp.display()))?;
+    println!("\nwrote {} and {}", json.display(), mdp.display());
+    Ok(())
+}
+
+fn plot(runs: &[RunResult], n: usize, plan: Plan, date: &str, machine: &sys::Machine) -> Option<String> {
+    let colors = [(Sut::Rtpvisor, "#d62728"), (Sut::BareEpoll, "#2ca02c"), (Sut::NaiveTokio, "#1f77b4")];
+    let curves: Vec<Curve> = colors
+        .iter()
+        .filter_map(|(sut, color)| {
+            let r = runs.iter().find(|r| r.system == *sut && r.channels == n)?;
+            Some(Curve {
+                label: format!(
+                    "{}: p50 {:.0} us, p99 {:.0} us, p99.9 {:.0} us, lost {}",
+                    sut.name(),
+                    r.turnaround.p50_us,
+                    r.turnaround.p99_us,
+                    r.turnaround.p999_us,
+                    r.lost
+                ),
+                color,
+                hist: r.hist.as_ref()?,
+            })
+        })
+        .collect();
+    if curves.is_empty() {
+        return None;
+    }
+    Some(report::latency_svg(
+        &format!("Per-packet turnaround, {n} channels in echo mode, {} packets/s each", plan.pps),
+        &format!("{date}, {} x {}, {:.0} s measured", machine.cpus, machine.cpu_model, plan.measure.as_secs_f64()),
+        &curves,
+    ))
+}
+
+const ECHO_HEAD: [&str; 11] = [
+    "load", "system", "echoes/s", "p50 us", "p99 us", "p99.9 us", "echo CPU", "echo CPU us/echo", "client CPU", "refills",
+    "others CPU",
+];
+
+fn load_name(l: &Load) -> String {
+    match l {
+        Load::Paced { rate, sockets } => format!("paced {rate}/s x{sockets}"),
+        Load::Saturate { sockets, window } => format!("saturate {sockets}x{window}"),
+    }
+}
+
+fn echo_table(e: &[EchoResult]) -> Vec<Vec<String>> {
+    e.iter()
+        .map(|r| {
+            vec![
+                load_name(&r.load),
+                r.system.to_string(),
+                format!("{:.0}", r.echoes_per_s),
+                format!("{:.1}", r.rtt.p50_us),
+                format!("{:.1}", r.rtt.p99_us),
+                format!("{:.1}", r.rtt.p999_us),
+                format!("{:.2}", r.echo_cpu_cores),
+                format!("{:.2}", r.echo_cpu_us_per_echo),
+                format!("{:.2}", r.client_cpu_cores),
+                r.refills.to_string(),
+                format!("{:.2}", r.neighbours.others_cores + r.neighbours.steal_cores),
+            ]
+        })
+        .collect()
+}
+
+fn echo_targets(e: &[EchoResult]) -> Vec<Target> {
+    let sat = |sys: &str| e.iter().find(|r| r.system == sys && matches!(r.load, Load::Saturate { .. }));
+    let mut t = Vec::new();
+    match (sat("rtpvisor-echo"), sat("blocking-loop")) {
+        (Some(s), Some(b)) => {
+            t.push(Target::new(
+                "echo.saturation",
+                "echo: >= 300k echoes/s at saturation",
+                format!("{:.0} echoes/s", s.echoes_per_s),
+                Some(s.echoes_per_s >= 300_000.0),
+            ));
+            let r = s.echoes_per_s / b.echoes_per_s.max(1.0);
+            t.push(Target::new(
+                "echo.vs_blocking",
+                "echo: >= 1.0x the blocking loop",
+                format!("{:.0} vs {:.0} echoes/s = {r:.2}x", s.echoes_per_s, b.echoes_per_s),
+                Some(r >= 1.0),
+            ));
+        }
+        _ => t.push(Target::new("echo.saturation", "echo: >= 300k echoes/s at saturation", "not run".into(), None)),
+    }
+    t
+}
+
+fn asterisk_targets(a: &AsteriskOutcome) -> Vec<Target> {
+    match a {
+        AsteriskOutcome::Skipped { reason } => vec![Target::new(
+            "asterisk",
+            "real Asterisk, 100 calls: 0 loss, RTT p99 <= 1.5 ms, <= 0.1 ms above the wire's p99",
+            format!("skipped: {reason}"),
+            None,
+        )],
+        AsteriskOutcome::Ran(r) => vec![
+            Target::new(
+                "asterisk.loss",
+                "real Asterisk, 100 calls: 0 loss",
+                format!("{} of {} probes lost ({} calls)", r.probes_lost, r.probes_expected, r.calls_active),
+                Some(r.probes_lost == 0 && r.probes_expected > 0),
+            ),
+            Target::new(
+                "asterisk.rtt_p99",
+                "RTT p99 <= 1.5 ms as the service reports it",
+                format!("{:.3} ms", r.rtt_service_ms.p99_ms),
+                Some(r.rtt_service_ms.p99_ms <= 1.5 && r.rtt_service_ms.count > 0),
+            ),
+            match (r.p99_above_wire_ms, &r.wire) {
+                (Some(d), Some(w)) => Target::new(
+                    "asterisk.vs_wire",
+                    "RTT p99 at most 0.1 ms above the wire's p99",
+                    format!("service {:.3} ms - wire {:.3} ms = {d:.3} ms", r.rtt_service_ms.p99_ms, w.rtt.p99_us / 1000.0),
+                    Some(d <= 0.1),
+                ),
+                _ => Target::new(
+                    "asterisk.vs_wire",
+                    "RTT p99 at most 0.1 ms above the wire's p99",
+                    r.wire_error.clone().unwrap_or_else(|| "no capture".into()),
+                    None,
+                ),
+            },
+        ],
+    }
+}
+
+fn asterisk_text(a: &AsteriskOutcome) -> String {
+    match a {
+        AsteriskOutcome::Skipped { reason } => format!("skipped: {reason}\n"),
+        AsteriskOutcome::Ran(r) => {
+            let l = &r.rtt_service_ms;
+            format!(
+                "- {} calls ({} active), {:.0} s measured\n\
+                 - RTT as the service reports it: p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms ({} probes)\n\
+                 - loss: {} of {} probes\n\
+                 - StasisStart -> first echoed probe per call: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms\n\
+                 - StasisStart -> setup complete (every ARI request sent and answered): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms\n\
+                 - service CPU: {:.3} cores\n\
+                 - our channels left in Asterisk afterwards: {}\n\
+                 - on the wire (loopback capture): {}\n",
+                r.calls,
+                r.calls_active,
+                r.seconds,
+                l.p50_ms,
+                l.p99_ms,
+                l.p999_ms,
+                l.max_ms,
+                l.count,
+                r.probes_lost,
+                r.probes_expected,
+                r.stasis_to_first_probe.p50_us / 1000.0,
+                r.stasis_to_first_probe.p99_us / 1000.0,
+                r.stasis_to_first_probe.max_us / 1000.0,
+                r.setup.p50_us / 1000.0,
+                r.setup.p99_us / 1000.0,
+                r.setup.max_us / 1000.0,
+                r.service_cpu_cores,
+                r.leftover_channels,
+                match &r.wire {
+                    Some(w) if w.matched > 0 => format!(
+                        "p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms over {} matched round trips; service p99 minus wire p99 = {:.3} ms",
+                        w.rtt.p50_us / 1000.0,
+                        w.rtt.p99_us / 1000.0,
+                        w.rtt.p999_us / 1000.0,
+                        w.matched,
+                        r.p99_above_wire_ms.unwrap_or(f64::NAN)
+                    ),
+                    _ => r.wire_error.clone().unwrap_or_else(|| "no capture".into()),
+                }
+            )
+        }
+    }
+}
