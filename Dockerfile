@@ -47,7 +47,7 @@ RUN set -e; \
         rel="${m#/ctx/}"; mkdir -p "/skeleton/$(dirname "$rel")"; cp "$m" "/skeleton/$rel"; \
     done; \
     for t in $(grep -o '"src_path":"[^"]*"' /tmp/metadata.json | cut -d'"' -f4 | sort -u); do \
-        rel="${t#/ctx/}"; mkdir -p "/skeleton/$(dirname "$rel")"; echo 'fn main() {}' >"/skeleton/$rel"; \
+        rel="${t#/ctx/}"; mkdir -p "/skeleton/$(dirname "$rel")"; echo '#![allow(dead_code)] fn main() {}' >"/skeleton/$rel"; \
     done
 
 FROM toolchain AS builder

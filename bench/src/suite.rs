@@ -37,9 +37,9 @@ pub enum What {
 #[derive(Debug, Clone, Parser, Serialize)]
 #[command(name = "rtpvisor-bench", version)]
 pub struct Args {
-    /// What to run.
-    #[arg(value_enum, default_value = "all")]
-    pub what: What,
+    /// What to run (one or more, in the order of `all`).
+    #[arg(value_enum, default_values_t = [What::All])]
+    pub what: Vec<What>,
     /// A short run: 1 s warm-up, 3 s measured, channel counts 101,1000,2000 (unless given),
     /// 10 s of real Asterisk.
     #[arg(long)]
@@ -148,7 +148,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if limit < 2 * max_n + 256 {
         eprintln!("warning: open-files limit {limit} may be too low for {max_n} channels");
     }
-    let want = |w: What| args.what == What::All || args.what == w;
+    let want = |w: What| args.what.contains(&What::All) || args.what.contains(&w);
     let machine = sys::Machine::read();
     let date = sys::utc_now();
     eprintln!("rtpvisor-bench {date}: {} x {} ({:.1} GiB), kernel {}", machine.cpus, machine.cpu_model, machine.mem_total_gib, machine.kernel);
