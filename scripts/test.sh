@@ -17,5 +17,9 @@ if [ "$started_here" -eq 1 ]; then
   trap 'bash scripts/asterisk.sh stop || true' EXIT
 fi
 
-# Tests share Asterisk's fixed ports (8088, 5060) and the RTP range: one at a time.
-cargo test --workspace --all-targets -- --test-threads=1 "$@"
+# Doc tests, and each criterion benchmark run once as a test (it takes no --test-threads).
+cargo test --workspace --doc
+cargo test -p rtpvisor-actors --bench micro
+# Unit and end-to-end tests. They share Asterisk's fixed ports (8088, 5060) and the RTP
+# range: one at a time.
+cargo test --workspace --lib --bins --tests -- --test-threads=1 "$@"
