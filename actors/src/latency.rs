@@ -18,6 +18,10 @@ pub const LOWEST_US: u64 = 1;
 pub const HIGHEST_US: u64 = 60_000_000;
 /// Significant decimal digits kept: values within 0.1 % share a bucket.
 pub const SIGFIG: u8 = 3;
+/// A call's own histogram ([`LatencyHistogram::per_call`]) is coarser and shorter: one per
+/// live call must stay small (about 18 KiB instead of 150 KiB). 1 % resolution, up to 10 s.
+pub const PER_CALL_HIGHEST_US: u64 = 10_000_000;
+pub const PER_CALL_SIGFIG: u8 = 2;
 
 /// Latency histogram in microseconds (HdrHistogram, 1 us .. 60 s, 3 significant digits),
 /// pre-allocated: record never allocates.
@@ -27,6 +31,8 @@ pub struct LatencyHistogram {
     /// clamped by `saturating_record` instead of growing the counts array, so every histogram
     /// has the same layout (merges never fail) and recording never reallocates.
     hist: Histogram<u64>,
+    /// The bound samples are clamped to (this histogram's highest trackable value).
+    highest_us: u64,
 }
 
 /// Summary of a [`LatencyHistogram`] in milliseconds; all 0.0 when `count == 0`.
@@ -57,7 +63,16 @@ impl LatencyHistogram {
         let hist = Histogram::new_with_bounds(LOWEST_US, HIGHEST_US, SIGFIG)
             .expect("constant bounds are valid: low >= 1, high >= 2 * low, sigfig <= 5");
         debug_assert!(!hist.is_auto_resize());
-        LatencyHistogram { hist }
+        LatencyHistogram { hist, highest_us: HIGHEST_US }
+    }
+
+    /// A call's own histogram: 1 us .. 10 s at 2 significant digits (about 18 KiB). Never
+    /// merged with the service-wide ones (their layouts differ): the media engine records each
+    /// sample into both.
+    pub fn per_call() -> Self {
+        let hist = Histogram::new_with_bounds(LOWEST_US, PER_CALL_HIGHEST_US, PER_CALL_SIGFIG)
+            .expect("constant bounds are valid: low >= 1, high >= 2 * low, sigfig <= 5");
+        LatencyHistogram { hist, highest_us: PER_CALL_HIGHEST_US }
     }
 
     /// Records one sample; 0 is allowed, anything above 60 s counts as 60 s. Never allocates.
@@ -71,7 +86,7 @@ impl LatencyHistogram {
     pub fn record_us(&mut self, us: u64) {
         // Clamp ourselves so the recorded value, and hence max(), is the bound itself; then the
         // library's saturating path cannot grow the histogram either.
-        self.hist.saturating_record(us.min(HIGHEST_US));
+        self.hist.saturating_record(us.min(self.highest_us));
     }
 
     /// Adds every sample of `other` to this histogram (e.g. one call's into the service's).
@@ -102,7 +117,7 @@ impl LatencyHistogram {
         let q = if q.is_nan() { 0.0 } else { q.clamp(0.0, 1.0) };
         // The library reports the top of the bucket; no sample above the bound was recorded,
         // so the bound is the honest answer for the last bucket.
-        self.hist.value_at_quantile(q).min(HIGHEST_US)
+        self.hist.value_at_quantile(q).min(self.highest_us)
     }
 
     /// Count, min, percentiles, max and mean in milliseconds.
@@ -118,7 +133,7 @@ impl LatencyHistogram {
             p95_ms: ms(self.value_at_quantile_us(0.95)),
             p99_ms: ms(self.value_at_quantile_us(0.99)),
             p999_ms: ms(self.value_at_quantile_us(0.999)),
-            max_ms: ms(self.hist.max().min(HIGHEST_US)),
+            max_ms: ms(self.hist.max().min(self.highest_us)),
             avg_ms: self.hist.mean() / 1000.0,
         }
     }
@@ -181,6 +196,21 @@ mod tests {
         assert!(close(s.p999_ms, 100.0), "{s:?}");
         assert!(close(s.max_ms, 100.0), "{s:?}");
         assert!(close(s.avg_ms, 50.5), "{s:?}");
+    }
+
+    #[test]
+    fn per_call_histograms_are_small_coarse_and_clamped_at_10_s() {
+        let mut h = LatencyHistogram::per_call();
+        assert!(!h.hist.is_auto_resize());
+        assert!(h.hist.distinct_values() * 8 <= 20 * 1024, "{} counters", h.hist.distinct_values());
+        for ms in 1..=100 {
+            h.record(Duration::from_millis(ms));
+        }
+        let s = h.summary();
+        assert!((s.p50_ms - 50.0).abs() <= 0.5, "1 % resolution: {s:?}");
+        h.record(Duration::from_secs(30));
+        assert_eq!(h.value_at_quantile_us(1.0), PER_CALL_HIGHEST_US);
+        assert_eq!(h.summary().max_ms, 10_000.0);
     }
 
     #[test]

@@ -502,7 +502,7 @@ impl Engine {
             local_port,
             peer: spec.peer,
             work,
-            hist: LatencyHistogram::new(),
+            hist: LatencyHistogram::per_call(),
             packets_in: 0,
             packets_out: 0,
             bytes_in: 0,
