@@ -12,8 +12,10 @@
 #   The directories it writes belong to that user. -f: foreground, PID 1, stops on SIGTERM;
 #   -n: no colour codes in `docker logs`.
 # * The healthcheck (`asterisk -rx "core waitfullybooted"`) is in docker-compose.yml.
-# * The build context is docker/ with everything ignored (docker/.dockerignore): this file
-#   copies nothing.
+# * The entrypoint (docker/asterisk-entrypoint.sh) writes the RTP range and the NAT settings
+#   from the environment (ASTERISK_RTP_PORTS, ASTERISK_EXTERNAL_ADDRESS, ASTERISK_LOCAL_NET)
+#   into /run/asterisk, where asterisk-conf/ includes them, then execs Asterisk as PID 1.
+# * The build context is docker/ with everything but the entrypoint ignored (docker/.dockerignore).
 
 ARG BASE_IMAGE=local/debian:sid
 FROM ${BASE_IMAGE}
@@ -30,7 +32,10 @@ RUN printf 'Acquire::Check-Valid-Until "false";\n' >/etc/apt/apt.conf.d/99no-che
     && chown -R asterisk:asterisk /run/asterisk /var/lib/asterisk /var/log/asterisk \
         /var/spool/asterisk /var/cache/asterisk
 
-# 8088/tcp: HTTP/ARI; 5060/udp: SIP. Asterisk's RTP (31000-31999/udp, asterisk-conf/rtp.conf) is
-# deliberately not EXPOSEd: `docker run -P` would then start 1000 docker-proxy processes.
+COPY asterisk-entrypoint.sh /usr/local/bin/asterisk-entrypoint
+# 8088/tcp: HTTP/ARI; 5060/udp: SIP. Asterisk's RTP range (ASTERISK_RTP_PORTS) is published by
+# docker-compose.yml, deliberately not EXPOSEd: `docker run -P` would start one docker-proxy
+# process per port of the range.
 EXPOSE 8088/tcp 5060/udp
+ENTRYPOINT ["/usr/local/bin/asterisk-entrypoint"]
 CMD ["asterisk", "-f", "-n", "-U", "asterisk", "-G", "asterisk"]

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The test command (README, .ci/run): unit tests, then the end-to-end suite against a real
-# Asterisk 22 that this script builds (once, cached) and starts, and stops again at the end.
-# Needs root (debootstrap, chroot) and the machine's Rust toolchain; installs the rest.
+# Asterisk 22 that this script builds (once, cached) and starts, and stops again at the end;
+# then the docker compose deployment test (scripts/compose-test.sh: builds the images, runs the
+# stack, places SIP calls into it). Needs root (debootstrap, chroot), the machine's Rust
+# toolchain and a Docker engine with docker compose (v2) or docker-compose (v1); installs the
+# rest. RTPVISOR_SKIP_COMPOSE_TEST=1 skips the compose test (say so when you report a run).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -23,3 +26,9 @@ cargo test -p rtpvisor-actors --bench micro
 # Unit and end-to-end tests. They share Asterisk's fixed ports (8088, 5060) and the RTP
 # range: one at a time.
 cargo test --workspace --lib --bins --tests -- --test-threads=1 "$@"
+
+if [ "${RTPVISOR_SKIP_COMPOSE_TEST:-0}" = 1 ]; then
+  echo "test.sh: RTPVISOR_SKIP_COMPOSE_TEST=1: the docker compose test was NOT run" >&2
+else
+  bash scripts/compose-test.sh
+fi

@@ -1,0 +1,330 @@
+#!/usr/bin/env bash
+# scripts/compose-test.sh: proves the docker compose deployment on this machine's Docker engine.
+# Part of the README's test command (scripts/test.sh runs it last).
+#
+# Steps, each timed and bounded:
+#   1. images   scripts/docker-images.sh (base image local/debian:sid, vendored crates)
+#   2. build    compose build (both images; Docker's layer cache makes a rebuild cheap)
+#   3. up       compose up -d from nothing (no container or network of the test project
+#               exists), then wait until both containers are healthy
+#   4. probe    SIP calls from OUTSIDE the compose network: sipp on the host (in the chroot of
+#               scripts/asterisk.sh, which shares the host's network) through the published SIP
+#               port into `probe` mode (extension 101), answering with -rtp_echo; checks through
+#               the published HTTP port that rtpvisor recorded the probes' round trips, and that
+#               the calls ended cleanly (no live call, no port leased, Asterisk lists no channel
+#               or bridge)
+#   5. echo     the same into `echo` mode (extension 100, sipp plays its pcap); checks that
+#               rtpvisor reflected it (echo-mode samples, packets out) and that Asterisk sent the
+#               reflected media on to the caller (RTP statistics of the caller's channel)
+#   6. crash    rtpvisor's process killed (SIGKILL) with live calls: the restart policy brings
+#               the container back, it becomes healthy and reconciles Asterisk (the killed
+#               process's externalMedia channels, bridges and callers are gone); a new call works
+#      docker-kill  the same with `docker kill`, which Docker treats as a manual stop (no restart
+#               policy applies): `compose up -d` brings it back, then the same checks
+#   7. down     compose down -v: no container, network or volume of the project is left
+#
+# Media path of the host caller: its SIP goes to 127.0.0.1:<published SIP port> (docker-proxy
+# forwards it into the network; Asterisk sees the network's gateway as the source, which the
+# `caller` endpoint's identify matches), its SDP offers the gateway address (the host's own
+# address on the compose bridge) for RTP, so Asterisk's RTP reaches the host without any
+# published RTP port, and the host reaches Asterisk's container address directly.
+#
+# It runs under its own project name and subnet with free host ports, so a stack started with
+# the README's command (project rtpvisor, 172.31.250.0/24, ports 8088/5060/9090/4000) and the
+# chroot Asterisk of the unit tests (127.0.0.1:8088/5060) are left alone.
+#
+# usage: scripts/compose-test.sh          (root: debootstrap, chroot)
+# environment:
+#   RTPVISOR_COMPOSE          compose command (default: `docker compose` if it works, else
+#                             `docker-compose`)
+#   RTPVISOR_TEST_PROJECT     compose project name (default rtpvisor-composetest)
+#   RTPVISOR_TEST_SUBNET      the test network's /24 (default 172.31.251.0/24)
+#   RTPVISOR_KEEP_STACK=1     leave the stack running at the end (debugging)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+PROJECT="${RTPVISOR_TEST_PROJECT:-rtpvisor-composetest}"
+SUBNET="${RTPVISOR_TEST_SUBNET:-172.31.251.0/24}"
+GATEWAY="${SUBNET%.*}.1" # Docker gives a /24 network its .1 as gateway, the host's address on it
+ARI_AUTH="${ARI_USER:-rtpvisor}:${ARI_PASSWORD:-rtpvisor}"
+
+T0="$(date +%s.%N)"
+TIMINGS=()
+log() { printf 'compose-test: %s\n' "$*" >&2; }
+die() { log "FAIL: $*"; exit 1; }
+now() { date +%s.%N; }
+secs() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
+step_done() { # name start
+    local s
+    s="$(secs "$2")"
+    TIMINGS+=("$(printf '%-12s %7s s' "$1" "$s")")
+    log "$1: done in $s s"
+}
+
+[[ $(id -u) -eq 0 ]] || die "must run as root (debootstrap, chroot)"
+command -v docker >/dev/null || die "docker not found: this test needs a Docker engine"
+docker info >/dev/null 2>&1 || die "cannot talk to the Docker daemon (docker info failed)"
+for tool in curl jq; do
+    if ! command -v "$tool" >/dev/null; then
+        log "installing $tool (apt-get)"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$tool" >/dev/null || die "could not install $tool"
+    fi
+done
+
+if [[ -n ${RTPVISOR_COMPOSE:-} ]]; then
+    read -r -a COMPOSE <<<"$RTPVISOR_COMPOSE"
+elif docker compose version >/dev/null 2>&1; then
+    COMPOSE=(docker compose)
+elif command -v docker-compose >/dev/null; then
+    COMPOSE=(docker-compose)
+else
+    die "neither 'docker compose' nor 'docker-compose' is installed"
+fi
+COMPOSE_VERSION="$("${COMPOSE[@]}" version 2>/dev/null | head -n 1)"
+
+# A host port nobody listens on (TCP and UDP), from a range away from the well-known ones.
+used_ports() {
+    cat /proc/net/tcp /proc/net/tcp6 /proc/net/udp /proc/net/udp6 2>/dev/null |
+        awk '$2 ~ /:[0-9A-F]+$/ { split($2, a, ":"); print a[2] }' | while read -r hex; do echo $((16#$hex)); done | sort -un
+}
+USED="$(used_ports)"
+PICKED=""
+free_port() {
+    local p
+    for ((p = $1; p < $1 + 500; p++)); do
+        if ! grep -qx "$p" <<<"$USED" && ! grep -qw "$p" <<<"$PICKED"; then
+            PICKED="$PICKED $p"
+            printf '%s\n' "$p"
+            return 0
+        fi
+    done
+    die "no free port from $1"
+}
+ARI_PORT="$(free_port 18088)"
+SIP_PORT="$(free_port 15060)"
+HTTP_PORT="$(free_port 19090)"
+ECHO_PORT="$(free_port 14000)"
+SIPP_PORT="$(free_port 15070)"
+SIPP_MEDIA_PORT="$(free_port 26000)"
+# 100 consecutive free ports for Asterisk's published RTP range.
+free_range() {
+    local s p ok
+    for ((s = $1; s < $1 + 2000; s += 100)); do
+        ok=1
+        for ((p = s; p < s + 100; p++)); do
+            grep -qx "$p" <<<"$USED" && { ok=0; break; }
+        done
+        [[ $ok == 1 ]] && { printf '%s-%s\n' "$s" "$((s + 99))"; return 0; }
+    done
+    die "no 100 free ports from $1"
+}
+RTP_RANGE="$(free_range 32000)"
+# A documentation address (RFC 5737): the NAT settings must be in force for callers outside the
+# compose network and leave this host's callers (from the gateway, inside it) alone.
+EXTERNAL_ADDRESS=203.0.113.10
+
+export COMPOSE_PROJECT_NAME="$PROJECT" PUBLISH_ADDR=127.0.0.1 RTPVISOR_SUBNET="$SUBNET" \
+    ARI_HOST_PORT="$ARI_PORT" SIP_HOST_PORT="$SIP_PORT" METRICS_HOST_PORT="$HTTP_PORT" \
+    ECHO_HOST_PORT="$ECHO_PORT" ASTERISK_RTP_PORTS="$RTP_RANGE" ASTERISK_EXTERNAL_ADDRESS="$EXTERNAL_ADDRESS" \
+    RTPVISOR_RTP_PORTS=10000-10023
+compose() { "${COMPOSE[@]}" -p "$PROJECT" "$@"; }
+
+ARI="http://127.0.0.1:$ARI_PORT/ari"
+API="http://127.0.0.1:$HTTP_PORT"
+ari() { curl -sf --max-time 5 -u "$ARI_AUTH" "$ARI$1"; }
+api() { curl -sf --max-time 5 "$API$1"; }
+metric() { api /metrics | jq -r "$1"; }
+
+SIPP_PIDS=()
+cleanup() {
+    local rc=$?
+    local pid
+    for pid in "${SIPP_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    if [[ $rc -ne 0 ]]; then
+        log "failed (exit $rc); last lines of the containers' logs:"
+        compose logs --no-color --tail 40 >&2 2>/dev/null || true
+    fi
+    if [[ ${RTPVISOR_KEEP_STACK:-0} == 1 ]]; then
+        log "RTPVISOR_KEEP_STACK=1: stack $PROJECT left running (API $API, ARI $ARI, SIP 127.0.0.1:$SIP_PORT)"
+    else
+        compose down -v --remove-orphans --timeout 10 >/dev/null 2>&1 || true
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM HUP
+
+# Waits up to $1 seconds for the command "${@:2}" to succeed.
+wait_for() {
+    local limit="$1" t
+    shift
+    t="$(now)"
+    until "$@" >/dev/null 2>&1; do
+        awk -v a="$t" -v b="$(now)" -v l="$limit" 'BEGIN { exit !(b - a > l) }' && return 1
+        sleep 0.2
+    done
+}
+container() { compose ps -q "$1"; }
+health() { docker inspect --format '{{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}}' "$(container "$1")"; }
+healthy() { [[ "$(health asterisk)" == healthy && "$(health rtpvisor)" == healthy ]]; }
+
+# sipp on the host: SIP from 127.0.0.1 to the published port, media offered on the gateway.
+sipp() {
+    bash scripts/asterisk.sh sipp -s "$1" "127.0.0.1:$SIP_PORT" -i 127.0.0.1 -p "$SIPP_PORT" \
+        -mi "$GATEWAY" -mp "$SIPP_MEDIA_PORT" -min_rtp_port 26100 -max_rtp_port 26300 \
+        -nostdin -timeout 90s -timeout_error "${@:2}"
+}
+# Nothing of rtpvisor's left: no live call, no leased port, no channel or bridge in Asterisk.
+clean() {
+    [[ "$(metric .active_channels)" == 0 && "$(api /ports | jq .leased)" == 0 ]] &&
+        [[ "$(ari /channels | jq length)" == 0 && "$(ari /bridges | jq length)" == 0 ]]
+}
+probe_calls_up() { [[ "$(metric .modes.probe.calls_active)" -ge "$1" ]]; }
+restart_count() { docker inspect --format '{{.RestartCount}}' "$(container rtpvisor)"; }
+restarted_since() { [[ "$(restart_count)" -gt "$1" ]]; }
+sipp_gone() { ! kill -0 "$1" 2>/dev/null; }
+assert_clean() {
+    wait_for "$1" clean || die "$2: not clean after $1 s: active=$(metric .active_channels) ports=$(api /ports | jq -c .leased) asterisk channels=$(ari /channels | jq -c '[.[].name]') bridges=$(ari /bridges | jq length)"
+}
+
+log "compose: ${COMPOSE[*]} ($COMPOSE_VERSION); project $PROJECT, subnet $SUBNET"
+log "host ports: ARI $ARI_PORT, SIP $SIP_PORT/udp, HTTP $HTTP_PORT, echo $ECHO_PORT/udp, Asterisk RTP $RTP_RANGE/udp; sipp $SIPP_PORT, media $GATEWAY:$SIPP_MEDIA_PORT"
+bash scripts/asterisk.sh build >/dev/null # sipp lives in the chroot (cached after the first build)
+
+# 1-2. images
+t="$(now)"
+bash scripts/docker-images.sh
+step_done images "$t"
+t="$(now)"
+compose build
+step_done build "$t"
+
+# 3. up from nothing
+compose down -v --remove-orphans --timeout 10 >/dev/null 2>&1 || true
+[[ -z "$(docker ps -aq --filter "label=com.docker.compose.project=$PROJECT")" ]] || die "containers of $PROJECT left from before"
+t="$(now)"
+compose up -d
+wait_for 120 healthy || die "stack not healthy within 120 s (asterisk $(health asterisk), rtpvisor $(health rtpvisor))"
+step_done up "$t"
+[[ "$(api /ready | jq -r .ready)" == true ]] || die "/ready does not say ready"
+# The published ports, and the NAT settings the entrypoint wrote from the environment.
+published="$(docker port "$(container asterisk)" | grep -c '/udp')"
+[[ $published -eq 101 ]] || die "asterisk publishes $published UDP ports, expected 101 (SIP + $RTP_RANGE)"
+transport="$(docker exec "$(container asterisk)" asterisk -rx 'pjsip show transport transport-udp')"
+grep -q "external_media_address *: *$EXTERNAL_ADDRESS" <<<"$transport" || die "external_media_address not set: $transport"
+grep -q "local_net *: *${SUBNET%/*}/" <<<"$transport" || die "local_net $SUBNET not set: $transport"
+rtp_settings="$(docker exec "$(container asterisk)" asterisk -rx 'rtp show settings')"
+grep -q "Port start: *${RTP_RANGE%-*}" <<<"$rtp_settings" || die "Asterisk's RTP range is not $RTP_RANGE: $rtp_settings"
+log "asterisk: SIP + RTP $RTP_RANGE published, external address $EXTERNAL_ADDRESS for callers outside $SUBNET"
+
+# 4. probe calls with -rtp_echo: 3 calls of 5 s at once
+t="$(now)"
+before="$(metric .modes.probe.latency.count)"
+out="$(sipp 101 -sn uac -rtp_echo -d 5000 -m 3 -l 3 -r 3 2>&1)" || die "sipp into probe failed: $out"
+samples=$(($(metric .modes.probe.latency.count) - before))
+calls="$(metric .modes.probe.calls_total)"
+lost="$(metric .modes.probe.lost)"
+p50="$(metric .modes.probe.latency.p50_ms)"
+p99="$(metric .modes.probe.latency.p99_ms)"
+log "probe: $calls calls, $samples round trips recorded (lost $lost), p50 $p50 ms, p99 $p99 ms"
+[[ $calls -ge 3 ]] || die "probe: rtpvisor saw $calls calls, expected 3"
+# 3 calls x ~5 s x 50 probes/s: at least half of it must have come back.
+[[ $samples -ge 375 ]] || die "probe: only $samples round trips recorded"
+assert_clean 10 probe
+step_done probe "$t"
+
+# 5. echo calls: sipp plays its pcap (G.711 a-law, ~8 s) into echo mode
+t="$(now)"
+before="$(metric .modes.echo.latency.count)"
+sipp 100 -sn uac_pcap -m 1 -l 1 >/tmp/rtpvisor-compose-sipp-echo.log 2>&1 &
+SIPP_PIDS+=($!)
+echo_pid=$!
+caller_tx=0
+for _ in $(seq 1 60); do # while the call lasts: what Asterisk sent to the caller
+    id="$(ari /channels | jq -r '[.[] | select(.name | startswith("PJSIP/"))][0].id // empty')" || id=""
+    if [[ -n $id ]]; then
+        tx="$(ari "/channels/$id/rtp_statistics" | jq -r '.txcount // 0')" || tx=0
+        [[ $tx -gt $caller_tx ]] && caller_tx=$tx
+        [[ $caller_tx -ge 100 ]] && break
+    fi
+    sleep 0.25
+done
+wait "$echo_pid" || die "sipp into echo failed: $(cat /tmp/rtpvisor-compose-sipp-echo.log)"
+SIPP_PIDS=()
+samples=$(($(metric .modes.echo.latency.count) - before))
+pin="$(metric .modes.echo.packets_in)"
+pout="$(metric .modes.echo.packets_out)"
+jitter="$(metric .modes.echo.jitter_ms_avg)"
+log "echo: $samples packets measured, $pin in / $pout reflected, jitter $jitter ms; Asterisk sent $caller_tx packets on to the caller"
+[[ $samples -ge 100 ]] || die "echo: only $samples samples recorded"
+[[ $pout -ge 100 && $pout -ge $((pin * 9 / 10)) ]] || die "echo: $pin packets in but $pout reflected"
+[[ $caller_tx -ge 100 ]] || die "echo: the reflected media did not reach the caller (Asterisk txcount $caller_tx)"
+assert_clean 10 echo
+step_done echo "$t"
+
+# 6. rtpvisor dies with 4 live probe calls (60 s long: they end by the reconciliation, not by
+#    sipp), twice:
+#    crash        the process is killed (SIGKILL from the host, as the kernel's OOM killer or a
+#                 fatal fault would): the container's restart policy must bring it back.
+#    docker-kill  `docker kill`: Docker counts it as a manual stop and applies no restart policy
+#                 (engine 20.10 here; checked below, not assumed), so the operator's
+#                 `compose up -d` brings it back, as after `docker stop`.
+#    Either way the new process must reconcile Asterisk at its ARI connect: the old calls'
+#    externalMedia channels, bridges and callers (sipp gets a BYE) are ended.
+kill_and_recover() {
+    local how="$1" t sipp_pid restarts_before media tk restarted back cleaned orphans by
+    t="$(now)"
+    sipp 101 -sn uac -rtp_echo -d 60000 -m 4 -l 4 -r 4 >"/tmp/rtpvisor-compose-sipp-$how.log" 2>&1 &
+    sipp_pid=$!
+    SIPP_PIDS+=("$sipp_pid")
+    wait_for 20 probe_calls_up 4 || die "$how: the 4 calls did not come up"
+    restarts_before="$(restart_count)"
+    media="$(ari /channels | jq '[.[] | select(.name | startswith("UnicastRTP/"))] | length')"
+    tk="$(now)"
+    case "$how" in
+        crash) kill -KILL "$(docker inspect --format '{{.State.Pid}}' "$(container rtpvisor)")" ;;
+        docker-kill) docker kill "$(container rtpvisor)" >/dev/null ;;
+    esac
+    log "$how: rtpvisor killed with 4 live calls ($media externalMedia channels in Asterisk)"
+    if wait_for 10 restarted_since "$restarts_before"; then
+        by="its restart policy"
+    elif [[ $how == docker-kill ]]; then
+        [[ "$(docker inspect --format '{{.State.Status}}' "$(container rtpvisor)")" == exited ]] ||
+            die "$how: rtpvisor neither restarted nor exited"
+        compose up -d rtpvisor
+        by="compose up -d (docker kill is a manual stop: no restart policy applies)"
+    else
+        die "$how: rtpvisor was not restarted (restart count $restarts_before, state $(docker inspect --format '{{.State.Status}}' "$(container rtpvisor)"))"
+    fi
+    restarted="$(secs "$tk")"
+    wait_for 60 healthy || die "$how: rtpvisor not healthy again"
+    back="$(secs "$tk")"
+    wait_for 20 clean || die "$how: Asterisk not clean after the restart: $(ari /channels | jq -c '[.[].name]'), $(ari /bridges | jq length) bridges"
+    cleaned="$(secs "$tk")"
+    orphans="$(metric .reconcile.orphans_cleaned)"
+    log "$how: restarted by $by after $restarted s, healthy after $back s, Asterisk clean after $cleaned s (orphans cleaned $orphans: $(api /metrics | jq -c .reconcile.last))"
+    [[ $orphans -ge 8 ]] || die "$how: reconciliation cleaned $orphans orphans, expected the 4 media channels and 4 bridges at least"
+    wait_for 30 sipp_gone "$sipp_pid" || die "$how: the sipp callers did not end"
+    SIPP_PIDS=()
+    # A new call after the restart (the new process's figures start from zero).
+    out="$(sipp 101 -sn uac -rtp_echo -d 3000 -m 1 -l 1 2>&1)" || die "$how: sipp after the restart failed: $out"
+    [[ "$(metric .modes.probe.latency.count)" -ge 75 ]] ||
+        die "$how: the call after the restart recorded $(metric .modes.probe.latency.count) round trips"
+    assert_clean 10 "$how: after the restart"
+    step_done "$how" "$t"
+}
+kill_and_recover crash
+kill_and_recover docker-kill
+
+# 7. down
+t="$(now)"
+compose down -v --remove-orphans --timeout 20
+left_c="$(docker ps -aq --filter "label=com.docker.compose.project=$PROJECT" | wc -l)"
+left_n="$(docker network ls -q --filter "label=com.docker.compose.project=$PROJECT" | wc -l)"
+left_v="$(docker volume ls -q --filter "label=com.docker.compose.project=$PROJECT" | wc -l)"
+[[ $left_c -eq 0 && $left_n -eq 0 && $left_v -eq 0 ]] ||
+    die "down left $left_c containers, $left_n networks, $left_v volumes of $PROJECT"
+step_done down "$t"
+
+log "passed in $(secs "$T0") s ($COMPOSE_VERSION):"
+printf '  %s\n' "${TIMINGS[@]}" >&2
