@@ -164,7 +164,7 @@ wait_for() {
         sleep 0.2
     done
 }
-container() { compose ps -q "$1"; }
+container() { compose ps -a -q "$1"; } # -a: v2 lists running containers only
 health() { docker inspect --format '{{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}}' "$(container "$1")"; }
 healthy() { [[ "$(health asterisk)" == healthy && "$(health rtpvisor)" == healthy ]]; }
 
@@ -202,6 +202,8 @@ step_done build "$t"
 # 3. up from nothing
 compose down -v --remove-orphans --timeout 10 >/dev/null 2>&1 || true
 [[ -z "$(docker ps -aq --filter "label=com.docker.compose.project=$PROJECT")" ]] || die "containers of $PROJECT left from before"
+proxies() { ps -C docker-proxy -o rss= 2>/dev/null | awk '{ n++; kb += $1 } END { printf "%d %d\n", n, kb / 1024 }'; }
+read -r proxies_before _ <<<"$(proxies)"
 t="$(now)"
 compose up -d
 wait_for 120 healthy || die "stack not healthy within 120 s (asterisk $(health asterisk), rtpvisor $(health rtpvisor))"
@@ -215,7 +217,8 @@ grep -q "external_media_address *: *$EXTERNAL_ADDRESS" <<<"$transport" || die "e
 grep -q "local_net *: *${SUBNET%/*}/" <<<"$transport" || die "local_net $SUBNET not set: $transport"
 rtp_settings="$(docker exec "$(container asterisk)" asterisk -rx 'rtp show settings')"
 grep -q "Port start: *${RTP_RANGE%-*}" <<<"$rtp_settings" || die "Asterisk's RTP range is not $RTP_RANGE: $rtp_settings"
-log "asterisk: SIP + RTP $RTP_RANGE published, external address $EXTERNAL_ADDRESS for callers outside $SUBNET"
+read -r proxies_after proxies_mib <<<"$(proxies)"
+log "asterisk: SIP + RTP $RTP_RANGE published ($((proxies_after - proxies_before)) docker-proxy processes started, all proxies together $proxies_mib MiB RSS), external address $EXTERNAL_ADDRESS for callers outside $SUBNET"
 
 # 4. probe calls with -rtp_echo: 3 calls of 5 s at once
 t="$(now)"
