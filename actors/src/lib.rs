@@ -18,8 +18,11 @@
 //! IO:
 //! - [`ari::client`]: ARI REST calls and the events WebSocket (awc).
 //! - [`media`]: the media engine: owns every call's RTP socket, echoes, probes, measures.
+//! - [`sys`]: the socket syscalls std and mio lack (nix; libc for sendmmsg): kernel receive stamps,
+//!   recvmmsg/sendmmsg batches; and the stamp-to-`Instant` conversion.
 //! - [`actors`]: thin actor shells: supervisor, port manager, channel, echo, metrics.
-#![forbid(unsafe_code)]
+// `unsafe` only in `sys::raw` (one libc call, with its safety argument).
+#![deny(unsafe_code)]
 
 pub mod actors;
 pub mod ari;
@@ -31,3 +34,4 @@ pub mod ports;
 pub mod probe;
 pub mod rtp;
 pub mod stats;
+pub mod sys;
