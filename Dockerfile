@@ -1,10 +1,11 @@
 # Dockerfile: the rtpvisor image (docker-compose.yml builds it as rtpvisor/rtpvisor:local).
 #
 # Why it is as it is:
-# * No container registry here, so no rust: image: the base is local/debian:sid, made by
-#   scripts/docker-images.sh (debootstrap + docker import). Debian sid packages a recent rustc
-#   and cargo (the workspace needs >= 1.85), so the toolchain stage installs them with apt. With
-#   a registry, build with --build-arg BASE_IMAGE=debian:sid (compose: RTPVISOR_BASE_IMAGE).
+# * No rust: image (no container registry here): the base is debian:sid, pulled where a registry
+#   answers and made by scripts/docker-images.sh (debootstrap + docker import) where none does.
+#   Debian sid packages a recent rustc and cargo (the workspace needs >= 1.85), so the
+#   toolchain stage installs them with apt. Another base: --build-arg BASE_IMAGE=... (compose:
+#   RTPVISOR_BASE_IMAGE).
 # * Crates: if docker/vendor/ holds a `cargo vendor` copy (scripts/docker-images.sh makes it on
 #   hosts where a container cannot fetch from crates.io), the build is offline from it and
 #   refuses a copy that does not match Cargo.lock; if it is empty, cargo fetches from crates.io.
@@ -23,7 +24,7 @@
 # * The healthcheck (GET /ready) is in docker-compose.yml; `bash` (in every Debian image) can
 #   make that request through /dev/tcp, so the image needs no curl.
 
-ARG BASE_IMAGE=local/debian:sid
+ARG BASE_IMAGE=debian:sid
 
 FROM ${BASE_IMAGE} AS toolchain
 # sid's Release file can be past its Valid-Until on a mirror snapshot.

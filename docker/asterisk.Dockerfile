@@ -2,8 +2,8 @@
 # rtpvisor/asterisk:local), the container twin of the chroot that scripts/asterisk.sh runs.
 #
 # Why it is as it is:
-# * FROM local/debian:sid (made by scripts/docker-images.sh; no registry here): Debian sid is
-#   where Asterisk 22 is packaged. With a registry: --build-arg BASE_IMAGE=debian:sid.
+# * FROM debian:sid: Debian sid is where Asterisk 22 is packaged. Pulled where a registry is
+#   reachable; made locally by scripts/docker-images.sh where none is (this machine).
 # * Only asterisk + asterisk-modules, no recommends (same packages as the chroot, minus sipp).
 # * No configuration in the image: docker-compose.yml mounts the repo's asterisk-conf/ read-only
 #   at /etc/asterisk, hiding Debian's ~100 sample files, so the image holds no ARI password and
@@ -17,7 +17,7 @@
 #   into /run/asterisk, where asterisk-conf/ includes them, then execs Asterisk as PID 1.
 # * The build context is docker/ with everything but the entrypoint ignored (docker/.dockerignore).
 
-ARG BASE_IMAGE=local/debian:sid
+ARG BASE_IMAGE=debian:sid
 FROM ${BASE_IMAGE}
 
 # Check-Valid-Until: sid's Release file can be past its Valid-Until on a mirror snapshot.

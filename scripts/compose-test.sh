@@ -3,7 +3,7 @@
 # Part of the README's test command (scripts/test.sh runs it last).
 #
 # Steps, each timed and bounded:
-#   1. images   scripts/docker-images.sh (base image local/debian:sid, vendored crates)
+#   1. images   scripts/docker-images.sh (base image debian:sid, vendored crates)
 #   2. build    compose build (both images; Docker's layer cache makes a rebuild cheap)
 #   3. up       compose up -d from nothing (no container or network of the test project
 #               exists), then wait until both containers are healthy

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # scripts/docker-images.sh: prepares what `docker-compose build` needs on a machine without a
-# container registry: the base image local/debian:sid, and the Rust crates in docker/vendor/.
+# container registry: the base image debian:sid, and the Rust crates in docker/vendor/.
 #
-# Why the base image: no container registry is reachable on this kind of machine (nothing can be
-# pulled, not even debian:sid), but Debian's package mirror is. So the base image is made the old
-# way: `debootstrap --variant=minbase sid DIR` and `tar -C DIR -c . | docker import - NAME`.
+# Why the base image: both Dockerfiles build FROM debian:sid. Where a registry is reachable,
+# this script just pulls it (as `docker build` would). On this kind of machine nothing can be
+# pulled, but Debian's package mirror is reachable, so the image is made the old way, under the
+# same name: `debootstrap --variant=minbase sid DIR` and `tar -C DIR -c . | docker import -
+# debian:sid`. The builds then find it in the local image store and never try a registry.
 # Dockerfile (rtpvisor: builder and runtime stage) and docker/asterisk.Dockerfile both use this
 # one image: Asterisk 22 and a recent rustc/cargo only come with sid, and a binary built on sid
 # needs sid's glibc at run time, so one base serves all and its layers are stored once.
@@ -17,11 +19,12 @@
 # stale copy. Without a host cargo this step is skipped and the build fetches crates itself.
 #
 # On a machine WITH a registry (and plain access to crates.io) none of this is needed:
-#   RTPVISOR_BASE_IMAGE=debian:sid docker-compose up -d --build
-# builds both images from Docker Hub's debian:sid and fetches the crates inside the build.
+#   docker compose up -d --build
+# pulls debian:sid and fetches the crates inside the build.
 #
 # Behaviour: idempotent (an existing image is kept, an up-to-date vendor dir too; --force redoes
-# both); installs debootstrap with apt-get if it is missing; removes its temporary rootfs also
+# both, and never pulls); a missing image is pulled first (bounded by RTPVISOR_PULL_TIMEOUT,
+# default 60 s; no registry here fails in about a second), built if that fails; installs debootstrap with apt-get if it is missing; removes its temporary rootfs also
 # on failure or Ctrl-C; prints timings. The image's apt lists are dropped before import
 # (~80 MB; every Dockerfile runs `apt-get update` anyway). `docker import` records no CMD: the
 # image gets bash.
@@ -39,7 +42,7 @@ VENDOR_STAMP="$VENDOR_DIR/.rtpvisor-cargo-lock.sha256" # the Dockerfile reads th
 MIRROR="${RTPVISOR_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 # image name -> Debian suite. One image today; add a line here for another suite.
 declare -A IMAGES=(
-    ["local/debian:sid"]=sid
+    ["debian:sid"]=sid
 )
 
 log() { printf 'docker-images.sh: %s\n' "$*" >&2; }
@@ -146,6 +149,14 @@ for name in "${!IMAGES[@]}"; do
     if image_exists "$name" && [[ $FORCE -eq 0 ]]; then
         log "$name: exists, kept (--force rebuilds it)"
         continue
+    fi
+    if [[ $FORCE -eq 0 ]]; then
+        t="$(now)"
+        if timeout "${RTPVISOR_PULL_TIMEOUT:-60}" docker pull -q "$name" >/dev/null 2>&1; then
+            log "$name: pulled in $(elapsed "$t")"
+            continue
+        fi
+        log "$name: no registry answered ($(elapsed "$t")): building it from Debian packages"
     fi
     build_image "$name" "${IMAGES[$name]}"
 done

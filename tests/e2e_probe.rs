@@ -65,3 +65,4 @@ fn twenty_probe_calls_through_echo_measure_rtt_and_leave_nothing_behind() {
     let log = svc.log_text();
     assert!(log.contains("[PortManager] INFO: Released port"), "log: {log}");
 }
+

@@ -29,7 +29,7 @@ fn call_port(svc: &Rtpvisor, id: &str) -> u64 {
 
 fn gone_from_asterisk(id: &str) -> bool {
     let chans = asterisk_channels();
-    !chans.iter().any(|c| c == id || *c == format!("rtpvisor-em-{id}"))
+    !chans.iter().any(|c| c == id || *c == rtpvisor_actors::actors::channel::external_media_id(id))
         && !asterisk_bridges().contains(&format!("rtpvisor-br-{id}"))
 }
 

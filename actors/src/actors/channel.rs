@@ -4,9 +4,11 @@
 //! call's lease: the port goes back when the actor's state drops, even on panic.
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use tokio::sync::Notify;
 
 use super::metrics::{CallEnded, CallOutcome, CallRejected, CallStarted, MetricsActor};
 use super::port_manager::{AcquirePort, Lease, PortManager};
@@ -76,8 +78,14 @@ pub fn host_port(host: &str, port: u16) -> String {
 
 /// The ids of the resources we create for a caller: derived from the caller's id so that
 /// events and a later reconciliation can tell them apart from anyone else's.
+///
+/// The externalMedia channel's id carries the caller id's length before it
+/// (`rtpvisor-em-<len>-<caller>`), which makes no such id a prefix of another: Asterisk 22's
+/// channel storage takes a new channel id for "already in use" when an existing channel's id
+/// merely starts with it (asterisk/asterisk#1730), so `rtpvisor-em-call-2` was refused with
+/// HTTP 500 while `rtpvisor-em-call-21` existed.
 pub fn external_media_id(caller_id: &str) -> String {
-    format!("{MEDIA_CHANNEL_PREFIX}{caller_id}")
+    format!("{MEDIA_CHANNEL_PREFIX}{}-{caller_id}", caller_id.len())
 }
 pub fn bridge_id(caller_id: &str) -> String {
     format!("{BRIDGE_PREFIX}{caller_id}")
@@ -150,6 +158,8 @@ pub struct ChannelActor {
     started_at: Instant,
     outcome: CallOutcome,
     guard: ExitGuard,
+    /// Signalled by the supervisor when our externalMedia channel enters Stasis.
+    media_in_stasis: Arc<Notify>,
 }
 
 impl ChannelActor {
@@ -167,7 +177,15 @@ impl ChannelActor {
             started_at: Instant::now(),
             outcome: CallOutcome::Completed,
             guard,
+            media_in_stasis: Arc::new(Notify::new()),
         }
+    }
+
+    /// The signal the supervisor gives when this call's externalMedia channel enters Stasis
+    /// (without it, setup falls back to retrying addChannel every 100 ms).
+    pub fn with_media_in_stasis(mut self, signal: Arc<Notify>) -> Self {
+        self.media_in_stasis = signal;
+        self
     }
 
     fn update(&self) {
@@ -220,6 +238,7 @@ impl Actor for ChannelActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         let job = SetupJob {
+            media_in_stasis: self.media_in_stasis.clone(),
             call_no: self.call_no,
             caller_id: self.caller_id.clone(),
             caller_up: self.caller_state == "Up",
@@ -297,12 +316,18 @@ enum SetupError {
 }
 
 struct SetupJob {
+    media_in_stasis: Arc<Notify>,
     call_no: u64,
     caller_id: String,
     caller_up: bool,
     mode: CallMode,
     cx: CallContext,
 }
+
+/// How long setup keeps trying to add a new externalMedia channel to the bridge (422).
+const ADD_DEADLINE: Duration = Duration::from_secs(2);
+/// Retry interval of that when the channel's StasisStart does not come.
+const ADD_RETRY: Duration = Duration::from_millis(100);
 
 /// How often setup tries another port when the leased one is held by another process.
 const BIND_ATTEMPTS: usize = 4;
@@ -401,18 +426,20 @@ impl SetupJob {
 
 impl SetupJob {
     /// Adds caller and externalMedia channel to the bridge. The externalMedia channel enters
-    /// Stasis asynchronously after its creation request returns; until it has, Asterisk
-    /// answers 422 "Channel not in Stasis application". Retried briefly with backoff.
+    /// Stasis asynchronously, around when its creation request returns; until it has,
+    /// Asterisk answers 422 "Channel not in Stasis application". Then this waits for the
+    /// channel's StasisStart (the supervisor signals `media_in_stasis`; a signal that came
+    /// earlier is kept) and tries again at once; if the event is slow to come, it tries again
+    /// every [`ADD_RETRY`] anyway, for up to [`ADD_DEADLINE`].
     async fn add_to_bridge(&self, bridge: &str, em_id: &str) -> Result<(), String> {
-        let mut wait = Duration::from_millis(5);
-        let deadline = Instant::now() + Duration::from_secs(2);
+        let deadline = Instant::now() + ADD_DEADLINE;
         loop {
             match self.cx.ari.add_to_bridge(bridge, &[&self.caller_id, em_id]).await {
                 Ok(()) => return Ok(()),
-                Err(e) if e.status() == Some(422) && Instant::now() + wait < deadline => {
-                    log::debug!("addChannel to {bridge} not yet possible ({e}); retrying in {wait:?}");
-                    actix_rt::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_millis(200));
+                Err(e) if e.status() == Some(422) && Instant::now() < deadline => {
+                    log::debug!("addChannel to {bridge} not yet possible ({e}); waiting for {em_id} to enter Stasis");
+                    let wait = ADD_RETRY.min(deadline.saturating_duration_since(Instant::now()));
+                    let _ = actix_rt::time::timeout(wait, self.media_in_stasis.notified()).await;
                 }
                 Err(e) => return Err(e.to_string()),
             }
@@ -470,5 +497,17 @@ mod tests {
         assert!(is_our_channel_id(&external_media_id("1700000000.12")));
         assert!(!is_our_channel_id("1700000000.12"));
         assert_eq!(bridge_id("abc"), "rtpvisor-br-abc");
+        assert_eq!(external_media_id("abc"), "rtpvisor-em-3-abc");
+    }
+
+    #[test]
+    fn no_media_channel_id_is_a_prefix_of_another() {
+        let callers = ["call-2", "call-21", "call-2-1", "1", "12", "1-", "2-1", "", "x;2", "x;21", "10-abcdefghij", "1-0"];
+        for a in callers {
+            for b in callers {
+                let (ea, eb) = (external_media_id(a), external_media_id(b));
+                assert!(a == b || !eb.starts_with(&ea), "{ea} is a prefix of {eb}");
+            }
+        }
     }
 }

@@ -4,10 +4,12 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use serde::Serialize;
+use tokio::sync::Notify;
 
 use super::channel::{
     bridge_id, external_media_id, is_our_channel_id, CallContext, CallSettings, CallState, ChannelActor, EndCall, Gone,
@@ -165,6 +167,9 @@ struct Call {
     info: CallInfo,
     addr: Addr<ChannelActor>,
     started: Instant,
+    /// Signalled when the call's externalMedia channel enters Stasis: its setup may add it
+    /// to the bridge from then on (before, Asterisk answers addChannel with 422).
+    media_in_stasis: Arc<Notify>,
 }
 
 pub struct Supervisor {
@@ -242,6 +247,9 @@ impl Supervisor {
                 .is_some_and(|c| c.info.state != CallState::TearingDown);
             if owner_live {
                 log::debug!("externalMedia channel {} entered Stasis (ours)", channel.id);
+                if let Some(call) = self.resources.get(&channel.id).and_then(|caller| self.calls.get(caller)) {
+                    call.media_in_stasis.notify_one();
+                }
             } else {
                 // Created by a request Asterisk executed after its call had given up on it.
                 log::warn!("externalMedia channel {} belongs to no live call: hanging it up", channel.id);
@@ -290,7 +298,9 @@ impl Supervisor {
             supervisor: ctx.address(),
             settings: self.settings.clone(),
         };
-        let actor = ChannelActor::new(call_no, channel.id.clone(), channel.state.clone(), mode, cx);
+        let media_in_stasis = Arc::new(Notify::new());
+        let actor = ChannelActor::new(call_no, channel.id.clone(), channel.state.clone(), mode, cx)
+            .with_media_in_stasis(media_in_stasis.clone());
         let addr = actor.start();
         let em = external_media_id(&channel.id);
         let br = bridge_id(&channel.id);
@@ -308,7 +318,7 @@ impl Supervisor {
             bridge: br,
             age_ms: 0,
         };
-        self.calls.insert(channel.id, Call { info, addr, started: Instant::now() });
+        self.calls.insert(channel.id, Call { info, addr, started: Instant::now(), media_in_stasis });
     }
 
     pub fn port_manager(&self) -> Addr<PortManager> {
