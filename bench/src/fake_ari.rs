@@ -249,7 +249,7 @@ async fn events(req: HttpRequest, body: web::Payload, st: Data) -> Result<HttpRe
 async fn external_media(q: web::Query<HashMap<String, String>>, st: Data) -> HttpResponse {
     st.requests.fetch_add(1, Ordering::Relaxed);
     let em_id = q.get("channelId").cloned().unwrap_or_default();
-    let caller = em_id.strip_prefix("rtpvisor-em-").unwrap_or(&em_id).to_string();
+    let caller = rtpvisor_actors::actors::channel::caller_of_media_id(&em_id).unwrap_or(&em_id).to_string();
     let Some(peer) = st.peers.lock().expect("not poisoned").get(&caller).copied() else {
         st.unexpected.fetch_add(1, Ordering::Relaxed);
         return HttpResponse::NotFound().json(json!({"message": format!("no such caller {caller}")}));
@@ -299,7 +299,7 @@ async fn answer(path: web::Path<String>, st: Data) -> HttpResponse {
 async fn delete_channel(path: web::Path<String>, st: Data) -> HttpResponse {
     st.requests.fetch_add(1, Ordering::Relaxed);
     let id = path.into_inner();
-    if !id.starts_with("rtpvisor-em-") {
+    if !id.starts_with(rtpvisor_actors::actors::channel::MEDIA_CHANNEL_PREFIX) {
         st.live_callers.lock().expect("not poisoned").remove(&id);
         st.caller_hangups.fetch_add(1, Ordering::Relaxed);
     }

@@ -87,6 +87,11 @@ pub fn host_port(host: &str, port: u16) -> String {
 pub fn external_media_id(caller_id: &str) -> String {
     format!("{MEDIA_CHANNEL_PREFIX}{}-{caller_id}", caller_id.len())
 }
+/// The caller id an [`external_media_id`] was made from (None for any other id).
+pub fn caller_of_media_id(id: &str) -> Option<&str> {
+    let (len, caller) = id.strip_prefix(MEDIA_CHANNEL_PREFIX)?.split_once('-')?;
+    (len.parse::<usize>().ok()? == caller.len()).then_some(caller)
+}
 pub fn bridge_id(caller_id: &str) -> String {
     format!("{BRIDGE_PREFIX}{caller_id}")
 }
@@ -508,6 +513,10 @@ mod tests {
                 let (ea, eb) = (external_media_id(a), external_media_id(b));
                 assert!(a == b || !eb.starts_with(&ea), "{ea} is a prefix of {eb}");
             }
+            assert_eq!(caller_of_media_id(&external_media_id(a)), Some(a));
         }
+        assert_eq!(caller_of_media_id("rtpvisor-em-3-ab"), None, "length does not match");
+        assert_eq!(caller_of_media_id("rtpvisor-br-1-a"), None);
+        assert_eq!(caller_of_media_id("rtpvisor-em-x-a"), None);
     }
 }
