@@ -19,7 +19,7 @@ use rtpvisor_actors::actors::port_manager::{AcquirePort, PortManager};
 use rtpvisor_actors::latency::LatencyHistogram;
 use rtpvisor_actors::ports::{PortPool, PortRange};
 use rtpvisor_actors::probe::{ProbeStream, PACKET_LEN};
-use rtpvisor_actors::rtp::{write_packet, RtpHeader, RtpPacket, HEADER_LEN, PT_PCMU};
+use rtpvisor_actors::rtp::{write_packet, RtpHeader, RtpPacket, HEADER_LEN};
 use rtpvisor_actors::stats::ReceiveStats;
 
 /// Counts every allocation of the process, so a bench can tell how many an operation makes.
@@ -57,16 +57,7 @@ static GLOBAL: Counting = Counting;
 /// A 20 ms PCMU packet (12-byte header, 160-byte payload), as Asterisk sends it.
 fn pcmu_packet(seq: u16, ts: u32) -> [u8; HEADER_LEN + 160] {
     let mut buf = [0u8; HEADER_LEN + 160];
-    let h = RtpHeader {
-        padding: false,
-        extension: false,
-        csrc_count: 0,
-        marker: false,
-        payload_type: PT_PCMU,
-        sequence: seq,
-        timestamp: ts,
-        ssrc: 0x1234_5678,
-    };
+    let h = RtpHeader::pcmu(seq, ts, 0x1234_5678);
     write_packet(&mut buf, &h, &[0xff; 160]).expect("172 bytes hold a PCMU packet");
     buf
 }

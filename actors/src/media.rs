@@ -848,16 +848,7 @@ mod tests {
 
     fn rtp(seq: u16, ts: u32, fill: u8) -> Vec<u8> {
         let mut buf = vec![fill; HEADER_LEN + 160];
-        let h = RtpHeader {
-            padding: false,
-            extension: false,
-            csrc_count: 0,
-            marker: false,
-            payload_type: 0,
-            sequence: seq,
-            timestamp: ts,
-            ssrc: 7,
-        };
+        let h = RtpHeader::pcmu(seq, ts, 7);
         write_header(&mut buf, &h).unwrap();
         buf
     }

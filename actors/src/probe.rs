@@ -208,16 +208,7 @@ impl ProbeStream {
             buf.len()
         );
         let index = self.next_index;
-        let header = RtpHeader {
-            padding: false,
-            extension: false,
-            csrc_count: 0,
-            marker: index == 0,
-            payload_type: rtp::PT_PCMU,
-            sequence: self.seq,
-            timestamp: self.rtp_ts,
-            ssrc: self.ssrc,
-        };
+        let header = RtpHeader { marker: index == 0, ..RtpHeader::pcmu(self.seq, self.rtp_ts, self.ssrc) };
         let n = rtp::write_header(buf, &header).expect("length checked above");
         encode_payload(
             ProbeId {

@@ -91,6 +91,22 @@ pub struct RtpHeader {
     pub ssrc: u32,
 }
 
+impl RtpHeader {
+    /// A plain PCMU (G.711 u-law) header: no padding, extension, CSRCs or marker.
+    pub fn pcmu(sequence: u16, timestamp: u32, ssrc: u32) -> Self {
+        RtpHeader {
+            padding: false,
+            extension: false,
+            csrc_count: 0,
+            marker: false,
+            payload_type: PT_PCMU,
+            sequence,
+            timestamp,
+            ssrc,
+        }
+    }
+}
+
 /// One parsed RTP packet, borrowing the buffer it was parsed from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RtpPacket<'a> {

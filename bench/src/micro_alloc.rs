@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::alloc::AllocCount;
 use rtpvisor_actors::latency::LatencyHistogram;
 use rtpvisor_actors::ports::{PortPool, PortRange};
-use rtpvisor_actors::rtp::{write_packet, RtpHeader, RtpPacket, HEADER_LEN, PT_PCMU};
+use rtpvisor_actors::rtp::{write_packet, RtpHeader, RtpPacket, HEADER_LEN};
 use rtpvisor_actors::stats::ReceiveStats;
 
 /// Allocations per call, after as many warm-up calls.
@@ -38,16 +38,7 @@ fn per_op(n: u64, mut op: impl FnMut(u64)) -> f64 {
 pub fn run() -> AllocCheck {
     const N: u64 = 100_000;
     let mut pkt = [0u8; HEADER_LEN + 160];
-    let h = RtpHeader {
-        padding: false,
-        extension: false,
-        csrc_count: 0,
-        marker: false,
-        payload_type: PT_PCMU,
-        sequence: 1,
-        timestamp: 160,
-        ssrc: 7,
-    };
+    let h = RtpHeader::pcmu(1, 160, 7);
     let _ = write_packet(&mut pkt, &h, &[0xff; 160]);
     let t0 = Instant::now();
     let rtp_parse = per_op(N, |_| {
