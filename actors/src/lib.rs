@@ -13,6 +13,7 @@
 //! - [`intensity`]: restart intensity (at most N failures in T), OTP style.
 //! - [`latency`]: latency histograms (HdrHistogram) and their summaries in milliseconds.
 //! - [`ports`]: the RTP port pool: lease, release, quarantine, skipped ports.
+//! - [`reconcile`]: what a reconciliation with Asterisk must end (orphans, vanished calls).
 //! - [`ari::model`]: ARI resources and events, decoded by their `type`.
 //!
 //! IO:
@@ -32,6 +33,7 @@ pub mod media;
 pub mod mode;
 pub mod ports;
 pub mod probe;
+pub mod reconcile;
 pub mod rtp;
 pub mod stats;
 pub mod sys;

@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 
 use super::channel::{
     bridge_id, external_media_id, is_our_channel_id, CallContext, CallSettings, CallState, ChannelActor, EndCall, Gone,
-    InjectPanic, ResourceGone, BRIDGE_PREFIX,
+    InjectPanic, ResourceGone,
 };
 use super::failure::{take_last_panic, FailureRecord};
 use crate::intensity::Intensity;
@@ -23,6 +23,7 @@ use crate::ari::client::AriClient;
 use crate::ari::model::{Event, HangupReason};
 use crate::media::MediaHandle;
 use crate::mode::CallMode;
+use crate::reconcile;
 
 /// An event from the ARI connection.
 #[derive(Message, Debug)]
@@ -391,7 +392,9 @@ impl Handler<AriConnected> for Supervisor {
 impl Supervisor {
     /// Looks at Asterisk's side (our app's channels and bridges, every channel and bridge with
     /// our id prefixes), then ends what no live call owns and the live calls whose caller is
-    /// gone. Unknown callers get [`ORPHAN_GRACE`] to show up as calls before they are hung up.
+    /// gone ([`reconcile::plan`] decides). Unknown callers get [`ORPHAN_GRACE`] to show up as
+    /// calls before they are hung up. Three steps: fetch, [`Self::carry_out`], and
+    /// [`Self::end_orphan_callers`] after the grace.
     fn reconcile(&mut self, ctx: &mut Context<Self>) {
         let ari = self.ari.clone();
         let started = Instant::now();
@@ -401,111 +404,94 @@ impl Supervisor {
             let bridges = ari.bridges().await?;
             Ok::<_, crate::ari::client::AriError>((app, channels, bridges))
         };
-        ctx.spawn(fetch.into_actor(self).map(move |res, act, ctx| {
-            let (app, channels, bridges) = match res {
-                Ok(v) => v,
-                Err(e) => {
-                    log::error!("[Supervisor] reconciliation could not read Asterisk's state: {e}");
-                    return;
-                }
-            };
-            let mut report = ReconcileReport::default();
-            let existing: std::collections::HashSet<&str> = channels.iter().map(|c| c.id.as_str()).collect();
-            // Live calls whose caller is gone (hung up while we were not listening).
-            for c in act.calls.values() {
-                if c.info.state != CallState::SettingUp && !existing.contains(c.info.channel_id.as_str()) {
-                    report.vanished_calls += 1;
-                    c.addr.do_send(EndCall { reason: "caller vanished while ARI was disconnected" });
-                }
+        ctx.spawn(fetch.into_actor(self).map(move |res, act, ctx| match res {
+            Ok((app, channels, bridges)) => {
+                let live = act.calls.values().map(|c| reconcile::LiveCall {
+                    caller_id: &c.info.channel_id,
+                    setting_up: c.info.state == CallState::SettingUp,
+                });
+                let known = |id: &str| act.calls.contains_key(id) || act.resources.contains_key(id);
+                let plan = reconcile::plan(&app, &channels, &bridges, live, known);
+                act.carry_out(plan, started, ctx);
             }
-            // A channel of our app runs Stasis (a caller) or not: the far half of a Local
-            // channel originated into the app is subscribed to it too but runs dialplan, and
-            // ends with its Stasis half. Only channels in Stasis count as orphan callers.
-            let in_stasis = |id: &str| {
-                channels.iter().find(|c| c.id == id).is_none_or(|c| {
-                    c.dialplan.as_ref().and_then(|d| d.app_name.as_deref()).is_none_or(|a| a == "Stasis")
-                })
-            };
-            let mut media_orphans = Vec::new();
-            let mut callers = Vec::new();
-            for id in app.channel_ids.iter().chain(channels.iter().map(|c| &c.id)) {
-                if act.calls.contains_key(id) || act.resources.contains_key(id) {
-                    continue;
-                }
-                if is_our_channel_id(id) {
-                    if !media_orphans.contains(id) {
-                        media_orphans.push(id.clone());
-                    }
-                } else if app.channel_ids.contains(id) && !callers.contains(id) && in_stasis(id) {
-                    callers.push(id.clone());
-                }
-            }
-            let mut bridge_orphans: Vec<String> = app
-                .bridge_ids
-                .iter()
-                .chain(bridges.iter().map(|b| &b.id))
-                .filter(|id| id.starts_with(BRIDGE_PREFIX) && !act.resources.contains_key(*id))
-                .cloned()
-                .collect();
-            bridge_orphans.sort();
-            bridge_orphans.dedup();
-            report.orphan_media_channels = media_orphans.len();
-            report.orphan_bridges = bridge_orphans.len();
-            let ari = act.ari.clone();
-            ctx.spawn(
-                async move {
-                    let mut errors = 0;
-                    for id in &media_orphans {
-                        if let Err(e) = ari.hangup(id, HangupReason::Normal).await {
-                            log::error!("[Supervisor] hanging up orphan {id} failed: {e}");
-                            errors += 1;
-                        }
-                    }
-                    for id in &bridge_orphans {
-                        if let Err(e) = ari.destroy_bridge(id).await {
-                            log::error!("[Supervisor] destroying orphan bridge {id} failed: {e}");
-                            errors += 1;
-                        }
-                    }
-                    errors
-                }
-                .into_actor(act)
-                .map(move |errors, _, ctx| {
-                    report.errors += errors;
-                    // Callers: give their StasisStart time to arrive, then look again.
-                    ctx.run_later(ORPHAN_GRACE, move |act, ctx| {
-                        let orphans: Vec<String> =
-                            callers.into_iter().filter(|id| !act.calls.contains_key(id)).collect();
-                        report.orphan_app_channels = orphans.len();
-                        let ari = act.ari.clone();
-                        ctx.spawn(
-                            async move {
-                                let mut errors = 0;
-                                for id in &orphans {
-                                    if let Err(e) = ari.hangup(id, HangupReason::Normal).await {
-                                        log::error!("[Supervisor] hanging up orphan caller {id} failed: {e}");
-                                        errors += 1;
-                                    }
-                                }
-                                errors
-                            }
-                            .into_actor(act)
-                            .map(move |errors, act, _| {
-                                report.errors += errors;
-                                report.took_ms = started.elapsed().as_millis() as u64;
-                                log::info!(
-                                    "[Supervisor] reconciled in {} ms: {} orphan caller(s), {} orphan media channel(s), {} orphan bridge(s) cleaned, {} vanished call(s) ended, {} error(s)",
-                                    report.took_ms, report.orphan_app_channels, report.orphan_media_channels,
-                                    report.orphan_bridges, report.vanished_calls, report.errors
-                                );
-                                act.metrics.do_send(Reconciled(report));
-                            }),
-                        );
-                    });
-                }),
-            );
+            Err(e) => log::error!("[Supervisor] reconciliation could not read Asterisk's state: {e}"),
         }));
     }
+
+    /// Ends the vanished calls, hangs up the orphan media channels and destroys the orphan
+    /// bridges, then schedules the look at the orphan callers.
+    fn carry_out(&mut self, plan: reconcile::Plan, started: Instant, ctx: &mut Context<Self>) {
+        for id in &plan.vanished_calls {
+            if let Some(c) = self.calls.get(id) {
+                c.addr.do_send(EndCall { reason: "caller vanished while ARI was disconnected" });
+            }
+        }
+        let mut report = ReconcileReport {
+            vanished_calls: plan.vanished_calls.len(),
+            orphan_media_channels: plan.media_orphans.len(),
+            orphan_bridges: plan.bridge_orphans.len(),
+            ..ReconcileReport::default()
+        };
+        let reconcile::Plan { media_orphans, bridge_orphans, caller_candidates, .. } = plan;
+        let ari = self.ari.clone();
+        let cleanup = async move {
+            hang_up_all(&ari, &media_orphans, "orphan").await + destroy_all(&ari, &bridge_orphans).await
+        };
+        ctx.spawn(cleanup.into_actor(self).map(move |errors, _, ctx| {
+            report.errors += errors;
+            ctx.run_later(ORPHAN_GRACE, move |act, ctx| {
+                act.end_orphan_callers(caller_candidates, report, started, ctx)
+            });
+        }));
+    }
+
+    /// Hangs up the candidates that still are no call of ours, then reports.
+    fn end_orphan_callers(
+        &mut self,
+        candidates: Vec<String>,
+        mut report: ReconcileReport,
+        started: Instant,
+        ctx: &mut Context<Self>,
+    ) {
+        let orphans: Vec<String> = candidates.into_iter().filter(|id| !self.calls.contains_key(id)).collect();
+        report.orphan_app_channels = orphans.len();
+        let ari = self.ari.clone();
+        let hangups = async move { hang_up_all(&ari, &orphans, "orphan caller").await };
+        ctx.spawn(hangups.into_actor(self).map(move |errors, act, _| {
+            report.errors += errors;
+            report.took_ms = started.elapsed().as_millis() as u64;
+            log::info!(
+                "[Supervisor] reconciled in {} ms: {} orphan caller(s), {} orphan media channel(s), {} orphan bridge(s) cleaned, {} vanished call(s) ended, {} error(s)",
+                report.took_ms, report.orphan_app_channels, report.orphan_media_channels,
+                report.orphan_bridges, report.vanished_calls, report.errors
+            );
+            act.metrics.do_send(Reconciled(report));
+        }));
+    }
+}
+
+/// Hangs up every channel in `ids`; returns how many failed (each logged).
+async fn hang_up_all(ari: &AriClient, ids: &[String], what: &str) -> usize {
+    let mut errors = 0;
+    for id in ids {
+        if let Err(e) = ari.hangup(id, HangupReason::Normal).await {
+            log::error!("[Supervisor] hanging up {what} {id} failed: {e}");
+            errors += 1;
+        }
+    }
+    errors
+}
+
+/// Destroys every bridge in `ids`; returns how many failed (each logged).
+async fn destroy_all(ari: &AriClient, ids: &[String]) -> usize {
+    let mut errors = 0;
+    for id in ids {
+        if let Err(e) = ari.destroy_bridge(id).await {
+            log::error!("[Supervisor] destroying orphan bridge {id} failed: {e}");
+            errors += 1;
+        }
+    }
+    errors
 }
 
 impl Handler<ChannelFailed> for Supervisor {
