@@ -20,9 +20,8 @@ use crate::baselines::{self, EchoBaseline};
 use crate::fake_ari::{wait_for, FakeAri};
 use crate::generator::{GenResult, Generator, Plan};
 use crate::report::{LatencyStats, ThreadCpu};
-use crate::service_run::{ServiceUnderTest, SvcSettings, SERVICE_THREADS};
+use crate::service_run::{self, ServiceUnderTest, SERVICE_THREADS};
 use crate::{logcap, sys};
-use rtpvisor_actors::mode::CallMode;
 
 /// The systems under test, in the order they run for each channel count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -163,15 +162,7 @@ pub fn run_one(sut: Sut, n: usize, plan: Plan) -> anyhow::Result<RunResult> {
             if n > usize::from(RTP_PORTS.1 - RTP_PORTS.0) + 1 {
                 bail!("{n} channels do not fit the port range {RTP_PORTS:?}");
             }
-            let ari = FakeAri::start("rtpvisor")?;
-            let svc = ServiceUnderTest::start(&SvcSettings {
-                ari_url: ari.url.clone(),
-                ari_user: "rtpvisor".into(),
-                ari_password: "rtpvisor".into(),
-                app: "rtpvisor".into(),
-                rtp_ports: RTP_PORTS,
-                default_mode: CallMode::Echo,
-            })?;
+            let (svc, ari) = service_run::start_with_fake_ari(RTP_PORTS)?;
             if !ari.wait_connected(Duration::from_secs(10)) {
                 bail!("the service did not connect to the fake ARI within 10 s");
             }

@@ -23,9 +23,8 @@ use crate::baselines;
 use crate::fake_ari::FakeAri;
 use crate::generator::thread_cpu_s;
 use crate::report::{LatencyStats, ThreadCpu};
-use crate::service_run::{ServiceUnderTest, SvcSettings, SERVICE_THREADS};
+use crate::service_run::{self, ServiceUnderTest, SERVICE_THREADS};
 use crate::sys;
-use rtpvisor_actors::mode::CallMode;
 
 const LEN: usize = 172;
 const AT_SENT: usize = 12;
@@ -101,15 +100,7 @@ fn run_one(system: &'static str, load: Load, opts: EchoOpts) -> anyhow::Result<E
         Blocking(baselines::EchoBaseline),
     }
     let (sut, target, names): (Sut, SocketAddr, &[&str]) = if system == "rtpvisor-echo" {
-        let ari = FakeAri::start("rtpvisor")?;
-        let svc = ServiceUnderTest::start(&SvcSettings {
-            ari_url: ari.url.clone(),
-            ari_user: "rtpvisor".into(),
-            ari_password: "rtpvisor".into(),
-            app: "rtpvisor".into(),
-            rtp_ports: crate::channels::RTP_PORTS,
-            default_mode: CallMode::Echo,
-        })?;
+        let (svc, ari) = service_run::start_with_fake_ari(crate::channels::RTP_PORTS)?;
         let addr = svc.echo_addr;
         (Sut::Service(svc, ari), addr, SERVICE_THREADS)
     } else {

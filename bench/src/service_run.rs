@@ -32,6 +32,21 @@ pub struct SvcSettings {
     pub default_mode: CallMode,
 }
 
+/// The real service in echo mode against a fresh fake ARI (app `rtpvisor`), leasing from
+/// `rtp_ports`: how items 1 and 2 start the system under test.
+pub fn start_with_fake_ari(rtp_ports: (u16, u16)) -> anyhow::Result<(ServiceUnderTest, crate::fake_ari::FakeAri)> {
+    let ari = crate::fake_ari::FakeAri::start("rtpvisor")?;
+    let svc = ServiceUnderTest::start(&SvcSettings {
+        ari_url: ari.url.clone(),
+        ari_user: "rtpvisor".into(),
+        ari_password: "rtpvisor".into(),
+        app: "rtpvisor".into(),
+        rtp_ports,
+        default_mode: CallMode::Echo,
+    })?;
+    Ok((svc, ari))
+}
+
 enum Cmd {
     Metrics(oneshot::Sender<Option<MetricsSnapshot>>),
     Channels(oneshot::Sender<Vec<ChannelView>>),
