@@ -659,10 +659,8 @@ impl Engine {
                     continue;
                 }
             };
-            for i in 0..n {
-                c.packets += 1;
-                c.bytes += self.reflect_batch.get(i).map_or(0, |d| d.data.len() as u64);
-            }
+            c.packets += n as u64;
+            c.bytes += self.reflect_batch.bytes();
             c.send_errors += self.reflect_batch.send_back(sock);
             if n < REFLECT_BATCH {
                 break; // drained: the next datagram raises a new edge

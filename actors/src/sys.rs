@@ -206,6 +206,11 @@ impl<const N: usize> Batch<N> {
         Some(Datagram { data: &self.bufs[i][..self.len[i]], from, stamp_ns: self.stamp[i] })
     }
 
+    /// Bytes of all datagrams of the last `recv`.
+    pub fn bytes(&self) -> u64 {
+        self.len[..self.count].iter().map(|&n| n as u64).sum()
+    }
+
     /// Sends every datagram of the last `recv` back to its sender, unchanged, with as few
     /// sendmmsg calls as the kernel allows. Returns how many could not be sent.
     pub fn send_back<S: AsRawFd>(&mut self, sock: &S) -> u64 {
