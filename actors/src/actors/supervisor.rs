@@ -58,6 +58,14 @@ pub struct AriConnected {
     pub first: bool,
 }
 
+/// The events WebSocket is down (lost, declared dead, or the app was taken by another
+/// client): no events can arrive until [`AriConnected`].
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct AriDisconnected {
+    pub reason: String,
+}
+
 /// What one reconciliation found and did.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct ReconcileReport {
@@ -386,6 +394,14 @@ impl Handler<AriConnected> for Supervisor {
             if msg.first { "connected" } else { "reconnected" }
         );
         self.reconcile(ctx);
+    }
+}
+
+impl Handler<AriDisconnected> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: AriDisconnected, _: &mut Context<Self>) {
+        log::warn!("[Supervisor] ARI link down: {}", msg.reason);
     }
 }
 
