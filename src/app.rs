@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use actix_web::{web, App, HttpServer};
-use rtpvisor_actors::actors::channel::{host_port, CallSettings};
+use rtpvisor_actors::actors::channel::CallSettings;
+use rtpvisor_actors::naming::host_port;
 use rtpvisor_actors::actors::{failure, Service, ServiceConfig};
 use rtpvisor_actors::ari::client::AriSettings;
 use rtpvisor_actors::mode::CallMode;
@@ -46,6 +47,11 @@ pub fn service_config(cfg: &Config) -> anyhow::Result<ServiceConfig> {
         max_restarts: cfg.supervision.max_restarts,
         restart_window: Duration::from_millis(cfg.supervision.window_ms),
         faults_enabled: cfg.faults.enabled,
+        max_calls: cfg.media.max_calls as usize,
+        link_down_silence: Duration::from_millis(cfg.media.link_down_silence_ms),
+        media_stall: Duration::from_millis(cfg.supervision.media_stall_ms),
+        ping_interval: Duration::from_millis(cfg.ari.ping_interval_ms),
+        ping_timeout: Duration::from_millis(cfg.ari.ping_timeout_ms),
     })
 }
 

@@ -42,6 +42,9 @@ const MAX_RESTARTS_RANGE: std::ops::RangeInclusive<u64> = 1..=1000;
 const RESTART_WINDOW_RANGE_MS: std::ops::RangeInclusive<u64> = 100..=MAX_DURATION_MS;
 
 /// Media modes a call can run in; `media.default_mode` must be one of them.
+/// Bound of the media engine's stall detection (and of every request to it).
+const MEDIA_STALL_RANGE_MS: std::ops::RangeInclusive<u64> = 100..=60_000;
+
 pub const MEDIA_MODES: [&str; 3] = ["echo", "probe", "shared-echo"];
 
 /// Environment variable naming the TOML file (same as `--config`).
@@ -137,6 +140,10 @@ pub struct AriConfig {
     pub reconnect_max_ms: u64,
     /// Timeout of one ARI REST request.
     pub request_timeout_ms: u64,
+    /// How often the events WebSocket is pinged.
+    pub ping_interval_ms: u64,
+    /// The link is declared dead when a ping gets no answer (nor any other frame) this long.
+    pub ping_timeout_ms: u64,
 }
 
 /// Per-call media sockets and timing.
@@ -157,6 +164,10 @@ pub struct MediaConfig {
     pub probe_timeout_ms: u64,
     /// Hang up a call that has received no media for this long; 0 turns it off.
     pub no_media_timeout_ms: u64,
+    /// While the ARI link is down, end a call locally whose media stopped this long; 0 off.
+    pub link_down_silence_ms: u64,
+    /// Admission limit: concurrent calls of every mode together; 0 means the pool's size.
+    pub max_calls: u32,
     /// Mode for calls that do not ask for one: one of [`MEDIA_MODES`].
     pub default_mode: String,
 }
@@ -188,6 +199,9 @@ pub struct SupervisionConfig {
     pub max_restarts: u32,
     /// Length of the window failures are counted in, ms, 100..=600000.
     pub window_ms: u64,
+    /// The media engine is stalled (and the process escalates) when its loop has not turned
+    /// for this long; also the bound on every request to it.
+    pub media_stall_ms: u64,
 }
 
 /// Fault injection for tests; off by default.
@@ -279,6 +293,8 @@ impl fmt::Debug for AriConfig {
             .field("reconnect_min_ms", &self.reconnect_min_ms)
             .field("reconnect_max_ms", &self.reconnect_max_ms)
             .field("request_timeout_ms", &self.request_timeout_ms)
+            .field("ping_interval_ms", &self.ping_interval_ms)
+            .field("ping_timeout_ms", &self.ping_timeout_ms)
             .finish()
     }
 }
@@ -293,6 +309,8 @@ impl Default for AriConfig {
             reconnect_min_ms: 200,
             reconnect_max_ms: 5000,
             request_timeout_ms: 5000,
+            ping_interval_ms: 5000,
+            ping_timeout_ms: 5000,
         }
     }
 }
@@ -309,7 +327,9 @@ impl Default for MediaConfig {
             quarantine_ms: 2000,
             late_ms: 20.0,
             probe_timeout_ms: 2000,
-            no_media_timeout_ms: 0,
+            no_media_timeout_ms: 30_000,
+            link_down_silence_ms: 5000,
+            max_calls: 0,
             default_mode: "echo".into(),
         }
     }
@@ -337,6 +357,7 @@ impl Default for SupervisionConfig {
         SupervisionConfig {
             max_restarts: 5,
             window_ms: 10_000,
+            media_stall_ms: 2000,
         }
     }
 }
@@ -388,6 +409,12 @@ pub struct Cli {
     /// Timeout of one ARI REST request, 1-600000 ms [default: 5000] [env: RTPVISOR_ARI_REQUEST_TIMEOUT_MS]
     #[arg(long, value_name = "MS")]
     pub ari_request_timeout_ms: Option<String>,
+    /// How often the ARI events WebSocket is pinged, 100-600000 ms [default: 5000] [env: RTPVISOR_ARI_PING_INTERVAL_MS]
+    #[arg(long, value_name = "MS")]
+    pub ari_ping_interval_ms: Option<String>,
+    /// The ARI link is declared dead when a ping gets no answer within this, 100-600000 ms [default: 5000] [env: RTPVISOR_ARI_PING_TIMEOUT_MS]
+    #[arg(long, value_name = "MS")]
+    pub ari_ping_timeout_ms: Option<String>,
     /// Address Asterisk sends RTP to (IP or hostname of this host as Asterisk sees it) [default: 127.0.0.1] [env: RTPVISOR_MEDIA_HOST]
     #[arg(long, value_name = "HOST")]
     pub media_host: Option<String>,
@@ -406,9 +433,15 @@ pub struct Cli {
     /// How long a probe packet may take to come back before it counts as lost, 1-10000 ms [default: 2000] [env: RTPVISOR_PROBE_TIMEOUT_MS]
     #[arg(long, value_name = "MS")]
     pub probe_timeout_ms: Option<String>,
-    /// Hang up calls without media for this long, ms; 0 is off [default: 0] [env: RTPVISOR_NO_MEDIA_TIMEOUT_MS]
+    /// Hang up calls without media for this long, ms; 0 is off [default: 30000] [env: RTPVISOR_NO_MEDIA_TIMEOUT_MS]
     #[arg(long, value_name = "MS")]
     pub no_media_timeout_ms: Option<String>,
+    /// While the ARI link is down, end calls locally whose media stopped for this long, ms; 0 is off [default: 5000] [env: RTPVISOR_LINK_DOWN_SILENCE_MS]
+    #[arg(long, value_name = "MS")]
+    pub link_down_silence_ms: Option<String>,
+    /// Concurrent calls admitted, every mode counted; 0 means the port pool's size [default: 0] [env: RTPVISOR_MAX_CALLS]
+    #[arg(long, value_name = "N")]
+    pub max_calls: Option<String>,
     /// Media mode for calls that do not ask for one: echo, probe or shared-echo [default: echo] [env: RTPVISOR_DEFAULT_MODE]
     #[arg(long, value_name = "MODE")]
     pub default_mode: Option<String>,
@@ -427,6 +460,9 @@ pub struct Cli {
     /// Window in which actor failures are counted against --max-restarts, 100-600000 ms [default: 10000] [env: RTPVISOR_RESTART_WINDOW_MS]
     #[arg(long, value_name = "MS")]
     pub restart_window_ms: Option<String>,
+    /// The media engine counts as stalled (the process escalates) after this long without a loop turn, 100-60000 ms [default: 2000] [env: RTPVISOR_MEDIA_STALL_MS]
+    #[arg(long, value_name = "MS")]
+    pub media_stall_ms: Option<String>,
     /// Enable the fault-injection HTTP routes (/faults/...): for tests only, never in production [default: false] [env: RTPVISOR_FAULT_INJECTION]
     #[arg(long, value_name = "BOOL")]
     pub fault_injection: Option<String>,
@@ -453,6 +489,11 @@ impl Cli {
             Key::LateMs => &self.late_ms,
             Key::ProbeTimeoutMs => &self.probe_timeout_ms,
             Key::NoMediaTimeoutMs => &self.no_media_timeout_ms,
+            Key::LinkDownSilenceMs => &self.link_down_silence_ms,
+            Key::MaxCalls => &self.max_calls,
+            Key::MediaStallMs => &self.media_stall_ms,
+            Key::AriPingIntervalMs => &self.ari_ping_interval_ms,
+            Key::AriPingTimeoutMs => &self.ari_ping_timeout_ms,
             Key::DefaultMode => &self.default_mode,
             Key::EchoAddr => &self.echo_addr,
             Key::EchoHost => &self.echo_host,
@@ -484,6 +525,11 @@ enum Key {
     LateMs,
     ProbeTimeoutMs,
     NoMediaTimeoutMs,
+    LinkDownSilenceMs,
+    MaxCalls,
+    MediaStallMs,
+    AriPingIntervalMs,
+    AriPingTimeoutMs,
     DefaultMode,
     EchoAddr,
     EchoHost,
@@ -547,6 +593,8 @@ const SPECS: &[Spec] = &[
     Spec { key: Key::AriReconnectMinMs, path: "ari.reconnect_min_ms", env: None, flag: None, kind: Kind::Int },
     Spec { key: Key::AriReconnectMaxMs, path: "ari.reconnect_max_ms", env: None, flag: None, kind: Kind::Int },
     Spec { key: Key::AriRequestTimeoutMs, path: "ari.request_timeout_ms", env: Some("RTPVISOR_ARI_REQUEST_TIMEOUT_MS"), flag: Some("--ari-request-timeout-ms"), kind: Kind::Int },
+    Spec { key: Key::AriPingIntervalMs, path: "ari.ping_interval_ms", env: Some("RTPVISOR_ARI_PING_INTERVAL_MS"), flag: Some("--ari-ping-interval-ms"), kind: Kind::Int },
+    Spec { key: Key::AriPingTimeoutMs, path: "ari.ping_timeout_ms", env: Some("RTPVISOR_ARI_PING_TIMEOUT_MS"), flag: Some("--ari-ping-timeout-ms"), kind: Kind::Int },
     Spec { key: Key::MediaHost, path: "media.host", env: Some("RTPVISOR_MEDIA_HOST"), flag: Some("--media-host"), kind: Kind::Str },
     Spec { key: Key::MediaBindIp, path: "media.bind_ip", env: Some("RTPVISOR_MEDIA_BIND_IP"), flag: Some("--media-bind-ip"), kind: Kind::Str },
     Spec { key: Key::RtpPorts, path: "media.rtp_ports", env: Some("RTPVISOR_RTP_PORTS"), flag: Some("--rtp-ports"), kind: Kind::StrOrInt },
@@ -554,12 +602,15 @@ const SPECS: &[Spec] = &[
     Spec { key: Key::LateMs, path: "media.late_ms", env: Some("RTPVISOR_LATE_MS"), flag: Some("--late-ms"), kind: Kind::Num },
     Spec { key: Key::ProbeTimeoutMs, path: "media.probe_timeout_ms", env: Some("RTPVISOR_PROBE_TIMEOUT_MS"), flag: Some("--probe-timeout-ms"), kind: Kind::Int },
     Spec { key: Key::NoMediaTimeoutMs, path: "media.no_media_timeout_ms", env: Some("RTPVISOR_NO_MEDIA_TIMEOUT_MS"), flag: Some("--no-media-timeout-ms"), kind: Kind::Int },
+    Spec { key: Key::LinkDownSilenceMs, path: "media.link_down_silence_ms", env: Some("RTPVISOR_LINK_DOWN_SILENCE_MS"), flag: Some("--link-down-silence-ms"), kind: Kind::Int },
+    Spec { key: Key::MaxCalls, path: "media.max_calls", env: Some("RTPVISOR_MAX_CALLS"), flag: Some("--max-calls"), kind: Kind::Int },
     Spec { key: Key::DefaultMode, path: "media.default_mode", env: Some("RTPVISOR_DEFAULT_MODE"), flag: Some("--default-mode"), kind: Kind::Str },
     Spec { key: Key::EchoAddr, path: "echo.addr", env: Some("RTPVISOR_ECHO_ADDR"), flag: Some("--echo-addr"), kind: Kind::Str },
     Spec { key: Key::EchoHost, path: "echo.host", env: Some("RTPVISOR_ECHO_HOST"), flag: Some("--echo-host"), kind: Kind::Str },
     Spec { key: Key::HttpAddr, path: "http.addr", env: Some("RTPVISOR_HTTP_ADDR"), flag: Some("--http-addr"), kind: Kind::Str },
     Spec { key: Key::MaxRestarts, path: "supervision.max_restarts", env: Some("RTPVISOR_MAX_RESTARTS"), flag: Some("--max-restarts"), kind: Kind::Int },
     Spec { key: Key::RestartWindowMs, path: "supervision.window_ms", env: Some("RTPVISOR_RESTART_WINDOW_MS"), flag: Some("--restart-window-ms"), kind: Kind::Int },
+    Spec { key: Key::MediaStallMs, path: "supervision.media_stall_ms", env: Some("RTPVISOR_MEDIA_STALL_MS"), flag: Some("--media-stall-ms"), kind: Kind::Int },
     Spec { key: Key::FaultInjection, path: "faults.enabled", env: Some("RTPVISOR_FAULT_INJECTION"), flag: Some("--fault-injection"), kind: Kind::Bool },
     Spec { key: Key::ShutdownTimeoutMs, path: "shutdown_timeout_ms", env: Some("RTPVISOR_SHUTDOWN_TIMEOUT_MS"), flag: Some("--shutdown-timeout-ms"), kind: Kind::Int },
 ];
@@ -923,6 +974,13 @@ impl Config {
             Key::NoMediaTimeoutMs => {
                 self.media.no_media_timeout_ms = parse_ms(raw, 0..=MAX_NO_MEDIA_TIMEOUT_MS)?
             }
+            Key::LinkDownSilenceMs => {
+                self.media.link_down_silence_ms = parse_ms(raw, 0..=MAX_DURATION_MS)?
+            }
+            Key::MaxCalls => self.media.max_calls = parse_max_calls(raw)?,
+            Key::MediaStallMs => self.supervision.media_stall_ms = parse_ms(raw, MEDIA_STALL_RANGE_MS)?,
+            Key::AriPingIntervalMs => self.ari.ping_interval_ms = parse_ms(raw, 100..=MAX_DURATION_MS)?,
+            Key::AriPingTimeoutMs => self.ari.ping_timeout_ms = parse_ms(raw, 100..=MAX_DURATION_MS)?,
             Key::DefaultMode => self.media.default_mode = parse_mode(raw)?,
             Key::EchoAddr => {
                 let addr = parse_socket_addr(raw)?;
@@ -963,6 +1021,11 @@ impl Config {
             Key::LateMs => self.media.late_ms.to_string(),
             Key::ProbeTimeoutMs => self.media.probe_timeout_ms.to_string(),
             Key::NoMediaTimeoutMs => self.media.no_media_timeout_ms.to_string(),
+            Key::LinkDownSilenceMs => self.media.link_down_silence_ms.to_string(),
+            Key::MaxCalls => self.media.max_calls.to_string(),
+            Key::MediaStallMs => self.supervision.media_stall_ms.to_string(),
+            Key::AriPingIntervalMs => self.ari.ping_interval_ms.to_string(),
+            Key::AriPingTimeoutMs => self.ari.ping_timeout_ms.to_string(),
             Key::DefaultMode => self.media.default_mode.clone(),
             Key::EchoAddr => self.echo.addr.to_string(),
             Key::EchoHost => self
@@ -1080,6 +1143,14 @@ fn parse_max_restarts(raw: &str) -> Result<u32, String> {
         ));
     }
     Ok(u32::try_from(value).expect("range fits in u32"))
+}
+
+fn parse_max_calls(raw: &str) -> Result<u32, String> {
+    let n: u32 = raw.trim().parse().map_err(|_| "not a whole number of calls".to_owned())?;
+    if n > 65_536 {
+        return Err(format!("{n} is above 65536"));
+    }
+    Ok(n)
 }
 
 fn parse_bool(raw: &str) -> Result<bool, String> {
@@ -1204,6 +1275,11 @@ mod tests {
             Key::LateMs => ["5", "0.5", "60000"],
             Key::ProbeTimeoutMs => ["1", "500", "10000"],
             Key::NoMediaTimeoutMs => ["1000", "0", "3600000"],
+            Key::LinkDownSilenceMs => ["0", "1000", "600000"],
+            Key::MaxCalls => ["0", "4", "65536"],
+            Key::MediaStallMs => ["100", "1500", "60000"],
+            Key::AriPingIntervalMs => ["100", "2500", "600000"],
+            Key::AriPingTimeoutMs => ["200", "3000", "60000"],
             Key::DefaultMode => ["probe", "shared-echo", "echo"],
             Key::EchoAddr => ["127.0.0.1:4001", "[::1]:4002", "0.0.0.0:4003"],
             Key::EchoHost => ["echo.example", "10.1.1.1", "fe80::1"],
@@ -1247,7 +1323,9 @@ mod tests {
         assert_eq!(config.media.quarantine_ms, 2000);
         assert_eq!(config.media.late_ms, 20.0);
         assert_eq!(config.media.probe_timeout_ms, 2000);
-        assert_eq!(config.media.no_media_timeout_ms, 0);
+        assert_eq!(config.media.no_media_timeout_ms, 30_000);
+        assert_eq!((config.media.link_down_silence_ms, config.media.max_calls), (5000, 0));
+        assert_eq!((config.ari.ping_interval_ms, config.ari.ping_timeout_ms), (5000, 5000));
         assert_eq!(config.media.default_mode, "echo");
         assert_eq!(config.echo.addr.to_string(), "0.0.0.0:4000");
         assert_eq!(config.echo.host, None);
@@ -1256,7 +1334,8 @@ mod tests {
             config.supervision,
             SupervisionConfig {
                 max_restarts: 5,
-                window_ms: 10_000
+                window_ms: 10_000,
+                media_stall_ms: 2000,
             }
         );
         assert!(!config.faults.enabled);
@@ -1320,7 +1399,8 @@ mod tests {
             config.supervision,
             SupervisionConfig {
                 max_restarts: 3,
-                window_ms: 1000
+                window_ms: 1000,
+                media_stall_ms: 2000,
             }
         );
         assert!(config.faults.enabled);
@@ -1941,7 +2021,8 @@ mod tests {
             config.supervision,
             SupervisionConfig {
                 max_restarts: 2,
-                window_ms: 500
+                window_ms: 500,
+                media_stall_ms: 2000,
             }
         );
         let cli = Cli::try_parse_from([
@@ -1960,7 +2041,8 @@ mod tests {
             config.supervision,
             SupervisionConfig {
                 max_restarts: 9,
-                window_ms: 60_000
+                window_ms: 60_000,
+                media_stall_ms: 2000,
             }
         );
         let message = Config::load(&Cli::default(), &env_of(&[("RTPVISOR_MAX_RESTARTS", "0")]))

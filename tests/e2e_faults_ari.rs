@@ -144,8 +144,8 @@ fn each_setup_step_failing(kind: &str, fault: Fault) {
         // Asterisk has left.
         assert!(proxy.wait_idle(LATE * 3), "{id}: the proxy finished every request");
 
-        let em = rtpvisor_actors::actors::channel::external_media_id(&id);
-        let br = format!("rtpvisor-br-{id}");
+        let em = rtpvisor_actors::naming::external_media_id(APP, &id);
+        let br = rtpvisor_actors::naming::bridge_id(APP, &id);
         let reqs = proxy.requests_mentioning(&id);
         eprintln!("{id}: {} faulted ({fault}): call ended {} ms after originate", step.name, ended_after.as_millis());
         print_requests("ARI requests of the call", &reqs);
@@ -374,7 +374,7 @@ fn websocket_drop_with_live_calls_reconnects_and_reconciles() {
         let br = asterisk_bridges();
         vanishing
             .iter()
-            .all(|id| !ch.contains(&rtpvisor_actors::actors::channel::external_media_id(id)) && !br.contains(&format!("rtpvisor-br-{id}")))
+            .all(|id| !ch.contains(&rtpvisor_actors::naming::external_media_id(APP, id)) && !br.contains(&rtpvisor_actors::naming::bridge_id(APP, id)))
     });
     // The three survivors still carry media.
     let before = u64_of(&svc.metrics()["modes"]["probe"]["latency"], "count");

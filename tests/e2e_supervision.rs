@@ -29,8 +29,8 @@ fn call_port(svc: &Rtpvisor, id: &str) -> u64 {
 
 fn gone_from_asterisk(id: &str) -> bool {
     let chans = asterisk_channels();
-    !chans.iter().any(|c| c == id || *c == rtpvisor_actors::actors::channel::external_media_id(id))
-        && !asterisk_bridges().contains(&format!("rtpvisor-br-{id}"))
+    !chans.iter().any(|c| c == id || *c == rtpvisor_actors::naming::external_media_id(APP, id))
+        && !asterisk_bridges().contains(&rtpvisor_actors::naming::bridge_id(APP, id))
 }
 
 fn supervisor_node(svc: &Rtpvisor) -> Value {

@@ -13,6 +13,7 @@
 //! - [`intensity`]: restart intensity (at most N failures in T), OTP style.
 //! - [`latency`]: latency histograms (HdrHistogram) and their summaries in milliseconds.
 //! - [`ports`]: the RTP port pool: lease, release, quarantine, skipped ports.
+//! - [`naming`]: names of what rtpvisor creates in Asterisk, scoped by instance (app).
 //! - [`reconcile`]: what a reconciliation with Asterisk must end (orphans, vanished calls).
 //! - [`ari::model`]: ARI resources and events, decoded by their `type`.
 //!
@@ -31,6 +32,7 @@ pub mod intensity;
 pub mod latency;
 pub mod media;
 pub mod mode;
+pub mod naming;
 pub mod ports;
 pub mod probe;
 pub mod reconcile;

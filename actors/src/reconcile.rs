@@ -1,11 +1,16 @@
 //! What a reconciliation with Asterisk must end, decided from Asterisk's state and what the
 //! service knows: pure, no IO. The Supervisor fetches the state (our application, every
 //! channel and bridge), asks [`plan`], and carries the plan out.
+//!
+//! Scope: a reconciliation touches only what this instance owns: channels of its own Stasis
+//! application, and externalMedia channels and bridges whose names carry its application
+//! ([`crate::naming`]). Another rtpvisor on the same Asterisk (another app) and every other
+//! channel or bridge are only read, never ended.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
-use crate::actors::channel::{is_our_channel_id, BRIDGE_PREFIX};
 use crate::ari::model::{Application, Bridge, Channel};
+use crate::naming::{self, Kind};
 
 /// The outcome of [`plan`]: ids, each listed once, in a stable order.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -27,10 +32,13 @@ pub struct LiveCall<'a> {
     pub caller_id: &'a str,
     /// Still setting up: its caller may be too new to be listed; never counted as vanished.
     pub setting_up: bool,
+    /// The call began after the reconciliation started fetching Asterisk's state: the lists
+    /// may predate its caller, so it is never counted as vanished.
+    pub began_after_fetch: bool,
 }
 
-/// Decides what to end. `known(id)`: the id is a live call's caller, externalMedia channel or
-/// bridge.
+/// Decides what to end for the instance whose Stasis application is `app`. `known(id)`: the
+/// id is a live call's caller, externalMedia channel or bridge.
 pub fn plan<'a>(
     app: &Application,
     channels: &[Channel],
@@ -38,10 +46,10 @@ pub fn plan<'a>(
     live: impl IntoIterator<Item = LiveCall<'a>>,
     known: impl Fn(&str) -> bool,
 ) -> Plan {
-    let listed: HashSet<&str> = channels.iter().map(|c| c.id.as_str()).collect();
+    let listed: HashMap<&str, &Channel> = channels.iter().map(|c| (c.id.as_str(), c)).collect();
     let mut p = Plan::default();
     for call in live {
-        if !call.setting_up && !listed.contains(call.caller_id) {
+        if !call.setting_up && !call.began_after_fetch && !listed.contains_key(call.caller_id) {
             p.vanished_calls.push(call.caller_id.to_string());
         }
     }
@@ -49,17 +57,19 @@ pub fn plan<'a>(
     // originated into the app is subscribed to it too but runs dialplan, and ends with its
     // Stasis half. Only channels in Stasis count as orphan callers.
     let in_stasis = |id: &str| {
-        channels.iter().find(|c| c.id == id).is_none_or(|c| {
+        listed.get(id).is_none_or(|c| {
             c.dialplan.as_ref().and_then(|d| d.app_name.as_deref()).is_none_or(|a| a == "Stasis")
         })
     };
+    let ours = |id: &str, kind| naming::is_owned_by(id, &app.name, kind);
+    let app_channels: HashSet<&str> = app.channel_ids.iter().map(String::as_str).collect();
     for id in app.channel_ids.iter().chain(channels.iter().map(|c| &c.id)) {
         if known(id) {
             continue;
         }
-        if is_our_channel_id(id) {
+        if ours(id, Kind::MediaChannel) {
             p.media_orphans.push(id.clone());
-        } else if app.channel_ids.contains(id) && in_stasis(id) {
+        } else if app_channels.contains(id.as_str()) && naming::parse(id).is_none() && in_stasis(id) {
             p.caller_candidates.push(id.clone());
         }
     }
@@ -67,7 +77,7 @@ pub fn plan<'a>(
         .bridge_ids
         .iter()
         .chain(bridges.iter().map(|b| &b.id))
-        .filter(|id| id.starts_with(BRIDGE_PREFIX) && !known(id))
+        .filter(|id| ours(id, Kind::Bridge) && !known(id))
         .cloned()
         .collect();
     for v in [&mut p.vanished_calls, &mut p.media_orphans, &mut p.bridge_orphans, &mut p.caller_candidates] {
@@ -80,6 +90,7 @@ pub fn plan<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::naming::{bridge_id, external_media_id};
     use serde_json::json;
 
     fn channel(id: &str, app_name: &str) -> Channel {
@@ -92,19 +103,23 @@ mod tests {
     fn bridge(id: &str) -> Bridge {
         serde_json::from_value(json!({"id": id})).unwrap()
     }
-    fn app(channels: &[&str], bridges: &[&str]) -> Application {
-        serde_json::from_value(json!({"name": "rtpvisor", "channel_ids": channels, "bridge_ids": bridges})).unwrap()
+    fn app(name: &str, channels: &[&str], bridges: &[&str]) -> Application {
+        serde_json::from_value(json!({"name": name, "channel_ids": channels, "bridge_ids": bridges})).unwrap()
+    }
+    fn live(caller_id: &str) -> LiveCall<'_> {
+        LiveCall { caller_id, setting_up: false, began_after_fetch: false }
     }
 
     #[test]
     fn a_clean_state_needs_nothing() {
-        let chans = [channel("a", "Stasis"), channel("rtpvisor-em-1-a", "")];
+        let (em, br) = (external_media_id("rtpvisor", "a"), bridge_id("rtpvisor", "a"));
+        let chans = [channel("a", "Stasis"), channel(&em, "")];
         let p = plan(
-            &app(&["a", "rtpvisor-em-1-a"], &["rtpvisor-br-a"]),
+            &app("rtpvisor", &["a", &em], &[&br]),
             &chans,
-            &[bridge("rtpvisor-br-a")],
-            [LiveCall { caller_id: "a", setting_up: false }],
-            |id| ["a", "rtpvisor-em-1-a", "rtpvisor-br-a"].contains(&id),
+            &[bridge(&br)],
+            [live("a")],
+            |id| ["a", em.as_str(), br.as_str()].contains(&id),
         );
         assert_eq!(p, Plan::default());
     }
@@ -113,42 +128,85 @@ mod tests {
     fn after_a_crash_everything_of_ours_is_an_orphan_once() {
         // A restarted service knows nothing; Asterisk lists the old calls' resources, in
         // both the app's list and the global one.
-        let chans = [
-            channel("c1", "Stasis"),
-            channel("c1-far", "Echo"),
-            channel("rtpvisor-em-2-c1", ""),
-            channel("someone-else", "Dial"),
-        ];
+        let (em, br) = (external_media_id("rtpvisor", "c1"), bridge_id("rtpvisor", "c1"));
+        let chans = [channel("c1", "Stasis"), channel("c1-far", "Echo"), channel(&em, ""), channel("someone-else", "Dial")];
         let p = plan(
-            &app(&["c1", "c1-far", "rtpvisor-em-2-c1"], &["rtpvisor-br-c1"]),
+            &app("rtpvisor", &["c1", "c1-far", &em], &[&br]),
             &chans,
-            &[bridge("rtpvisor-br-c1"), bridge("not-ours")],
+            &[bridge(&br), bridge("not-ours")],
             [],
             |_| false,
         );
-        assert_eq!(p.media_orphans, ["rtpvisor-em-2-c1"]);
-        assert_eq!(p.bridge_orphans, ["rtpvisor-br-c1"]);
+        assert_eq!(p.media_orphans, [em]);
+        assert_eq!(p.bridge_orphans, [br]);
         assert_eq!(p.caller_candidates, ["c1"], "the Local far half runs dialplan, not Stasis");
         assert!(p.vanished_calls.is_empty());
     }
 
     #[test]
+    fn another_instances_resources_are_never_touched() {
+        // Instance "b" shares the Asterisk: its calls, media channels and bridges are listed
+        // globally (not in our app) and must survive our reconciliation, even after our crash.
+        let (their_em, their_br) = (external_media_id("b", "x1"), bridge_id("b", "x1"));
+        let (our_em, our_br) = (external_media_id("a", "y1"), bridge_id("a", "y1"));
+        let chans = [channel("x1", "Stasis"), channel(&their_em, ""), channel("y1", "Stasis"), channel(&our_em, "")];
+        let p = plan(
+            &app("a", &["y1", &our_em], &[&our_br]),
+            &chans,
+            &[bridge(&their_br), bridge(&our_br)],
+            [],
+            |_| false,
+        );
+        assert_eq!(p.media_orphans, [our_em]);
+        assert_eq!(p.bridge_orphans, [our_br]);
+        assert_eq!(p.caller_candidates, ["y1"]);
+        // Unscoped names of earlier versions are nobody's to end either.
+        let p = plan(&app("a", &[], &[]), &[channel("rtpvisor-em-2-x1", "")], &[bridge("rtpvisor-br-x1")], [], |_| false);
+        assert_eq!(p, Plan::default());
+    }
+
+    #[test]
     fn a_call_whose_caller_is_gone_has_vanished_unless_it_is_still_setting_up() {
         let p = plan(
-            &app(&[], &[]),
+            &app("rtpvisor", &[], &[]),
             &[],
             &[],
-            [LiveCall { caller_id: "gone", setting_up: false }, LiveCall { caller_id: "new", setting_up: true }],
+            [live("gone"), LiveCall { caller_id: "new", setting_up: true, began_after_fetch: false }],
             |id| id == "gone" || id == "new",
         );
         assert_eq!(p.vanished_calls, ["gone"]);
     }
 
     #[test]
+    fn a_call_that_began_after_the_fetch_is_never_ended() {
+        // Its setup finished between the fetch and the plan: the lists predate its caller.
+        let p = plan(
+            &app("rtpvisor", &[], &[]),
+            &[],
+            &[],
+            [LiveCall { caller_id: "late", setting_up: false, began_after_fetch: true }],
+            |id| id == "late",
+        );
+        assert_eq!(p, Plan::default());
+    }
+
+    #[test]
     fn an_app_channel_asterisk_does_not_list_is_still_a_candidate() {
         // The app lists it, the channel list (fetched a moment later) no longer does: it may
         // be a caller; the grace period and the second look decide.
-        let p = plan(&app(&["x"], &[]), &[], &[], [], |_| false);
+        let p = plan(&app("rtpvisor", &["x"], &[]), &[], &[], [], |_| false);
         assert_eq!(p.caller_candidates, ["x"]);
+    }
+
+    #[test]
+    fn thousands_of_unrelated_channels_are_read_not_ended() {
+        let mut chans: Vec<Channel> = (0..5000).map(|i| channel(&format!("other-{i}"), "Wait")).collect();
+        let em = external_media_id("rtpvisor", "c");
+        chans.push(channel(&em, ""));
+        let t = std::time::Instant::now();
+        let p = plan(&app("rtpvisor", &[&em], &[]), &chans, &[], [], |_| false);
+        assert_eq!(p.media_orphans, [em]);
+        assert!(p.caller_candidates.is_empty() && p.bridge_orphans.is_empty());
+        assert!(t.elapsed() < std::time::Duration::from_secs(1), "linear, not quadratic: {:?}", t.elapsed());
     }
 }

@@ -20,7 +20,7 @@ use futures_util::StreamExt;
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
-use rtpvisor_actors::actors::channel::{bridge_id, external_media_id};
+use rtpvisor_actors::naming;
 
 /// The fake ARI server; stops when dropped or [`FakeAri::stop`]ped.
 pub struct FakeAri {
@@ -249,7 +249,7 @@ async fn events(req: HttpRequest, body: web::Payload, st: Data) -> Result<HttpRe
 async fn external_media(q: web::Query<HashMap<String, String>>, st: Data) -> HttpResponse {
     st.requests.fetch_add(1, Ordering::Relaxed);
     let em_id = q.get("channelId").cloned().unwrap_or_default();
-    let caller = rtpvisor_actors::actors::channel::caller_of_media_id(&em_id).unwrap_or(&em_id).to_string();
+    let caller = naming::parse(&em_id).map_or(em_id.as_str(), |o| o.caller).to_string();
     let Some(peer) = st.peers.lock().expect("not poisoned").get(&caller).copied() else {
         st.unexpected.fetch_add(1, Ordering::Relaxed);
         return HttpResponse::NotFound().json(json!({"message": format!("no such caller {caller}")}));
@@ -257,7 +257,7 @@ async fn external_media(q: web::Query<HashMap<String, String>>, st: Data) -> Htt
     if let Some(target) = q.get("external_host").and_then(|h| h.parse::<SocketAddr>().ok()) {
         st.media.lock().expect("not poisoned").insert(caller.clone(), target);
     }
-    debug_assert_eq!(em_id, external_media_id(&caller));
+    debug_assert_eq!(em_id, naming::external_media_id(&st.app, &caller));
     HttpResponse::Ok().json(json!({
         "id": em_id,
         "name": format!("UnicastRTP/{}-0x0", q.get("external_host").cloned().unwrap_or_default()),
@@ -299,7 +299,7 @@ async fn answer(path: web::Path<String>, st: Data) -> HttpResponse {
 async fn delete_channel(path: web::Path<String>, st: Data) -> HttpResponse {
     st.requests.fetch_add(1, Ordering::Relaxed);
     let id = path.into_inner();
-    if !id.starts_with(rtpvisor_actors::actors::channel::MEDIA_CHANNEL_PREFIX) {
+    if !id.starts_with(naming::MEDIA_CHANNEL_PREFIX) {
         st.live_callers.lock().expect("not poisoned").remove(&id);
         st.caller_hangups.fetch_add(1, Ordering::Relaxed);
     }
@@ -320,9 +320,9 @@ fn live_callers(st: &Shared) -> Vec<String> {
 async fn application(path: web::Path<String>, st: Data) -> HttpResponse {
     st.requests.fetch_add(1, Ordering::Relaxed);
     let callers = live_callers(&st);
-    let bridges: Vec<String> = callers.iter().map(|c| bridge_id(c)).collect();
+    let bridges: Vec<String> = callers.iter().map(|c| naming::bridge_id(&st.app, c)).collect();
     let mut channels = callers.clone();
-    channels.extend(callers.iter().map(|c| external_media_id(c)));
+    channels.extend(callers.iter().map(|c| naming::external_media_id(&st.app, c)));
     HttpResponse::Ok().json(json!({
         "name": path.into_inner(), "channel_ids": channels, "bridge_ids": bridges,
         "endpoint_ids": [], "device_names": [],
@@ -334,7 +334,7 @@ async fn list_channels(st: Data) -> HttpResponse {
     let callers = live_callers(&st);
     let mut v: Vec<serde_json::Value> = callers.iter().map(|c| caller_channel(c, "Up")).collect();
     v.extend(callers.iter().map(|c| {
-        let mut em = caller_channel(&external_media_id(c), "Up");
+        let mut em = caller_channel(&naming::external_media_id(&st.app, c), "Up");
         em["name"] = json!(format!("UnicastRTP/{c}"));
         em
     }));
@@ -345,9 +345,12 @@ async fn list_bridges(st: Data) -> HttpResponse {
     st.requests.fetch_add(1, Ordering::Relaxed);
     let v: Vec<serde_json::Value> = live_callers(&st)
         .iter()
-        .map(|c| json!({"id": bridge_id(c), "technology": "simple_bridge", "bridge_type": "mixing",
-                        "bridge_class": "stasis", "creator": "Stasis", "name": bridge_id(c),
-                        "channels": [c, external_media_id(c)]}))
+        .map(|c| {
+            let br = naming::bridge_id(&st.app, c);
+            json!({"id": br, "technology": "simple_bridge", "bridge_type": "mixing",
+                   "bridge_class": "stasis", "creator": "Stasis", "name": br,
+                   "channels": [c, naming::external_media_id(&st.app, c)]})
+        })
         .collect();
     HttpResponse::Ok().json(v)
 }

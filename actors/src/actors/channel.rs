@@ -17,6 +17,7 @@ use crate::ari::client::{AriClient, AriError};
 use crate::ari::model::{ExternalMediaParams, HangupReason};
 use crate::media::{MediaHandle, StreamReport, StreamSpec};
 use crate::mode::CallMode;
+use crate::naming::{bridge_id, external_media_id, host_port};
 use crate::ports::PoolError;
 
 /// Settings every call shares.
@@ -65,41 +66,6 @@ pub struct ResourceGone {
 #[rtype(result = "()")]
 pub struct EndCall {
     pub reason: &'static str,
-}
-
-/// `host:port` as ARI's `external_host` wants it; an IPv6 literal gets brackets.
-pub fn host_port(host: &str, port: u16) -> String {
-    if host.contains(':') && !host.starts_with('[') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    }
-}
-
-/// The ids of the resources we create for a caller: derived from the caller's id so that
-/// events and a later reconciliation can tell them apart from anyone else's.
-///
-/// The externalMedia channel's id carries the caller id's length before it
-/// (`rtpvisor-em-<len>-<caller>`), which makes no such id a prefix of another: Asterisk 22's
-/// channel storage takes a new channel id for "already in use" when an existing channel's id
-/// merely starts with it (asterisk/asterisk#1730), so `rtpvisor-em-call-2` was refused with
-/// HTTP 500 while `rtpvisor-em-call-21` existed.
-pub fn external_media_id(caller_id: &str) -> String {
-    format!("{MEDIA_CHANNEL_PREFIX}{}-{caller_id}", caller_id.len())
-}
-/// The caller id an [`external_media_id`] was made from (None for any other id).
-pub fn caller_of_media_id(id: &str) -> Option<&str> {
-    let (len, caller) = id.strip_prefix(MEDIA_CHANNEL_PREFIX)?.split_once('-')?;
-    (len.parse::<usize>().ok()? == caller.len()).then_some(caller)
-}
-pub fn bridge_id(caller_id: &str) -> String {
-    format!("{BRIDGE_PREFIX}{caller_id}")
-}
-pub const MEDIA_CHANNEL_PREFIX: &str = "rtpvisor-em-";
-pub const BRIDGE_PREFIX: &str = "rtpvisor-br-";
-/// True for channel ids rtpvisor created (externalMedia channels).
-pub fn is_our_channel_id(id: &str) -> bool {
-    id.starts_with(MEDIA_CHANNEL_PREFIX)
 }
 
 /// Tells the supervisor when the actor ends without finishing its call: a panic in a handler
@@ -383,7 +349,7 @@ impl SetupJob {
     }
 
     async fn build(&self, built: &mut Built, own: Option<(String, UdpSocket)>) -> Result<(), String> {
-        let em_id = external_media_id(&self.caller_id);
+        let em_id = external_media_id(self.cx.ari.app(), &self.caller_id);
         let (host, socket) = match own {
             Some((h, s)) => (h, Some(s)),
             None => (self.cx.settings.echo_target.clone(), None),
@@ -415,7 +381,7 @@ impl SetupJob {
                 .map_err(|e| format!("media engine refused the socket: {e}"))?;
             built.stream_added = true;
         }
-        let br = bridge_id(&self.caller_id);
+        let br = bridge_id(self.cx.ari.app(), &self.caller_id);
         built.bridge_created = true;
         self.cx.ari.create_bridge(&br, &br).await.map_err(|e| e.to_string())?;
         self.add_to_bridge(&br, &em_id).await?;
@@ -469,12 +435,12 @@ async fn teardown(
         None
     };
     if built.em_created {
-        if let Err(e) = ari.hangup(&external_media_id(caller_id), HangupReason::Normal).await {
+        if let Err(e) = ari.hangup(&external_media_id(ari.app(), caller_id), HangupReason::Normal).await {
             log::error!("hanging up externalMedia channel of {caller_id} failed: {e}");
         }
     }
     if built.bridge_created {
-        if let Err(e) = ari.destroy_bridge(&bridge_id(caller_id)).await {
+        if let Err(e) = ari.destroy_bridge(&bridge_id(ari.app(), caller_id)).await {
             log::error!("destroying bridge of {caller_id} failed: {e}");
         }
     }
@@ -483,40 +449,4 @@ async fn teardown(
     }
     drop(built);
     report
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn host_port_brackets_ipv6_only() {
-        assert_eq!(host_port("127.0.0.1", 10000), "127.0.0.1:10000");
-        assert_eq!(host_port("rtpvisor", 4000), "rtpvisor:4000");
-        assert_eq!(host_port("::1", 10000), "[::1]:10000");
-        assert_eq!(host_port("[::1]", 10000), "[::1]:10000");
-    }
-
-    #[test]
-    fn our_resource_ids_are_recognisable() {
-        assert!(is_our_channel_id(&external_media_id("1700000000.12")));
-        assert!(!is_our_channel_id("1700000000.12"));
-        assert_eq!(bridge_id("abc"), "rtpvisor-br-abc");
-        assert_eq!(external_media_id("abc"), "rtpvisor-em-3-abc");
-    }
-
-    #[test]
-    fn no_media_channel_id_is_a_prefix_of_another() {
-        let callers = ["call-2", "call-21", "call-2-1", "1", "12", "1-", "2-1", "", "x;2", "x;21", "10-abcdefghij", "1-0"];
-        for a in callers {
-            for b in callers {
-                let (ea, eb) = (external_media_id(a), external_media_id(b));
-                assert!(a == b || !eb.starts_with(&ea), "{ea} is a prefix of {eb}");
-            }
-            assert_eq!(caller_of_media_id(&external_media_id(a)), Some(a));
-        }
-        assert_eq!(caller_of_media_id("rtpvisor-em-3-ab"), None, "length does not match");
-        assert_eq!(caller_of_media_id("rtpvisor-br-1-a"), None);
-        assert_eq!(caller_of_media_id("rtpvisor-em-x-a"), None);
-    }
 }

@@ -43,6 +43,15 @@ pub struct ServiceConfig {
     pub restart_window: Duration,
     /// Whether the fault-injection entry points may be used (tests only).
     pub faults_enabled: bool,
+    /// Admission limit, every mode counted; 0 means the pool's size.
+    pub max_calls: usize,
+    /// While the ARI link is down, a call whose media stopped this long ends locally (0: off).
+    pub link_down_silence: Duration,
+    /// The media engine is stalled after this long without a loop turn; bounds its requests.
+    pub media_stall: Duration,
+    /// Events WebSocket keep-alive: ping interval, and how long a ping may go unanswered.
+    pub ping_interval: Duration,
+    pub ping_timeout: Duration,
 }
 
 /// Why the service could not start.
@@ -162,6 +171,8 @@ impl Service {
             cfg.default_mode,
             Intensity::new(cfg.max_restarts, cfg.restart_window),
         );
+        let max_calls = if cfg.max_calls == 0 { cfg.rtp_ports.len() } else { cfg.max_calls };
+        let sup = sup.with_max_calls(max_calls);
         let ports = sup.port_manager();
         let supervisor = sup.start();
         let _ = idle_to.set(supervisor.clone());

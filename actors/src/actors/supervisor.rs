@@ -11,10 +11,7 @@ use actix::prelude::*;
 use serde::Serialize;
 use tokio::sync::Notify;
 
-use super::channel::{
-    bridge_id, external_media_id, is_our_channel_id, CallContext, CallSettings, CallState, ChannelActor, EndCall, Gone,
-    InjectPanic, ResourceGone,
-};
+use super::channel::{CallContext, CallSettings, CallState, ChannelActor, EndCall, Gone, InjectPanic, ResourceGone};
 use super::failure::{take_last_panic, FailureRecord};
 use crate::intensity::Intensity;
 use super::metrics::{CallEnded, CallOutcome, CallRejected, MetricsActor, Reconciled};
@@ -23,6 +20,7 @@ use crate::ari::client::AriClient;
 use crate::ari::model::{Event, HangupReason};
 use crate::media::MediaHandle;
 use crate::mode::CallMode;
+use crate::naming::{self, bridge_id, external_media_id};
 use crate::reconcile;
 
 /// An event from the ARI connection.
@@ -198,6 +196,16 @@ pub struct Supervisor {
     /// ChannelActor failures within the restart window.
     intensity: Intensity,
     last_failure: Option<FailureRecord>,
+    /// Admission limit: live calls of every mode together (shared-echo calls lease no port
+    /// but take Asterisk RTP ports all the same).
+    max_calls: usize,
+    /// A reconciliation is running; at most one runs at a time.
+    reconcile_running: bool,
+    /// Another one was asked for meanwhile: it runs once the current one is done (however
+    /// many were asked for, one covers them all).
+    reconcile_pending: bool,
+    /// A delayed reconciliation (after a failed setup) is already scheduled.
+    reconcile_scheduled: bool,
 }
 
 impl Supervisor {
@@ -225,7 +233,17 @@ impl Supervisor {
             drained: Vec::new(),
             intensity,
             last_failure: None,
+            max_calls: usize::MAX,
+            reconcile_running: false,
+            reconcile_pending: false,
+            reconcile_scheduled: false,
         }
+    }
+
+    /// At most `max_calls` live calls, every mode counted; more are refused with congestion.
+    pub fn with_max_calls(mut self, max_calls: usize) -> Self {
+        self.max_calls = max_calls;
+        self
     }
 
     fn reject(&self, channel_id: String, mode: CallMode, why: String, ctx: &mut Context<Self>) {
@@ -248,7 +266,7 @@ impl Supervisor {
         args: Vec<String>,
         ctx: &mut Context<Self>,
     ) {
-        if is_our_channel_id(&channel.id) || channel.is_external_media() {
+        if naming::parse(&channel.id).is_some() || channel.is_external_media() {
             let owner_live = self
                 .resources
                 .get(&channel.id)
@@ -297,6 +315,10 @@ impl Supervisor {
             log::warn!("duplicate StasisStart for {}: ignored", channel.id);
             return;
         }
+        if self.calls.len() >= self.max_calls {
+            let why = format!("at the admission limit of {} concurrent calls", self.max_calls);
+            return self.reject(channel.id, mode, why, ctx);
+        }
         let call_no = self.next_call_no;
         self.next_call_no += 1;
         let cx = CallContext {
@@ -311,8 +333,8 @@ impl Supervisor {
         let actor = ChannelActor::new(call_no, channel.id.clone(), channel.state.clone(), mode, cx)
             .with_media_in_stasis(media_in_stasis.clone());
         let addr = actor.start();
-        let em = external_media_id(&channel.id);
-        let br = bridge_id(&channel.id);
+        let em = external_media_id(self.ari.app(), &channel.id);
+        let br = bridge_id(self.ari.app(), &channel.id);
         self.resources.insert(em.clone(), channel.id.clone());
         self.resources.insert(br.clone(), channel.id.clone());
         let info = CallInfo {
@@ -411,9 +433,19 @@ impl Supervisor {
     /// gone ([`reconcile::plan`] decides). Unknown callers get [`ORPHAN_GRACE`] to show up as
     /// calls before they are hung up. Three steps: fetch, [`Self::carry_out`], and
     /// [`Self::end_orphan_callers`] after the grace.
+    ///
+    /// At most one runs at a time; a request meanwhile makes one more run after it (never
+    /// more than one waits). Calls that began after the fetch started are never ended by it.
     fn reconcile(&mut self, ctx: &mut Context<Self>) {
+        if self.reconcile_running {
+            self.reconcile_pending = true;
+            return;
+        }
+        self.reconcile_running = true;
         let ari = self.ari.clone();
         let started = Instant::now();
+        // Calls numbered from here on began after the fetch started.
+        let watermark = self.next_call_no;
         let fetch = async move {
             let app = ari.application().await?;
             let channels = ari.channels().await?;
@@ -425,13 +457,37 @@ impl Supervisor {
                 let live = act.calls.values().map(|c| reconcile::LiveCall {
                     caller_id: &c.info.channel_id,
                     setting_up: c.info.state == CallState::SettingUp,
+                    began_after_fetch: c.info.call_no >= watermark,
                 });
                 let known = |id: &str| act.calls.contains_key(id) || act.resources.contains_key(id);
                 let plan = reconcile::plan(&app, &channels, &bridges, live, known);
                 act.carry_out(plan, started, ctx);
             }
-            Err(e) => log::error!("[Supervisor] reconciliation could not read Asterisk's state: {e}"),
+            Err(e) => {
+                log::error!("[Supervisor] reconciliation could not read Asterisk's state: {e}");
+                act.reconcile_done(ctx);
+            }
         }));
+    }
+
+    /// The running reconciliation is over: start the one asked for meanwhile, if any.
+    fn reconcile_done(&mut self, ctx: &mut Context<Self>) {
+        self.reconcile_running = false;
+        if std::mem::take(&mut self.reconcile_pending) {
+            self.reconcile(ctx);
+        }
+    }
+
+    /// A reconciliation after `delay`; one scheduled covers every request made before it runs.
+    fn reconcile_later(&mut self, delay: Duration, ctx: &mut Context<Self>) {
+        if self.reconcile_scheduled {
+            return;
+        }
+        self.reconcile_scheduled = true;
+        ctx.run_later(delay, |act, ctx| {
+            act.reconcile_scheduled = false;
+            act.reconcile(ctx);
+        });
     }
 
     /// Ends the vanished calls, hangs up the orphan media channels and destroys the orphan
@@ -473,7 +529,7 @@ impl Supervisor {
         report.orphan_app_channels = orphans.len();
         let ari = self.ari.clone();
         let hangups = async move { hang_up_all(&ari, &orphans, "orphan caller").await };
-        ctx.spawn(hangups.into_actor(self).map(move |errors, act, _| {
+        ctx.spawn(hangups.into_actor(self).map(move |errors, act, ctx| {
             report.errors += errors;
             report.took_ms = started.elapsed().as_millis() as u64;
             log::info!(
@@ -482,6 +538,7 @@ impl Supervisor {
                 report.orphan_bridges, report.vanished_calls, report.errors
             );
             act.metrics.do_send(Reconciled(report));
+            act.reconcile_done(ctx);
         }));
     }
 }
@@ -536,8 +593,8 @@ impl Handler<ChannelFailed> for Supervisor {
             async move {
                 let _ = media.remove(f.call_no).await;
                 for (what, result) in [
-                    ("externalMedia channel", ari.hangup(&external_media_id(&caller), HangupReason::Normal).await),
-                    ("bridge", ari.destroy_bridge(&bridge_id(&caller)).await),
+                    ("externalMedia channel", ari.hangup(&external_media_id(ari.app(), &caller), HangupReason::Normal).await),
+                    ("bridge", ari.destroy_bridge(&bridge_id(ari.app(), &caller)).await),
                     ("caller", ari.hangup(&caller, HangupReason::Normal).await),
                 ] {
                     if let Err(e) = result {
@@ -631,7 +688,7 @@ impl Handler<ChannelDone> for Supervisor {
             // A timed-out request may still be executed by Asterisk; look again once any
             // such request must have been answered.
             let later = self.ari.settings().request_timeout * 2 + Duration::from_secs(1);
-            ctx.run_later(later, |act, ctx| act.reconcile(ctx));
+            self.reconcile_later(later, ctx);
         }
         if let Some(c) = self.calls.remove(&d.caller_id) {
             self.resources.remove(&c.info.external_media_channel);
