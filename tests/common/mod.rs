@@ -96,12 +96,18 @@ pub fn ari_delete(path: &str) -> Result<Value, String> {
 /// Originates a Local channel into our app: `exten@rtpvisor-test` runs the dialplan on the far
 /// half, the near half enters Stasis with `mode` as its argument. Returns the Stasis channel id.
 pub fn originate(exten: &str, mode: &str, id: &str) -> String {
+    originate_in(APP, exten, mode, id)
+}
+
+/// [`originate`] into the Stasis application `app` (an instance of its own: tests that run
+/// beside others use their own app, so they neither see nor disturb the others' calls).
+pub fn originate_in(app: &str, exten: &str, mode: &str, id: &str) -> String {
     let endpoint = format!("Local/{exten}@rtpvisor-test");
     let v = ari_post(
         "/channels",
         &[
             ("endpoint", &endpoint),
-            ("app", APP),
+            ("app", app),
             ("appArgs", mode),
             ("formats", "ulaw"),
             ("channelId", id),
@@ -125,6 +131,33 @@ fn ids(v: Value) -> Vec<String> {
     v.as_array()
         .map(|a| a.iter().filter_map(|c| c["id"].as_str().map(String::from)).collect())
         .unwrap_or_default()
+}
+
+/// Originates `n` Local channels that run plain dialplan on both halves (`exten` in
+/// `rtpvisor-test`, e.g. `silence`): 2 × n channels of no Stasis application at all.
+pub fn originate_dialplan(exten: &str, prefix: &str, n: usize) {
+    let endpoint = format!("Local/{exten}@rtpvisor-test");
+    for i in 0..n {
+        ari_post(
+            "/channels",
+            &[
+                ("endpoint", &endpoint),
+                ("context", "rtpvisor-test"),
+                ("extension", exten),
+                ("priority", "1"),
+                ("channelId", &format!("{prefix}-{i}")),
+                ("otherChannelId", &format!("{prefix}-{i}-far")),
+            ],
+        )
+        .unwrap_or_else(|e| panic!("originate {endpoint} into the dialplan: {e}"));
+    }
+}
+
+/// Hangs up every channel whose id starts with `prefix` (a test's own calls only).
+pub fn hang_up_prefixed(prefix: &str) {
+    for id in asterisk_channels().into_iter().filter(|c| c.starts_with(prefix)) {
+        let _ = ari_delete(&format!("/channels/{id}"));
+    }
 }
 
 /// Hangs up everything Asterisk still has (a previous failed test must not poison the next).
