@@ -78,6 +78,11 @@ pub struct ReconcileReport {
     pub vanished_calls: usize,
     /// Deletes that failed (retried at the next reconciliation).
     pub errors: usize,
+    /// Reading Asterisk's state (our app, every channel, every bridge).
+    pub fetch_ms: u64,
+    /// Channels and bridges Asterisk listed (ours and everyone else's).
+    pub listed: usize,
+    /// The whole run, the grace for unknown callers included.
     pub took_ms: u64,
 }
 
@@ -461,7 +466,11 @@ impl Supervisor {
                 });
                 let known = |id: &str| act.calls.contains_key(id) || act.resources.contains_key(id);
                 let plan = reconcile::plan(&app, &channels, &bridges, live, known);
-                act.carry_out(plan, started, ctx);
+                let fetched = Fetched {
+                    fetch_ms: started.elapsed().as_millis() as u64,
+                    listed: channels.len() + bridges.len(),
+                };
+                act.carry_out(plan, fetched, started, ctx);
             }
             Err(e) => {
                 log::error!("[Supervisor] reconciliation could not read Asterisk's state: {e}");
@@ -492,7 +501,7 @@ impl Supervisor {
 
     /// Ends the vanished calls, hangs up the orphan media channels and destroys the orphan
     /// bridges, then schedules the look at the orphan callers.
-    fn carry_out(&mut self, plan: reconcile::Plan, started: Instant, ctx: &mut Context<Self>) {
+    fn carry_out(&mut self, plan: reconcile::Plan, fetched: Fetched, started: Instant, ctx: &mut Context<Self>) {
         for id in &plan.vanished_calls {
             if let Some(c) = self.calls.get(id) {
                 c.addr.do_send(EndCall { reason: "caller vanished while ARI was disconnected" });
@@ -502,6 +511,8 @@ impl Supervisor {
             vanished_calls: plan.vanished_calls.len(),
             orphan_media_channels: plan.media_orphans.len(),
             orphan_bridges: plan.bridge_orphans.len(),
+            fetch_ms: fetched.fetch_ms,
+            listed: fetched.listed,
             ..ReconcileReport::default()
         };
         let reconcile::Plan { media_orphans, bridge_orphans, caller_candidates, .. } = plan;
@@ -533,14 +544,20 @@ impl Supervisor {
             report.errors += errors;
             report.took_ms = started.elapsed().as_millis() as u64;
             log::info!(
-                "[Supervisor] reconciled in {} ms: {} orphan caller(s), {} orphan media channel(s), {} orphan bridge(s) cleaned, {} vanished call(s) ended, {} error(s)",
-                report.took_ms, report.orphan_app_channels, report.orphan_media_channels,
+                "[Supervisor] reconciled in {} ms (fetch of {} channels and bridges {} ms): {} orphan caller(s), {} orphan media channel(s), {} orphan bridge(s) cleaned, {} vanished call(s) ended, {} error(s)",
+                report.took_ms, report.listed, report.fetch_ms, report.orphan_app_channels, report.orphan_media_channels,
                 report.orphan_bridges, report.vanished_calls, report.errors
             );
             act.metrics.do_send(Reconciled(report));
             act.reconcile_done(ctx);
         }));
     }
+}
+
+/// What the fetch of a reconciliation cost.
+struct Fetched {
+    fetch_ms: u64,
+    listed: usize,
 }
 
 /// Hangs up every channel in `ids`; returns how many failed (each logged).
