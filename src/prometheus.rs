@@ -64,6 +64,11 @@ pub fn render(m: &MetricsSnapshot, ports: &PoolSnapshot) -> String {
         sample(&mut o, "rtpvisor_calls_failed_total", &format!("mode=\"{name}\""), mm.calls_failed as f64);
     }
 
+    family(&mut o, "rtpvisor_calls_ended_total", "counter", "Calls ended, by reason.");
+    for (reason, n) in m.ended.pairs() {
+        sample(&mut o, "rtpvisor_calls_ended_total", &format!("reason=\"{reason}\""), n as f64);
+    }
+
     family(
         &mut o,
         "rtpvisor_latency_seconds",
@@ -148,7 +153,7 @@ pub fn render(m: &MetricsSnapshot, ports: &PoolSnapshot) -> String {
 pub(crate) mod tests {
     use std::collections::{BTreeSet, HashMap, HashSet};
 
-    use rtpvisor_actors::actors::metrics::{AriEventCounts, DroppedCounters, ModesMetrics};
+    use rtpvisor_actors::actors::metrics::{AriEventCounts, DroppedCounters, EndedCounters, ModesMetrics};
     use rtpvisor_actors::latency::LatencySummary;
     use rtpvisor_actors::media::ReflectorCounters;
     use rtpvisor_actors::ports::PortRange;
@@ -406,6 +411,7 @@ pub(crate) mod tests {
             dropped: DroppedCounters { foreign_source: 21, malformed: 22, media_loop: 23 },
             ari: AriEventCounts { events: 90, unknown: 5, malformed: 2 },
             reconcile: Default::default(),
+            ended: EndedCounters { no_media: 41, silent_while_link_down: 42, ..Default::default() },
         };
         let ports = PoolSnapshot {
             range: PortRange::new(10000, 10009).unwrap(),
@@ -443,6 +449,8 @@ pub(crate) mod tests {
             "rtpvisor_calls_active{mode=\"echo\"} 102",
             "rtpvisor_calls_rejected_total{mode=\"probe\"} 203",
             "rtpvisor_calls_failed_total{mode=\"shared-echo\"} 304",
+            "rtpvisor_calls_ended_total{reason=\"no_media\"} 41",
+            "rtpvisor_calls_ended_total{reason=\"silent_while_link_down\"} 42",
             // Latencies are kept in ms and exposed in seconds.
             "# TYPE rtpvisor_latency_seconds summary",
             "rtpvisor_latency_seconds{mode=\"echo\",quantile=\"0.5\"} 0.0125",

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use tokio::sync::Notify;
 
-use super::metrics::{CallEnded, CallOutcome, CallRejected, CallStarted, MetricsActor};
+use super::metrics::{CallEnded, CallOutcome, CallRejected, CallStarted, EndReason, MetricsActor};
 use super::port_manager::{AcquirePort, Lease, PortManager};
 use super::supervisor::{CallUpdate, ChannelDone, ChannelFailed, Supervisor};
 use crate::ari::client::{AriClient, AriError};
@@ -61,11 +61,14 @@ pub struct ResourceGone {
     pub event: &'static str,
 }
 
-/// The service decided to end the call (shutdown, operator).
+/// The service decided to end the call (shutdown, no media, vanished caller, silent while the
+/// ARI link is down).
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
 pub struct EndCall {
-    pub reason: &'static str,
+    pub reason: EndReason,
+    /// For the log.
+    pub why: &'static str,
 }
 
 /// Tells the supervisor when the actor ends without finishing its call: a panic in a handler
@@ -128,6 +131,8 @@ pub struct ChannelActor {
     built: Built,
     started_at: Instant,
     outcome: CallOutcome,
+    /// Why the call ends: the first trigger of the teardown decides.
+    end_reason: EndReason,
     guard: ExitGuard,
     /// Signalled by the supervisor when our externalMedia channel enters Stasis.
     media_in_stasis: Arc<Notify>,
@@ -147,6 +152,7 @@ impl ChannelActor {
             built: Built::default(),
             started_at: Instant::now(),
             outcome: CallOutcome::Completed,
+            end_reason: EndReason::Hangup,
             guard,
             media_in_stasis: Arc::new(Notify::new()),
         }
@@ -168,12 +174,16 @@ impl ChannelActor {
         });
     }
 
-    /// Starts the teardown once; later triggers are ignored.
-    fn teardown(&mut self, why: &str, ctx: &mut Context<Self>) {
+    /// Starts the teardown once; later triggers are ignored. A call ended because it went
+    /// silent while the ARI link is down is ended locally: Asterisk cannot be reached, and the
+    /// reconciliation after the reconnect removes what is left there.
+    fn teardown(&mut self, why: &str, reason: EndReason, ctx: &mut Context<Self>) {
         if self.state == CallState::TearingDown {
             return;
         }
-        log::info!("Tearing down channel {} ({why})", self.caller_id);
+        let local = reason == EndReason::SilentWhileLinkDown;
+        log::info!("Tearing down channel {} ({why}{})", self.caller_id, if local { "; locally" } else { "" });
+        self.end_reason = reason;
         self.state = CallState::TearingDown;
         self.update();
         let built = std::mem::take(&mut self.built);
@@ -182,7 +192,7 @@ impl ChannelActor {
         let caller_id = self.caller_id.clone();
         let call_no = self.call_no;
         let fut = async move {
-            let report = teardown(&ari, &media, call_no, &caller_id, built, HangupReason::Normal).await;
+            let report = teardown(&ari, &media, call_no, &caller_id, built, local).await;
             (report, caller_id)
         };
         ctx.wait(fut.into_actor(self).map(|(report, caller_id), act, ctx| {
@@ -192,7 +202,7 @@ impl ChannelActor {
                     r.packets_in, r.packets_out, r.latency.p50_ms, r.latency.p99_ms, r.latency.count
                 );
             }
-            act.cx.metrics.do_send(CallEnded { mode: act.mode, outcome: act.outcome });
+            act.cx.metrics.do_send(CallEnded { mode: act.mode, outcome: act.outcome, reason: act.end_reason });
             act.cx.supervisor.do_send(ChannelDone {
                 caller_id: caller_id.clone(),
                 setup_failed: act.outcome == CallOutcome::Failed,
@@ -243,7 +253,7 @@ impl Actor for ChannelActor {
                     act.cx.metrics.do_send(CallStarted { mode: act.mode });
                     act.outcome = CallOutcome::Failed;
                     act.built = built;
-                    act.teardown("setup failed", ctx);
+                    act.teardown("setup failed", EndReason::SetupFailed, ctx);
                 }
             }
         }));
@@ -258,7 +268,7 @@ impl Handler<ResourceGone> for ChannelActor {
             Gone::ExternalMedia => "externalMedia channel ended",
             Gone::Bridge => "bridge destroyed",
         };
-        self.teardown(&format!("{why}: {}", msg.event), ctx);
+        self.teardown(&format!("{why}: {}", msg.event), EndReason::Hangup, ctx);
     }
 }
 
@@ -272,7 +282,7 @@ impl Handler<InjectPanic> for ChannelActor {
 impl Handler<EndCall> for ChannelActor {
     type Result = ();
     fn handle(&mut self, msg: EndCall, ctx: &mut Context<Self>) {
-        self.teardown(msg.reason, ctx);
+        self.teardown(msg.why, msg.reason, ctx);
     }
 }
 
@@ -420,20 +430,25 @@ impl SetupJob {
 
 /// Undo what exists, in an order that leaves Asterisk clean: stop our media, hang up our
 /// externalMedia channel, destroy our bridge, hang up the caller. Every step runs even when
-/// an earlier one failed; the lease drops last, when `built` goes out of scope.
+/// an earlier one failed; the lease drops last, when `built` goes out of scope. `local`: only
+/// our side (media, port); Asterisk is left to the next reconciliation.
 async fn teardown(
     ari: &AriClient,
     media: &MediaHandle,
     call_no: u64,
     caller_id: &str,
     built: Built,
-    reason: HangupReason,
+    local: bool,
 ) -> Option<StreamReport> {
     let report = if built.stream_added {
         media.remove(call_no).await.ok().flatten()
     } else {
         None
     };
+    if local {
+        drop(built);
+        return report;
+    }
     if built.em_created {
         if let Err(e) = ari.hangup(&external_media_id(ari.app(), caller_id), HangupReason::Normal).await {
             log::error!("hanging up externalMedia channel of {caller_id} failed: {e}");
@@ -444,7 +459,7 @@ async fn teardown(
             log::error!("destroying bridge of {caller_id} failed: {e}");
         }
     }
-    if let Err(e) = ari.hangup(caller_id, reason).await {
+    if let Err(e) = ari.hangup(caller_id, HangupReason::Normal).await {
         log::error!("hanging up caller {caller_id} failed: {e}");
     }
     drop(built);

@@ -26,11 +26,106 @@ pub enum CallOutcome {
     Failed,
 }
 
+/// Why a call that was accepted ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// The caller hung up, or Asterisk ended one of the call's resources.
+    Hangup,
+    /// No media for `media.no_media_timeout_ms`.
+    NoMedia,
+    /// The ARI link was down and the call's media had stopped too: ended locally (nothing
+    /// sent to Asterisk; the reconciliation after the reconnect removes what is left there).
+    SilentWhileLinkDown,
+    /// Its caller was gone from Asterisk when a reconciliation looked.
+    Vanished,
+    /// The service shut down.
+    Shutdown,
+    /// Setup failed part way.
+    SetupFailed,
+    /// Its actor failed (panicked); the call was ended cleanly.
+    ActorFailed,
+}
+
+impl EndReason {
+    pub const ALL: [EndReason; 7] = [
+        EndReason::Hangup,
+        EndReason::NoMedia,
+        EndReason::SilentWhileLinkDown,
+        EndReason::Vanished,
+        EndReason::Shutdown,
+        EndReason::SetupFailed,
+        EndReason::ActorFailed,
+    ];
+
+    /// The JSON and Prometheus label name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Hangup => "hangup",
+            EndReason::NoMedia => "no_media",
+            EndReason::SilentWhileLinkDown => "silent_while_link_down",
+            EndReason::Vanished => "vanished",
+            EndReason::Shutdown => "shutdown",
+            EndReason::SetupFailed => "setup_failed",
+            EndReason::ActorFailed => "actor_failed",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct CallEnded {
     pub mode: CallMode,
     pub outcome: CallOutcome,
+    pub reason: EndReason,
+}
+
+/// Calls ended, by why (`GET /metrics` `ended`).
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
+pub struct EndedCounters {
+    pub hangup: u64,
+    pub no_media: u64,
+    pub silent_while_link_down: u64,
+    pub vanished: u64,
+    pub shutdown: u64,
+    pub setup_failed: u64,
+    pub actor_failed: u64,
+}
+
+impl EndedCounters {
+    fn from_counts(c: &[u64; 7]) -> Self {
+        EndedCounters {
+            hangup: c[0],
+            no_media: c[1],
+            silent_while_link_down: c[2],
+            vanished: c[3],
+            shutdown: c[4],
+            setup_failed: c[5],
+            actor_failed: c[6],
+        }
+    }
+
+    /// (label, count) pairs in [`EndReason::ALL`] order.
+    pub fn pairs(&self) -> [(&'static str, u64); 7] {
+        let c = [
+            self.hangup,
+            self.no_media,
+            self.silent_while_link_down,
+            self.vanished,
+            self.shutdown,
+            self.setup_failed,
+            self.actor_failed,
+        ];
+        let mut out = [("", 0); 7];
+        for (i, r) in EndReason::ALL.iter().enumerate() {
+            out[i] = (r.as_str(), c[i]);
+        }
+        out
+    }
 }
 
 /// A call was refused before any resource was taken (no free port).
@@ -131,6 +226,8 @@ pub struct MetricsSnapshot {
     pub dropped: DroppedCounters,
     pub ari: AriEventCounts,
     pub reconcile: ReconcileMetrics,
+    /// Calls ended since start, by reason.
+    pub ended: EndedCounters,
 }
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
@@ -153,6 +250,8 @@ pub struct MetricsActor {
     reflector: ReflectorCounters,
     ari: AriEventCounts,
     reconcile: ReconcileMetrics,
+    /// Calls ended, by [`EndReason`] index.
+    ended_by: [u64; 7],
 }
 
 impl Actor for MetricsActor {
@@ -176,6 +275,7 @@ impl Handler<CallEnded> for MetricsActor {
         if m.outcome == CallOutcome::Failed {
             c[3] += 1;
         }
+        self.ended_by[m.reason.index()] += 1;
     }
 }
 
@@ -309,6 +409,7 @@ impl MetricsActor {
             },
             ari: self.ari,
             reconcile: self.reconcile.clone(),
+            ended: EndedCounters::from_counts(&self.ended_by),
         }
     }
 }

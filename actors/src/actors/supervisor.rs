@@ -14,7 +14,7 @@ use tokio::sync::Notify;
 use super::channel::{CallContext, CallSettings, CallState, ChannelActor, EndCall, Gone, InjectPanic, ResourceGone};
 use super::failure::{take_last_panic, FailureRecord};
 use crate::intensity::Intensity;
-use super::metrics::{CallEnded, CallOutcome, CallRejected, MetricsActor, Reconciled};
+use super::metrics::{CallEnded, CallOutcome, CallRejected, EndReason, MetricsActor, Reconciled};
 use super::port_manager::PortManager;
 use crate::ari::client::AriClient;
 use crate::ari::model::{Event, HangupReason};
@@ -504,7 +504,7 @@ impl Supervisor {
     fn carry_out(&mut self, plan: reconcile::Plan, fetched: Fetched, started: Instant, ctx: &mut Context<Self>) {
         for id in &plan.vanished_calls {
             if let Some(c) = self.calls.get(id) {
-                c.addr.do_send(EndCall { reason: "caller vanished while ARI was disconnected" });
+                c.addr.do_send(EndCall { reason: EndReason::Vanished, why: "caller vanished while ARI was disconnected" });
             }
         }
         let mut report = ReconcileReport {
@@ -604,7 +604,7 @@ impl Handler<ChannelFailed> for Supervisor {
             self.resources.remove(&c.info.external_media_channel);
             self.resources.remove(&c.info.bridge);
         }
-        self.metrics.do_send(CallEnded { mode: f.mode, outcome: CallOutcome::Failed });
+        self.metrics.do_send(CallEnded { mode: f.mode, outcome: CallOutcome::Failed, reason: EndReason::ActorFailed });
         let (ari, media, caller) = (self.ari.clone(), self.media.clone(), f.caller_id);
         ctx.spawn(
             async move {
@@ -678,7 +678,7 @@ impl Handler<MediaIdle> for Supervisor {
     fn handle(&mut self, MediaIdle(call_no): MediaIdle, _: &mut Context<Self>) {
         if let Some(c) = self.calls.values().find(|c| c.info.call_no == call_no) {
             log::warn!("No media on call {} for the no-media timeout: ending it", c.info.channel_id);
-            c.addr.do_send(EndCall { reason: "no media" });
+            c.addr.do_send(EndCall { reason: EndReason::NoMedia, why: "no media" });
         }
     }
 }
@@ -743,7 +743,7 @@ impl Handler<Shutdown> for Supervisor {
         let n = self.calls.len();
         log::info!("[Supervisor] shutting down: ending {n} call(s)");
         for c in self.calls.values() {
-            c.addr.do_send(EndCall { reason: "service shutting down" });
+            c.addr.do_send(EndCall { reason: EndReason::Shutdown, why: "service shutting down" });
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.drained.push(tx);
