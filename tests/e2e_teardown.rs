@@ -59,13 +59,36 @@ fn a_call_without_media_is_ended_after_the_no_media_timeout() {
             ..Options::default()
         },
     );
-    // Echo mode toward a far end that sends nothing: no packet ever reaches our port.
+    // Echo and shared-echo toward a far end that sends nothing: no packet ever reaches our
+    // port or, from that call's Asterisk address, the shared echo.
     originate("silence", "echo", "nomedia");
-    wait_active(&svc, 1);
+    originate("silence", "shared-echo", "nomedia-shared");
+    wait_active(&svc, 2);
     let t0 = Instant::now();
     assert_all_released(&svc, "no media");
     let took = t0.elapsed();
-    eprintln!("call without media ended {} ms after it was active", took.as_millis());
+    eprintln!("calls without media ended {} ms after they were active", took.as_millis());
     assert!(took >= Duration::from_millis(500), "ended too early: {took:?}");
     assert!(svc.log_text().contains("No media on call nomedia"));
+    assert!(svc.log_text().contains("No media on call nomedia-shared"));
+    let m = svc.metrics();
+    assert_eq!(m["ended"]["no_media"], 2, "counted as their own end reason: {m}");
+}
+
+/// The no-media timeout is on by default, and calls with media are not touched by it.
+#[test]
+fn the_no_media_timeout_is_on_by_default() {
+    ensure_asterisk();
+    clean_asterisk();
+    let svc = Rtpvisor::start("e2e_no_media_default", Options::default());
+    originate("echo", "probe", "withmedia");
+    wait_active(&svc, 1);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rtpvisor")).arg("--print-config").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(text.contains("no_media_timeout_ms = 30000"), "{text}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(svc.metrics()["active_channels"], 1, "a call with media stays");
+    ari_delete("/channels/withmedia").unwrap();
+    assert_all_released(&svc, "after the call");
+    assert_eq!(svc.metrics()["ended"]["hangup"], 1);
 }

@@ -1,0 +1,405 @@
+//! The chaos run, against the real Asterisk: calls of all three modes arrive and end all the
+//! time while faults are injected one after another in a random order: the events WebSocket
+//! dropped, the ARI link gone silent, ARI answering 500, ARI requests timing out, rtpvisor
+//! killed (-9) and restarted, Asterisk restarted, a call actor panicking, a UDP flood at the
+//! echo port and at a live call's port.
+//!
+//! After each fault the traffic pauses and the run waits for the service to settle; then it
+//! checks: nothing of ours is left in Asterisk, no port is leased without a live call, no call
+//! is stuck. All along: every call is served, refused or failed cleanly, never half set up; at
+//! the end, from every process's log: no port was ever leased twice.
+//!
+//! Length: `RTPVISOR_CHAOS_SECS` (the test command runs 90 s; `scripts/chaos.sh` runs 600 s by
+//! default). `RTPVISOR_CHAOS_SEED` replays a run's order of faults and calls.
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::UdpSocket;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::fault_proxy::{Fault, FaultProxy, PathMatch, Rule};
+use common::*;
+
+const APP_CHAOS: &str = "rtpvisor-chaos";
+const PORTS: &str = "10600-10615";
+/// A fault has settled when the service is clean within this; longer is a failed invariant.
+const SETTLE_LIMIT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum FaultKind {
+    WebSocketDrop,
+    SilentLink,
+    Ari500,
+    AriTimeout,
+    Kill9,
+    AsteriskRestart,
+    ActorPanic,
+    FloodEcho,
+    FloodCallPort,
+}
+
+const ALL_FAULTS: [FaultKind; 9] = [
+    FaultKind::WebSocketDrop,
+    FaultKind::SilentLink,
+    FaultKind::Ari500,
+    FaultKind::AriTimeout,
+    FaultKind::Kill9,
+    FaultKind::AsteriskRestart,
+    FaultKind::ActorPanic,
+    FaultKind::FloodEcho,
+    FaultKind::FloodCallPort,
+];
+
+/// xorshift64*: a reproducible order from a printed seed.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// The call traffic: a thread that places a call every 200 ms while `on`, and hangs each up
+/// after its hold time (1-4 s), whatever `on` says.
+struct Traffic {
+    on: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    placed: Arc<Mutex<Vec<String>>>,
+    pending: Arc<Mutex<Vec<(Instant, String)>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Traffic {
+    fn start(seed: u64) -> Traffic {
+        let on = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let placed = Arc::new(Mutex::new(Vec::new()));
+        let pending: Arc<Mutex<Vec<(Instant, String)>>> = Arc::new(Mutex::new(Vec::new()));
+        let (on2, stop2, placed2, pending2) = (on.clone(), stop.clone(), placed.clone(), pending.clone());
+        let thread = std::thread::spawn(move || {
+            let mut rng = Rng(seed ^ 0x9E37_79B9_7F4A_7C15);
+            let mut n = 0u64;
+            let mut next_call = Instant::now();
+            while !stop2.load(Ordering::SeqCst) {
+                let now = Instant::now();
+                let due: Vec<String> = {
+                    let mut p = pending2.lock().unwrap();
+                    let (due, keep): (Vec<_>, Vec<_>) = p.drain(..).partition(|(t, _)| *t <= now);
+                    *p = keep;
+                    due.into_iter().map(|(_, id)| id).collect()
+                };
+                for id in due {
+                    // 404: it was refused, or ended already. Any error: Asterisk restarting;
+                    // the settle check finds whatever is left.
+                    let _ = ari_delete(&format!("/channels/{id}"));
+                }
+                if on2.load(Ordering::SeqCst) && now >= next_call {
+                    next_call = now + Duration::from_millis(200);
+                    let (exten, mode) = match rng.below(3) {
+                        0 => ("echo", "probe"),
+                        1 => ("milliwatt", "echo"),
+                        _ => ("milliwatt", "shared-echo"),
+                    };
+                    let id = format!("chaos-{n}");
+                    n += 1;
+                    let endpoint = format!("Local/{exten}@rtpvisor-test");
+                    let placed_ok = ari_post(
+                        "/channels",
+                        &[
+                            ("endpoint", &endpoint),
+                            ("app", APP_CHAOS),
+                            ("appArgs", mode),
+                            ("formats", "ulaw"),
+                            ("channelId", &id),
+                            ("otherChannelId", &format!("{id}-far")),
+                        ],
+                    )
+                    .is_ok();
+                    if placed_ok {
+                        placed2.lock().unwrap().push(id.clone());
+                        let hold = Duration::from_millis(1000 + rng.below(3000));
+                        pending2.lock().unwrap().push((now + hold, id));
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        Traffic { on, stop, placed, pending, thread: Some(thread) }
+    }
+
+    fn set(&self, on: bool) {
+        self.on.store(on, Ordering::SeqCst);
+    }
+
+    /// Waits until every placed call's hold time is over and its hang-up was sent.
+    fn drain(&self, limit: Duration) {
+        wait_until("every placed call hung up", limit, || self.pending.lock().unwrap().is_empty());
+    }
+}
+
+impl Drop for Traffic {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn start_service(proxy: &FaultProxy, generation: usize) -> Rtpvisor {
+    Rtpvisor::start(
+        &format!("e2e_chaos_{generation}"),
+        Options {
+            rtp_ports: PORTS.into(),
+            env: vec![
+                ("RTPVISOR_ARI_APP".into(), APP_CHAOS.into()),
+                ("RTPVISOR_ARI_URL".into(), proxy.url()),
+                ("RTPVISOR_FAULT_INJECTION".into(), "true".into()),
+                ("RTPVISOR_ARI_REQUEST_TIMEOUT_MS".into(), "1000".into()),
+                ("RTPVISOR_ARI_PING_INTERVAL_MS".into(), "1000".into()),
+                ("RTPVISOR_ARI_PING_TIMEOUT_MS".into(), "1000".into()),
+                ("RTPVISOR_MAX_RESTARTS".into(), "50".into()),
+            ],
+        },
+    )
+}
+
+/// What of ours Asterisk still lists: the test's callers and far halves, and every channel or
+/// bridge named after the chaos app.
+fn ours_in_asterisk() -> Vec<String> {
+    let chans = ari_get("/channels").ok().and_then(|v| v.as_array().cloned()).unwrap_or_default();
+    let bridges = ari_get("/bridges").ok().and_then(|v| v.as_array().cloned()).unwrap_or_default();
+    chans
+        .iter()
+        .chain(bridges.iter())
+        .filter_map(|c| c["id"].as_str())
+        .filter(|id| {
+            id.starts_with("chaos-")
+                || rtpvisor_actors::naming::parse(id).is_some_and(|o| o.app == APP_CHAOS)
+        })
+        .map(String::from)
+        .collect()
+}
+
+/// Sends datagrams to `to` from a fresh socket for `for_`, at most `max` of them.
+fn flood(to: std::net::SocketAddr, for_: Duration, max: u64) -> u64 {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_nonblocking(true).unwrap();
+    let payload = [0x80u8; 172];
+    let end = Instant::now() + for_;
+    let mut sent = 0;
+    while sent < max && Instant::now() < end {
+        for _ in 0..256 {
+            if s.send_to(&payload, to).is_ok() {
+                sent += 1;
+            }
+        }
+        // Drain what the echo sends back, so the socket's receive queue never backs up.
+        let mut buf = [0u8; 2048];
+        while s.recv_from(&mut buf).is_ok() {}
+    }
+    sent
+}
+
+fn asterisk(cmd: &str) {
+    let ok = std::process::Command::new("bash")
+        .arg(repo().join("scripts/asterisk.sh"))
+        .arg(cmd)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "scripts/asterisk.sh {cmd} failed");
+}
+
+/// Checks, from one process's log, that no port was leased while it was leased already.
+fn double_leases(log: &str) -> Vec<String> {
+    let mut leased: HashMap<u16, usize> = HashMap::new();
+    let mut bad = Vec::new();
+    for (n, line) in log.lines().enumerate() {
+        if let Some(p) = line.split("Allocated port ").nth(1).and_then(|p| p.trim().parse::<u16>().ok()) {
+            if let Some(prev) = leased.insert(p, n) {
+                bad.push(format!("port {p} leased at line {} and again at line {}", prev + 1, n + 1));
+            }
+        } else if let Some(p) = line.split("Released port ").nth(1).and_then(|p| p.trim().parse::<u16>().ok()) {
+            leased.remove(&p);
+        }
+    }
+    bad
+}
+
+#[test]
+fn chaos_calls_of_every_mode_under_random_faults_settle_clean() {
+    ensure_asterisk();
+    let secs: u64 = std::env::var("RTPVISOR_CHAOS_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(90);
+    let seed: u64 = std::env::var("RTPVISOR_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1);
+    eprintln!("chaos run: {secs} s, seed {seed} (RTPVISOR_CHAOS_SEED={seed} replays it)");
+    let mut rng = Rng(seed);
+    let proxy = FaultProxy::start("127.0.0.1:8088");
+    let mut generation = 0;
+    let mut svc = start_service(&proxy, generation);
+    let mut logs = vec![svc.log.clone()];
+    let traffic = Traffic::start(seed);
+    let deadline = Instant::now() + Duration::from_secs(secs);
+
+    // Each fault once in a random order, then again in another, until the time is up.
+    let mut order: Vec<FaultKind> = Vec::new();
+    let mut settle: BTreeMap<FaultKind, (u32, Duration)> = BTreeMap::new();
+    let mut violations: Vec<String> = Vec::new();
+    while Instant::now() < deadline {
+        if order.is_empty() {
+            order = ALL_FAULTS.to_vec();
+            for i in (1..order.len()).rev() {
+                order.swap(i, rng.below(i as u64 + 1) as usize);
+            }
+        }
+        let fault = order.pop().unwrap();
+        traffic.set(true);
+        std::thread::sleep(Duration::from_secs(3));
+        let live_before = svc.metrics()["active_channels"].as_u64().unwrap_or(0);
+        eprintln!("[{:>5.1} s] fault {fault:?} with {live_before} live call(s)", secs as f64 - deadline.saturating_duration_since(Instant::now()).as_secs_f64());
+        match fault {
+            FaultKind::WebSocketDrop => {
+                assert!(proxy.drop_websockets() >= 1, "a WebSocket was open");
+                std::thread::sleep(Duration::from_secs(2));
+            }
+            FaultKind::SilentLink => {
+                proxy.freeze_websockets(true);
+                wait_until("the silent link is noticed", Duration::from_secs(15), || svc.get_status("/ready").0 == 503);
+                std::thread::sleep(Duration::from_secs(1));
+                proxy.freeze_websockets(false);
+            }
+            FaultKind::Ari500 => {
+                proxy.add_rule(Rule::new("POST", PathMatch::exact("/ari/channels/externalMedia"), Fault::status_500()).times(3));
+                proxy.add_rule(Rule::new("POST", PathMatch::exact("/ari/bridges"), Fault::status_500()).times(2));
+                std::thread::sleep(Duration::from_secs(3));
+                proxy.clear_rules();
+            }
+            FaultKind::AriTimeout => {
+                proxy.add_rule(
+                    Rule::new("POST", PathMatch::glob("/ari/bridges/*/addChannel"), Fault::Delay(Duration::from_millis(1500))).times(3),
+                );
+                std::thread::sleep(Duration::from_secs(3));
+                proxy.clear_rules();
+            }
+            FaultKind::Kill9 => {
+                assert_eq!(svc.signal("KILL").0, None);
+                std::thread::sleep(Duration::from_secs(1));
+                generation += 1;
+                svc = start_service(&proxy, generation);
+                logs.push(svc.log.clone());
+            }
+            FaultKind::AsteriskRestart => {
+                asterisk("restart");
+            }
+            FaultKind::ActorPanic => {
+                let chans = svc.get("/channels");
+                let victim = chans.as_array().and_then(|a| a.iter().find(|c| c["state"] == "active")).cloned();
+                if let Some(c) = victim {
+                    let (code, _) = svc.post(&format!("/faults/channels/{}/panic", c["call_no"]));
+                    assert_eq!(code, 202, "panic injected");
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            FaultKind::FloodEcho => {
+                let to = format!("127.0.0.1:{}", svc.echo_port).parse().unwrap();
+                let sent = flood(to, Duration::from_secs(2), 2_000_000);
+                eprintln!("          flooded the echo port with {sent} datagrams");
+            }
+            FaultKind::FloodCallPort => {
+                let chans = svc.get("/channels");
+                let port = chans.as_array().and_then(|a| a.iter().find_map(|c| c["port"].as_u64()));
+                if let Some(p) = port {
+                    let sent = flood(format!("127.0.0.1:{p}").parse().unwrap(), Duration::from_secs(2), 2_000_000);
+                    eprintln!("          flooded call port {p} with {sent} datagrams");
+                }
+            }
+        }
+        // The fault is over: stop placing calls, let the placed ones end, and time how long
+        // the service takes to be clean.
+        traffic.set(false);
+        let t0 = Instant::now();
+        traffic.drain(Duration::from_secs(10));
+        let clean = |svc: &Rtpvisor| {
+            svc.get_status("/ready").0 == 200
+                && svc.get_status("/metrics").1["active_channels"] == 0
+                && svc.get_status("/ports").1["leased"] == 0
+                && ours_in_asterisk().is_empty()
+        };
+        let mut settled = false;
+        while t0.elapsed() < SETTLE_LIMIT {
+            if clean(&svc) {
+                settled = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let took = t0.elapsed();
+        if !settled {
+            violations.push(format!(
+                "{fault:?}: not clean {} s after the fault: ready {}, metrics active {}, ports leased {}, Asterisk {:?}",
+                SETTLE_LIMIT.as_secs(),
+                svc.get_status("/ready").0,
+                svc.get_status("/metrics").1["active_channels"],
+                svc.get_status("/ports").1["leased"],
+                ours_in_asterisk()
+            ));
+            // Clean by hand so the next fault starts from a known state.
+            hang_up_prefixed("chaos-");
+        }
+        let e = settle.entry(fault).or_insert((0, Duration::ZERO));
+        e.0 += 1;
+        e.1 = e.1.max(took);
+        eprintln!("          settled in {} ms", took.as_millis());
+    }
+    let all_placed = traffic.placed.lock().unwrap().clone();
+    drop(traffic);
+
+    // Every placed call ended up served, refused, failed cleanly, or never reached a service
+    // (placed while none held the app: Asterisk hangs it up at once).
+    let text: String = logs.iter().map(|l| std::fs::read_to_string(l).unwrap_or_default()).collect();
+    let mut outcome: BTreeMap<&str, usize> = BTreeMap::new();
+    for id in &all_placed {
+        let served = text.contains(&format!("Created channel {id} "));
+        let refused = text.contains(&format!("Rejecting call {id}:")) || text.contains(&format!("Rejected call {id}:"));
+        let failed = text.contains(&format!("Setup of call {id} failed"));
+        let k = match (served, refused, failed) {
+            (true, _, _) => "served",
+            (_, true, _) => "refused",
+            (_, _, true) => "failed in setup, torn down",
+            _ => "never reached a service",
+        };
+        *outcome.entry(k).or_default() += 1;
+    }
+    for (i, log) in logs.iter().enumerate() {
+        for bad in double_leases(&std::fs::read_to_string(log).unwrap_or_default()) {
+            violations.push(format!("process {i}: {bad}"));
+        }
+    }
+    if !ours_in_asterisk().is_empty() {
+        violations.push(format!("left in Asterisk at the end: {:?}", ours_in_asterisk()));
+    }
+
+    eprintln!("\nchaos run summary ({secs} s, seed {seed}, {} service process(es)):", logs.len());
+    eprintln!("  calls: {outcome:?}");
+    eprintln!("  {:<18} {:>6} {:>16}", "fault", "times", "worst settle ms");
+    for (f, (n, worst)) in &settle {
+        eprintln!("  {:<18} {:>6} {:>16}", format!("{f:?}"), n, worst.as_millis());
+    }
+    eprintln!("  ports leased twice: {}", violations.iter().filter(|v| v.contains("leased at line")).count());
+    eprintln!("  invariant violations: {}", violations.len());
+    for v in &violations {
+        eprintln!("    {v}");
+    }
+    assert!(violations.is_empty(), "chaos invariants broken: {violations:#?}");
+    assert!(outcome.get("served").copied().unwrap_or(0) > 0, "calls were served");
+}
