@@ -109,7 +109,7 @@ impl AriConnection {
                 // Whatever happened while we were not listening, Asterisk kept: reconcile.
                 act.supervisor.do_send(AriConnected { first });
                 log::info!(
-                    "[AriConnection] events WebSocket connected for app {} (connection {generation})",
+                    "[AriConnection] events WebSocket connected for app {} (generation {generation})",
                     act.ari.app()
                 );
             }
@@ -138,8 +138,8 @@ impl AriConnection {
         }
         let reason = why.to_string();
         match why {
-            Down::Replaced { .. } => log::error!("[AriConnection] events WebSocket {generation}: {reason}"),
-            _ => log::warn!("[AriConnection] events WebSocket {generation} lost: {reason}"),
+            Down::Replaced { .. } => log::error!("[AriConnection] events WebSocket of generation {generation}: {reason}"),
+            _ => log::warn!("[AriConnection] events WebSocket of generation {generation} lost: {reason}"),
         }
         self.last_failure = Some(FailureRecord::now(format!("lost: {reason}")));
         self.supervisor.do_send(AriDisconnected { reason });
