@@ -1,8 +1,10 @@
 //! An HTTP/1.1 fault proxy for ARI, for the end-to-end tests: rtpvisor talks to it instead of
 //! Asterisk (`RTPVISOR_ARI_URL` = [`FaultProxy::url`]), and it forwards every request to the
 //! real ARI unless a [`Rule`] says to inject a [`Fault`] into it. The events WebSocket is piped
-//! through too, so a test can cut it ([`FaultProxy::drop_websockets`]) and keep the service from
-//! getting it back for a while ([`FaultProxy::refuse_websockets`]).
+//! through too, so a test can cut it ([`FaultProxy::drop_websockets`]), keep the service from
+//! getting it back for a while ([`FaultProxy::refuse_websockets`]), or make it silent without
+//! closing anything ([`FaultProxy::freeze_websockets`]: a half-open link, as after a NAT or
+//! firewall lost the connection's state).
 //!
 //! Plain std threads and blocking sockets: one thread per accepted connection (two for a
 //! WebSocket), no async runtime. Each REST request is forwarded on a fresh upstream connection
@@ -179,6 +181,9 @@ pub enum Outcome {
     WebSocketClosed,
     /// A WebSocket upgrade answered 503 because the proxy refuses WebSockets.
     WebSocketRefused,
+    /// A WebSocket upgrade that came while WebSockets were frozen: held open, never forwarded
+    /// nor answered.
+    WebSocketHeld,
 }
 
 /// One request the proxy received, in arrival order.
@@ -237,6 +242,11 @@ struct Shared {
     started: Instant,
     stop: AtomicBool,
     refuse_ws: AtomicBool,
+    /// New WebSocket upgrades are held unanswered (see [`FaultProxy::freeze_websockets`]).
+    freeze_ws: AtomicBool,
+    /// One flag per piped WebSocket: set, its pipes drop whatever they read. Never cleared: a
+    /// frozen connection stays dead, as a connection whose NAT state is gone.
+    ws_frozen: Mutex<Vec<Arc<AtomicBool>>>,
     next_id: AtomicU64,
     rules: Mutex<Vec<RuleState>>,
     log: Mutex<Vec<Request>>,
@@ -359,6 +369,8 @@ impl FaultProxy {
             started: Instant::now(),
             stop: AtomicBool::new(false),
             refuse_ws: AtomicBool::new(false),
+            freeze_ws: AtomicBool::new(false),
+            ws_frozen: Mutex::new(Vec::new()),
             next_id: AtomicU64::new(1),
             rules: Mutex::new(Vec::new()),
             log: Mutex::new(Vec::new()),
@@ -420,6 +432,21 @@ impl FaultProxy {
     /// Asterisk sees the app's WebSocket go away. Returns how many were open.
     pub fn drop_websockets(&self) -> usize {
         self.shared.shut(true)
+    }
+
+    /// `true`: every piped WebSocket goes silent in both directions (what either side sends is
+    /// read and dropped; neither sees a close, even when the other side closes), and new
+    /// WebSocket upgrades are held open without being forwarded or answered. `false`: new
+    /// WebSockets are piped again; the frozen ones stay silent until they are closed (by
+    /// [`FaultProxy::drop_websockets`] or dropping the proxy). Frozen ones still count in
+    /// [`FaultProxy::open_websockets`]. Returns how many piped WebSockets were frozen now.
+    pub fn freeze_websockets(&self, freeze: bool) -> usize {
+        let flags = lock(&self.shared.ws_frozen);
+        self.shared.freeze_ws.store(freeze, Ordering::SeqCst);
+        if !freeze {
+            return 0;
+        }
+        flags.iter().filter(|f| !f.swap(true, Ordering::SeqCst)).count()
     }
 
     /// WebSockets piped right now.
@@ -775,6 +802,13 @@ fn websocket(
     head: &RequestHead,
 ) {
     let seq = shared.log_new(head, None);
+    if shared.freeze_ws.load(Ordering::SeqCst) {
+        shared.hold(conn, true, &client);
+        shared.log_update(seq, None, Outcome::WebSocketHeld);
+        hold_silent(shared, &mut client);
+        let _ = client.shutdown(Shutdown::Both);
+        return;
+    }
     if shared.refuse_ws.load(Ordering::SeqCst) {
         let _ = client.write_all(&simple_response(503, r#"{"message":"fault proxy: WebSockets refused"}"#));
         shared.log_update(seq, None, Outcome::WebSocketRefused);
@@ -805,17 +839,68 @@ fn websocket(
         shared.log_update(seq, None, Outcome::WebSocketClosed);
         return;
     };
+    // Registered before the global flag is read, under the lock freeze_websockets takes: a
+    // WebSocket set up during a freeze is frozen either here or there.
+    let frozen = Arc::new(AtomicBool::new(false));
+    {
+        let mut flags = lock(&shared.ws_frozen);
+        flags.retain(|f| Arc::strong_count(f) > 1);
+        flags.push(frozen.clone());
+        if shared.freeze_ws.load(Ordering::SeqCst) {
+            frozen.store(true, Ordering::SeqCst);
+        }
+    }
+    let frozen_down = frozen.clone();
     let down = std::thread::Builder::new()
         .name("fault-proxy-ws-down".into())
         .spawn(move || {
-            let _ = io::copy(&mut u2, &mut c2);
-            let _ = u2.shutdown(Shutdown::Both);
-            let _ = c2.shutdown(Shutdown::Both);
+            // A frozen link does not pass the end on either: the other side keeps its socket.
+            if !pipe(&mut u2, &mut c2, &frozen_down) {
+                let _ = u2.shutdown(Shutdown::Both);
+                let _ = c2.shutdown(Shutdown::Both);
+            }
         })
         .expect("fault proxy: spawn");
-    let _ = io::copy(&mut client, &mut up);
-    let _ = client.shutdown(Shutdown::Both);
-    let _ = up.shutdown(Shutdown::Both);
+    if !pipe(&mut client, &mut up, &frozen) {
+        let _ = client.shutdown(Shutdown::Both);
+        let _ = up.shutdown(Shutdown::Both);
+    }
     let _ = down.join();
     shared.log_update(seq, None, Outcome::WebSocketClosed);
+}
+
+/// Copies `from` to `to` until `from` ends or a write fails; while `frozen` is set, drops what
+/// it reads instead. Returns whether the link was frozen when it ended.
+fn pipe(from: &mut TcpStream, to: &mut TcpStream, frozen: &AtomicBool) -> bool {
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        if frozen.load(Ordering::SeqCst) {
+            continue;
+        }
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    frozen.load(Ordering::SeqCst)
+}
+
+/// Keeps a held (frozen) upgrade's connection open, reading and dropping what the client
+/// sends, until the client closes it or the proxy stops.
+fn hold_silent(shared: &Shared, client: &mut TcpStream) {
+    let _ = client.set_read_timeout(Some(TICK * 10));
+    let mut buf = [0u8; 4096];
+    while !shared.stopped() {
+        match client.read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted) => {}
+            Err(_) => return,
+        }
+    }
 }

@@ -1,23 +1,30 @@
-//! AriConnection: keeps the ARI events WebSocket open, decodes each event and hands it to the
-//! Supervisor. Reconnects with capped exponential backoff and jitter; readiness of the service
-//! is read from here (no events, no calls).
+//! AriConnection: keeps the ARI events link up and hands each event to the Supervisor. It
+//! only receives typed items ([`LinkItem`]) from the connection task in [`crate::ari::events`]
+//! (which owns the socket, pings it and declares it dead) and keeps the link's status,
+//! backoff and the readiness reason ([`LinkState`]). The service is not ready while the link
+//! is down: no events, no calls.
+//!
+//! Every connect attempt has a [`Generation`]; its outcome and every item of its connection
+//! are tagged with it, and anything of an old generation is ignored, so a closed connection's
+//! late end or event never acts on a newer one.
+//!
+//! On every loss (closed, protocol error, silent, replaced) the Supervisor is told
+//! ([`AriDisconnected`]), and after every connect ([`AriConnected`]) it reconciles.
 
 use std::time::{Duration, Instant};
 
-use actix::io::{SinkWrite, WriteHandler};
 use actix::prelude::*;
-use awc::ws::{Codec, Frame, Message as WsMessage};
-use awc::BoxedSocket;
-use futures_util::stream::{SplitSink, StreamExt};
+use futures_util::stream::{self, StreamExt};
 use serde::Serialize;
 
 use super::failure::FailureRecord;
 use super::metrics::{AriEventCounts, MetricsActor};
-use super::supervisor::{AriConnected, AriEvent, Supervisor};
+use super::supervisor::{AriConnected, AriDisconnected, AriEvent, Supervisor};
 use crate::ari::client::AriClient;
-use crate::ari::model::{decode_event, Event};
-
-type WsSink = SplitSink<actix_codec::Framed<BoxedSocket, Codec>, WsMessage>;
+use crate::ari::events::{event_stream, LinkItem};
+use crate::ari::link::{Down, Generation, LinkState};
+use crate::ari::liveness::LivenessSettings;
+use crate::ari::model::Event;
 
 #[derive(Message)]
 #[rtype(result = "AriStatus")]
@@ -30,88 +37,113 @@ pub struct AriStatus {
     pub connects: u64,
     pub last_error: Option<String>,
     pub connected_for_ms: Option<u64>,
+    /// Why not connected (connecting, connect error, closed by Asterisk, silent link, app
+    /// taken by another client); `None` while connected.
+    pub reason: Option<String>,
     /// The last time the connection was lost or could not be made, and why.
     #[serde(skip)]
     pub last_failure: Option<FailureRecord>,
+}
+
+/// An item of connection `generation`.
+#[derive(Debug)]
+struct Tagged {
+    generation: Generation,
+    item: LinkItem,
 }
 
 pub struct AriConnection {
     ari: AriClient,
     supervisor: Addr<Supervisor>,
     metrics: Addr<MetricsActor>,
-    sink: Option<SinkWrite<WsMessage, WsSink>>,
-    connected_at: Option<Instant>,
-    connects: u64,
-    last_error: Option<String>,
+    liveness: LivenessSettings,
+    state: LinkState,
+    /// The current connection's stream, to drop it (and its socket) when we give it up.
+    link: Option<SpawnHandle>,
     last_failure: Option<FailureRecord>,
-    backoff: Duration,
-    backoff_min: Duration,
-    backoff_max: Duration,
 }
 
 impl AriConnection {
+    /// `backoff_min`/`backoff_max`: the reconnect waits (capped exponential, with jitter);
+    /// `liveness`: how often the link is pinged and how long an answer may take
+    /// ([`LivenessSettings::default`]: 5 s and 5 s).
     pub fn new(
         ari: AriClient,
         supervisor: Addr<Supervisor>,
         metrics: Addr<MetricsActor>,
         backoff_min: Duration,
         backoff_max: Duration,
+        liveness: LivenessSettings,
     ) -> Self {
         AriConnection {
             ari,
             supervisor,
             metrics,
-            sink: None,
-            connected_at: None,
-            connects: 0,
-            last_error: None,
+            liveness,
+            state: LinkState::new(backoff_min, backoff_max),
+            link: None,
             last_failure: None,
-            backoff: backoff_min,
-            backoff_min,
-            backoff_max,
         }
     }
 
     fn connect(&mut self, ctx: &mut Context<Self>) {
+        let generation = self.state.attempt();
         let req = self.ari.events_request();
         // `spawn`, not `wait`: status queries (/ready, /actors) must be answered while a
         // connect attempt hangs on an Asterisk that accepts TCP but does not answer.
-        ctx.spawn(async move { req.connect().await }.into_actor(self).map(|res, act, ctx| match res {
+        ctx.spawn(async move { req.connect().await }.into_actor(self).map(move |res, act, ctx| match res {
             Ok((_resp, framed)) => {
-                let (sink, stream) = framed.split();
-                act.sink = Some(SinkWrite::new(sink, ctx));
-                ctx.add_stream(stream);
-                act.connected_at = Some(Instant::now());
-                act.connects += 1;
-                act.backoff = act.backoff_min;
+                if !act.state.connected(generation, Instant::now()) {
+                    log::debug!("[AriConnection] dropping the late connection of attempt {generation}");
+                    return;
+                }
+                let items = event_stream(framed, act.liveness)
+                    .map(move |item| Tagged { generation, item })
+                    // Should the task ever end without its terminal item, its end still comes
+                    // tagged (and is ignored when that connection is no longer current).
+                    .chain(stream::once(async move {
+                        Tagged { generation, item: LinkItem::Closed { reason: "event stream ended".into() } }
+                    }));
+                act.link = Some(ctx.add_stream(items));
+                let first = act.state.connects() == 1;
                 // Whatever happened while we were not listening, Asterisk kept: reconcile.
-                act.supervisor.do_send(AriConnected { first: act.connects == 1 });
-                log::info!("[AriConnection] events WebSocket connected for app {}", act.ari.app());
+                act.supervisor.do_send(AriConnected { first });
+                log::info!(
+                    "[AriConnection] events WebSocket connected for app {} (generation {generation})",
+                    act.ari.app()
+                );
             }
             Err(e) => {
-                act.last_error = Some(e.to_string());
-                act.last_failure = Some(FailureRecord::now(format!("connect failed: {e}")));
-                log::warn!("[AriConnection] connecting the events WebSocket failed: {e}");
-                act.reconnect_later(ctx);
+                let error = e.to_string();
+                if let Some(wait) = act.state.connect_failed(generation, error.clone()) {
+                    act.last_failure = Some(FailureRecord::now(format!("connect failed: {error}")));
+                    log::warn!("[AriConnection] connecting the events WebSocket failed: {error}");
+                    act.reconnect_later(wait, ctx);
+                }
             }
         }));
     }
 
-    fn reconnect_later(&mut self, ctx: &mut Context<Self>) {
-        let wait = jittered(self.backoff);
-        self.backoff = (self.backoff * 2).min(self.backoff_max);
+    fn reconnect_later(&mut self, wait: Duration, ctx: &mut Context<Self>) {
+        let wait = jittered(wait);
         log::info!("[AriConnection] reconnecting in {} ms", wait.as_millis());
         ctx.run_later(wait, |act, ctx| act.connect(ctx));
     }
 
-    fn lost(&mut self, why: String, ctx: &mut Context<Self>) {
-        if self.connected_at.take().is_some() {
-            log::warn!("[AriConnection] events WebSocket lost: {why}");
-            self.last_failure = Some(FailureRecord::now(format!("lost: {why}")));
-            self.last_error = Some(why);
-            self.sink = None;
-            self.reconnect_later(ctx);
+    /// Connection `generation` is down for `why`: drop it, tell the Supervisor, reconnect later.
+    fn lost(&mut self, generation: Generation, why: Down, ctx: &mut Context<Self>) {
+        let Some(wait) = self.state.lost(generation, why.clone(), Instant::now()) else { return };
+        if let Some(link) = self.link.take() {
+            ctx.cancel_future(link);
         }
+        let reason = why.to_string();
+        match why {
+            Down::Replaced { .. } => log::error!("[AriConnection] events WebSocket of generation {generation}: {reason}"),
+            _ => log::warn!("[AriConnection] events WebSocket of generation {generation} lost: {reason}"),
+        }
+        self.last_failure = Some(FailureRecord::now(format!("lost: {reason}")));
+        self.supervisor.do_send(AriDisconnected { reason });
+        self.reconnect_later(wait, ctx);
     }
 }
 
@@ -135,53 +167,47 @@ impl Actor for AriConnection {
     }
 }
 
-impl WriteHandler<awc::error::WsProtocolError> for AriConnection {}
-
-impl StreamHandler<Result<Frame, awc::error::WsProtocolError>> for AriConnection {
-    fn handle(&mut self, item: Result<Frame, awc::error::WsProtocolError>, ctx: &mut Context<Self>) {
-        match item {
-            Ok(Frame::Text(text)) => {
-                let mut counts = AriEventCounts { events: 1, ..Default::default() };
-                match std::str::from_utf8(&text).map_err(|e| e.to_string()).and_then(|t| {
-                    decode_event(t).map_err(|e| e.to_string())
-                }) {
-                    Ok(Event::Unknown { kind }) => {
-                        counts.unknown = 1;
-                        log::debug!("[AriConnection] ignoring ARI event of type {kind}");
-                    }
-                    Ok(ev) => self.supervisor.do_send(AriEvent(ev)),
-                    Err(e) => {
-                        counts.malformed = 1;
-                        log::warn!("[AriConnection] skipping malformed ARI event: {e}");
-                    }
-                }
-                self.metrics.do_send(counts);
-            }
-            Ok(Frame::Ping(p)) => {
-                if let Some(sink) = &mut self.sink {
-                    let _ = sink.write(WsMessage::Pong(p));
-                }
-            }
-            Ok(Frame::Close(reason)) => self.lost(format!("closed by Asterisk: {reason:?}"), ctx),
-            Ok(_) => {}
-            Err(e) => self.lost(format!("protocol error: {e}"), ctx),
+impl StreamHandler<Tagged> for AriConnection {
+    fn handle(&mut self, Tagged { generation, item }: Tagged, ctx: &mut Context<Self>) {
+        if !self.state.is_current(generation) || !self.state.is_up() {
+            log::debug!("[AriConnection] ignoring {item:?} of old connection {generation}");
+            return;
         }
+        let mut counts = AriEventCounts { events: 1, ..Default::default() };
+        match item {
+            LinkItem::Event(Event::ApplicationReplaced { application }) => {
+                self.lost(generation, Down::Replaced { app: application }, ctx);
+            }
+            LinkItem::Event(ev) => self.supervisor.do_send(AriEvent(ev)),
+            LinkItem::Unknown { kind } => {
+                counts.unknown = 1;
+                log::debug!("[AriConnection] ignoring ARI event of type {kind}");
+            }
+            LinkItem::Malformed { error } => {
+                counts.malformed = 1;
+                log::warn!("[AriConnection] skipping malformed ARI event: {error}");
+            }
+            LinkItem::Closed { reason } => return self.lost(generation, Down::Closed(reason), ctx),
+            LinkItem::Dead { reason } => return self.lost(generation, Down::Silent(reason), ctx),
+        }
+        self.metrics.do_send(counts);
     }
 
-    /// The stream ended: do not stop the actor (the default), reconnect instead.
-    fn finished(&mut self, ctx: &mut Context<Self>) {
-        self.lost("connection closed".into(), ctx);
-    }
+    /// A connection's stream ended. Its end already came as a tagged item, so this says
+    /// nothing (and it may be an old connection's): do not stop the actor (the default).
+    fn finished(&mut self, _: &mut Context<Self>) {}
 }
 
 impl Handler<GetAriStatus> for AriConnection {
     type Result = MessageResult<GetAriStatus>;
     fn handle(&mut self, _: GetAriStatus, _: &mut Context<Self>) -> Self::Result {
+        let s = self.state.status(Instant::now());
         MessageResult(AriStatus {
-            connected: self.connected_at.is_some(),
-            connects: self.connects,
-            last_error: self.last_error.clone(),
-            connected_for_ms: self.connected_at.map(|t| t.elapsed().as_millis() as u64),
+            connected: s.connected,
+            connects: s.connects,
+            last_error: s.last_error,
+            connected_for_ms: s.connected_for.map(|d| d.as_millis() as u64),
+            reason: s.reason,
             last_failure: self.last_failure.clone(),
         })
     }

@@ -23,6 +23,7 @@ use super::supervisor::{
 };
 use crate::intensity::Intensity;
 use crate::ari::client::{AriClient, AriSettings};
+use crate::ari::liveness::LivenessSettings;
 use crate::media::{MediaHandle, StreamReport};
 use crate::mode::CallMode;
 use crate::ports::{PoolSnapshot, PortRange};
@@ -176,9 +177,15 @@ impl Service {
         let ports = sup.port_manager();
         let supervisor = sup.start();
         let _ = idle_to.set(supervisor.clone());
-        let ari_conn =
-            AriConnection::new(ari, supervisor.clone(), metrics.clone(), cfg.reconnect_min, cfg.reconnect_max)
-                .start();
+        let ari_conn = AriConnection::new(
+            ari,
+            supervisor.clone(),
+            metrics.clone(),
+            cfg.reconnect_min,
+            cfg.reconnect_max,
+            LivenessSettings::default(),
+        )
+        .start();
         Ok(Service {
             supervisor,
             ports,

@@ -1,3 +1,9 @@
-//! ARI: the Asterisk REST Interface. [`model`] is pure data and decoding; [`client`] does IO.
+//! ARI: the Asterisk REST Interface. [`model`] is pure data and decoding; [`liveness`] and
+//! [`link`] are the pure rules of the events link (when to ping, when it is dead, which
+//! connection is current, backoff); [`client`] does the REST IO and [`events`] the WebSocket
+//! protocol.
 pub mod client;
+pub mod events;
+pub mod link;
+pub mod liveness;
 pub mod model;
