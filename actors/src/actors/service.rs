@@ -183,7 +183,7 @@ impl Service {
             metrics.clone(),
             cfg.reconnect_min,
             cfg.reconnect_max,
-            LivenessSettings::default(),
+            LivenessSettings { ping_interval: cfg.ping_interval, ping_timeout: cfg.ping_timeout },
         )
         .start();
         Ok(Service {
