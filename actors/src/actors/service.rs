@@ -23,7 +23,7 @@ use super::supervisor::{
 };
 use crate::intensity::Intensity;
 use crate::ari::client::{AriClient, AriSettings};
-use crate::media::{MediaHandle, StreamReport};
+use crate::media::{EngineOptions, IdleReason, MediaHandle, StreamReport};
 use crate::mode::CallMode;
 use crate::ports::{PoolSnapshot, PortRange};
 
@@ -136,11 +136,14 @@ impl Service {
         let idle_sup = idle_to.clone();
         let (media, join) = MediaHandle::start(
             Box::new(move |f| sink_addr.do_send(Flush(f))),
-            Box::new(move |id| {
+            Box::new(move |id, reason| {
                 if let Some(s) = idle_sup.get() {
-                    s.do_send(MediaIdle(id));
+                    if reason == IdleReason::NoMedia {
+                        s.do_send(MediaIdle(id));
+                    }
                 }
             }),
+            EngineOptions::default(),
         )
         .map_err(StartError::Media)?;
         let echo_sock = UdpSocket::bind(cfg.echo_addr)
@@ -192,7 +195,7 @@ impl Service {
     pub async fn channels(&self) -> Result<Vec<ChannelView>, MailboxError> {
         let calls = self.supervisor.send(GetCalls).await?;
         let mut streams: std::collections::HashMap<u64, StreamReport> =
-            self.media.snapshot().await.unwrap_or_default().into_iter().map(|s| (s.id, s)).collect();
+            self.media.snapshot().await.unwrap_or_default().streams.into_iter().map(|s| (s.id, s)).collect();
         Ok(calls
             .into_iter()
             .map(|call| {
