@@ -1481,4 +1481,368 @@ mod tests {
             assert_eq!(&buf[..n], &msg[..]);
         }
     }
+
+    fn opts(request_ms: u64, stall_ms: u64) -> EngineOptions {
+        EngineOptions {
+            request_timeout: Duration::from_millis(request_ms),
+            stall_bound: Duration::from_millis(stall_ms),
+        }
+    }
+
+    fn rtp_from(ssrc: u32, seq: u16, ts: u32, fill: u8) -> Vec<u8> {
+        let mut buf = vec![fill; HEADER_LEN + 160];
+        write_header(&mut buf, &RtpHeader::pcmu(seq, ts, ssrc)).unwrap();
+        buf
+    }
+
+    // ---- pure parts ----
+
+    #[test]
+    fn options_need_a_timeout_and_a_stall_bound_beyond_housekeeping() {
+        assert!(EngineOptions::default().check().is_ok());
+        assert!(opts(0, 1000).check().is_err());
+        assert!(opts(100, 250).check().is_err(), "an idle loop sleeps 250 ms");
+        assert!(opts(100, 251).check().is_ok());
+        let err = MediaHandle::start(Box::new(|_| {}), Box::new(|_, _| {}), opts(100, 100)).err().expect("refused");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        assert!(err.to_string().contains("stall bound"), "{err}");
+    }
+
+    #[test]
+    fn engine_errors_say_what_happened() {
+        assert_eq!(EngineError::Gone.to_string(), "the media engine is not running");
+        assert_eq!(
+            EngineError::Timeout(Duration::from_millis(1500)).to_string(),
+            "the media engine did not answer within 1.5s"
+        );
+    }
+
+    #[test]
+    fn liveness_is_judged_from_the_exit_and_the_last_turn() {
+        let bound = Duration::from_millis(500);
+        assert_eq!(judge(None, Duration::ZERO, bound), Liveness::Running);
+        assert_eq!(judge(None, bound, bound), Liveness::Running, "exactly the bound");
+        let gap = bound + Duration::from_millis(1);
+        assert_eq!(judge(None, gap, bound), Liveness::Stalled { since: gap });
+        assert_eq!(
+            judge(Some("panicked: x"), Duration::ZERO, bound),
+            Liveness::Dead { reason: "panicked: x".into() },
+            "an ended thread is dead however recent its last turn"
+        );
+        // Through `Health`, with made-up times.
+        let origin = Instant::now();
+        let h = Health { origin, last_turn_ms: AtomicU64::new(0), ended: OnceLock::new(), stall_bound: bound };
+        h.turn(origin + Duration::from_millis(1000));
+        assert_eq!(h.liveness(origin + Duration::from_millis(1400)), Liveness::Running);
+        assert_eq!(
+            h.liveness(origin + Duration::from_millis(1600)),
+            Liveness::Stalled { since: Duration::from_millis(600) }
+        );
+        assert_eq!(h.liveness(origin), Liveness::Running, "a reading before the last turn");
+    }
+
+    #[test]
+    fn panic_messages_are_read_from_both_payload_kinds() {
+        let literal = panic::catch_unwind(|| panic!("plain")).unwrap_err();
+        assert_eq!(panic_message(literal.as_ref()), "plain");
+        let n = 3;
+        let formatted = panic::catch_unwind(|| panic!("with {n}")).unwrap_err();
+        assert_eq!(panic_message(formatted.as_ref()), "with 3");
+        let other = panic::catch_unwind(|| panic::panic_any(7u8)).unwrap_err();
+        assert_eq!(panic_message(other.as_ref()), "(no message)");
+    }
+
+    #[test]
+    fn the_ring_tells_new_duplicate_and_loop_apart() {
+        let mut keys = [u64::MAX; LOOP_RING];
+        let mut origins = [(0, 0); LOOP_RING];
+        keys[5] = 42;
+        origins[5] = (7, 100);
+        assert_eq!(seen(&keys, &origins, 41, (7, 100)), Seen::New);
+        assert_eq!(seen(&keys, &origins, 42, (7, 100)), Seen::Duplicate);
+        assert_eq!(seen(&keys, &origins, 42, (7, 101)), Seen::Loop, "another sequence number");
+        assert_eq!(seen(&keys, &origins, 42, (8, 100)), Seen::Loop, "another SSRC");
+        // Two entries with one key (two received packets with equal timestamp and payload):
+        // matching either's origin makes a duplicate, matching neither a loop.
+        keys[60] = 42;
+        origins[60] = (9, 1);
+        assert_eq!(seen(&keys, &origins, 42, (7, 100)), Seen::Duplicate);
+        assert_eq!(seen(&keys, &origins, 42, (9, 1)), Seen::Duplicate);
+        assert_eq!(seen(&keys, &origins, 42, (9, 2)), Seen::Loop);
+    }
+
+    #[test]
+    fn silence_is_reported_once_per_reason_and_link_down_rearms() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut s = Silence::new(Some(t0), Duration::from_millis(1000));
+        assert_eq!(s.silent_for(ms(300)), Some(Duration::from_millis(300)));
+        assert_eq!(s.due(ms(300), None), None);
+        assert_eq!(s.due(ms(300), Some(Duration::from_millis(500))), None);
+        assert_eq!(s.due(ms(500), Some(Duration::from_millis(500))), Some(IdleReason::SilentWhileLinkDown));
+        assert_eq!(s.due(ms(900), Some(Duration::from_millis(500))), None, "once");
+        assert_eq!(s.due(ms(1000), Some(Duration::from_millis(500))), Some(IdleReason::NoMedia));
+        assert_eq!(s.due(ms(5000), Some(Duration::from_millis(500))), None);
+        // A packet: silence counts from it.
+        let mut s = Silence::new(Some(t0), Duration::ZERO);
+        s.last_rx = Some(ms(800));
+        assert_eq!(s.silent_for(ms(1000)), Some(Duration::from_millis(200)));
+        assert_eq!(s.due(ms(1000), Some(Duration::from_millis(500))), None, "traffic 200 ms ago");
+        assert_eq!(s.due(ms(60_000), None), None, "no_media_timeout zero: never idle");
+        assert_eq!(s.due(ms(1300), Some(Duration::from_millis(500))), Some(IdleReason::SilentWhileLinkDown));
+        s.link_down_reported = false; // what `set_link_down(None)` does
+        assert_eq!(s.due(ms(1300), Some(Duration::from_millis(500))), Some(IdleReason::SilentWhileLinkDown));
+        // Media not expected yet (a probe before its bridge): never reported.
+        let mut s = Silence::new(None, Duration::from_millis(1));
+        assert_eq!(s.silent_for(ms(60_000)), None);
+        assert_eq!(s.due(ms(60_000), Some(Duration::ZERO)), None);
+        // A packet before media was expected does not shorten the silence.
+        let mut s = Silence::new(Some(ms(1000)), Duration::ZERO);
+        s.last_rx = Some(ms(10));
+        assert_eq!(s.silent_for(ms(1500)), Some(Duration::from_millis(500)));
+    }
+
+    // ---- the engine, with real sockets ----
+
+    #[test]
+    fn requests_time_out_while_the_engine_is_stuck_and_work_after() {
+        let h = Harness::with(opts(150, 300), || {});
+        h.media.inject_stall(Duration::from_millis(900)).unwrap();
+        let t = Instant::now();
+        assert_eq!(block_on(h.media.snapshot()), Err(EngineError::Timeout(Duration::from_millis(150))));
+        assert_eq!(block_on(h.media.remove(1)), Err(EngineError::Timeout(Duration::from_millis(150))));
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        assert!(matches!(block_on(h.media.set_reflector(sock)), Err(EngineError::Timeout(_))));
+        assert!(matches!(
+            block_on(h.media.watch_shared(9, "127.0.0.1:9".parse().unwrap(), Duration::ZERO)),
+            Err(EngineError::Timeout(_))
+        ));
+        assert!(matches!(block_on(h.media.unwatch_shared(9)), Err(EngineError::Timeout(_))));
+        assert!(t.elapsed() < Duration::from_millis(880), "each request waited only its timeout");
+        // The engine answers again once the stall is over, and undid the watch whose asker
+        // had given up.
+        let snap = block_on(async {
+            tokio::time::sleep(Duration::from_millis(900)).await;
+            h.media.snapshot().await
+        })
+        .expect("answers after the stall");
+        assert!(snap.shared.is_empty(), "{snap:?}");
+    }
+
+    #[test]
+    fn an_add_answered_after_its_asker_gave_up_is_undone() {
+        let h = Harness::with(opts(100, 2000), || {});
+        let asterisk = udp();
+        let call = udp();
+        let call_addr = call.local_addr().unwrap();
+        h.media.inject_stall(Duration::from_millis(400)).unwrap();
+        let r = block_on(h.media.add(spec(5, CallMode::Echo, call, asterisk.local_addr().unwrap())));
+        assert_eq!(r.unwrap_err(), EngineError::Timeout(Duration::from_millis(100)));
+        thread::sleep(Duration::from_millis(400));
+        let snap = block_on(h.media.snapshot()).unwrap();
+        assert!(snap.streams.is_empty(), "the stream was dropped: {snap:?}");
+        // Its socket is closed: nothing reflects, and the id is free again.
+        asterisk.send_to(&rtp(1, 160, 1), call_addr).unwrap();
+        let mut buf = [0u8; 2048];
+        assert!(asterisk.recv_from(&mut buf).is_err());
+        block_on(h.media.add(spec(5, CallMode::Echo, udp(), asterisk.local_addr().unwrap()))).unwrap().unwrap();
+    }
+
+    #[test]
+    fn liveness_reports_an_injected_stall_and_recovers() {
+        let h = Harness::with(opts(1000, 300), || {});
+        assert_eq!(h.media.liveness(), Liveness::Running);
+        // Idle for a while: the housekeeping wake-ups keep it running.
+        thread::sleep(Duration::from_millis(700));
+        assert_eq!(h.media.liveness(), Liveness::Running);
+        h.media.inject_stall(Duration::from_millis(1200)).unwrap();
+        let t = Instant::now();
+        let stalled = loop {
+            if let Liveness::Stalled { since } = h.media.liveness() {
+                break since;
+            }
+            assert!(t.elapsed() < Duration::from_secs(1), "never stalled");
+            thread::sleep(Duration::from_millis(20));
+        };
+        assert!(stalled > Duration::from_millis(300), "{stalled:?}");
+        let t = Instant::now();
+        while h.media.liveness() != Liveness::Running {
+            assert!(t.elapsed() < Duration::from_secs(2), "never recovered: {:?}", h.media.liveness());
+            thread::sleep(Duration::from_millis(20));
+        }
+        assert!(block_on(h.media.snapshot()).is_ok());
+    }
+
+    #[test]
+    fn an_injected_panic_makes_the_engine_dead_with_its_message() {
+        let mut h = Harness::new();
+        h.media.inject_panic().unwrap();
+        let join = h.join.take().unwrap();
+        assert!(join.join().is_err(), "the thread ends as panicked");
+        match h.media.liveness() {
+            Liveness::Dead { reason } => assert_eq!(reason, format!("panicked: {INJECTED_PANIC}")),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(block_on(h.media.snapshot()), Err(EngineError::Gone));
+        assert_eq!(h.media.start_probing(1), Err(EngineError::Gone));
+        assert_eq!(h.media.inject_stall(Duration::from_secs(1)), Err(EngineError::Gone));
+    }
+
+    #[test]
+    fn a_shut_down_engine_is_dead_too() {
+        let mut h = Harness::new();
+        h.media.shutdown();
+        h.join.take().unwrap().join().unwrap();
+        assert_eq!(h.media.liveness(), Liveness::Dead { reason: "shut down".into() });
+        assert_eq!(block_on(h.media.remove(1)), Err(EngineError::Gone));
+    }
+
+    #[test]
+    fn a_network_duplicate_is_reflected_and_counted_not_taken_for_a_loop() {
+        let h = Harness::new();
+        let asterisk = udp();
+        let call = udp();
+        let call_addr = call.local_addr().unwrap();
+        block_on(h.media.add(spec(6, CallMode::Echo, call, asterisk.local_addr().unwrap()))).unwrap().unwrap();
+        let mut buf = [0u8; 2048];
+        let packets: Vec<Vec<u8>> = (0..4u16).map(|i| rtp_from(0xabc, 10 + i, 160 * u32::from(i), 0x40 + i as u8)).collect();
+        for p in &packets {
+            // The original, then the network's copy (same SSRC, sequence, timestamp, payload).
+            asterisk.send_to(p, call_addr).unwrap();
+            asterisk.send_to(p, call_addr).unwrap();
+            for copy in 0..2 {
+                let (n, _) = asterisk.recv_from(&mut buf).unwrap_or_else(|e| panic!("copy {copy} not reflected: {e}"));
+                assert_eq!(&buf[..n], &p[..]);
+            }
+        }
+        let snap = block_on(h.media.snapshot()).unwrap();
+        let r = &snap.streams[0];
+        let rx = r.receive.as_ref().unwrap();
+        assert_eq!((r.packets_in, r.packets_out), (8, 8));
+        assert_eq!((rx.duplicates, rx.lost, rx.expected), (4, 0, 4));
+        assert_eq!((r.dropped_loop, r.loop_detected), (0, false));
+        assert_eq!(r.latency.count, 4, "a duplicate gives no latency sample");
+
+        // Our reflection of packet 3 coming back with Asterisk's SSRC and sequence: a loop,
+        // even after the duplicates.
+        let looped = rtp_from(0x5555, 9000, 160 * 3, 0x43);
+        asterisk.send_to(&looped, call_addr).unwrap();
+        assert!(asterisk.recv_from(&mut buf).is_err(), "a looped packet must not be reflected");
+        let r = block_on(h.media.remove(6)).unwrap().unwrap();
+        assert_eq!((r.dropped_loop, r.loop_detected), (1, true));
+        assert_eq!(r.receive.unwrap().duplicates, 4);
+    }
+
+    #[test]
+    fn watched_shared_calls_are_counted_reported_and_unwatched() {
+        let h = Harness::new();
+        let echo = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let echo_addr = echo.local_addr().unwrap();
+        block_on(h.media.set_reflector(echo)).unwrap().unwrap();
+        let (a, b, c) = (udp(), udp(), udp());
+        block_on(h.media.watch_shared(10, a.local_addr().unwrap(), Duration::ZERO)).unwrap();
+        block_on(h.media.watch_shared(11, b.local_addr().unwrap(), Duration::ZERO)).unwrap();
+        let mut buf = [0u8; 2048];
+        for (sock, count, len) in [(&a, 3, 172), (&b, 1, 50), (&c, 2, 10)] {
+            for _ in 0..count {
+                sock.send_to(&vec![0x5a; len], echo_addr).unwrap();
+                sock.recv_from(&mut buf).expect("reflected, watched or not");
+            }
+        }
+        let snap = block_on(h.media.snapshot()).unwrap();
+        let mut shared = snap.shared.clone();
+        shared.sort_by_key(|s| s.id);
+        assert_eq!(shared.len(), 2);
+        assert_eq!((shared[0].id, shared[0].peer, shared[0].packets, shared[0].bytes), (10, a.local_addr().unwrap(), 3, 516));
+        assert_eq!((shared[1].id, shared[1].packets, shared[1].bytes), (11, 1, 50));
+        assert!(shared[0].last_packet_ms_ago.unwrap() < 1000);
+
+        // Unwatching 10 moves 11 in the list; its counting goes on.
+        let r = block_on(h.media.unwatch_shared(10)).unwrap().expect("final report");
+        assert_eq!(r.packets, 3);
+        assert_eq!(block_on(h.media.unwatch_shared(10)).unwrap(), None);
+        a.send_to(b"x", echo_addr).unwrap();
+        b.send_to(b"yy", echo_addr).unwrap();
+        a.recv_from(&mut buf).unwrap();
+        b.recv_from(&mut buf).unwrap();
+        let snap = block_on(h.media.snapshot()).unwrap();
+        assert_eq!(snap.shared.len(), 1);
+        assert_eq!((snap.shared[0].id, snap.shared[0].packets, snap.shared[0].bytes), (11, 2, 52));
+
+        // The same peer for another call: the address now belongs to that call.
+        block_on(h.media.watch_shared(12, b.local_addr().unwrap(), Duration::ZERO)).unwrap();
+        let snap = block_on(h.media.snapshot()).unwrap();
+        assert_eq!(snap.shared.iter().map(|s| (s.id, s.packets)).collect::<Vec<_>>(), vec![(12, 0)]);
+        assert_eq!(block_on(h.media.unwatch_shared(11)).unwrap(), None);
+    }
+
+    #[test]
+    fn a_silent_shared_call_is_reported_idle_once() {
+        let h = Harness::new();
+        let echo = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let echo_addr = echo.local_addr().unwrap();
+        block_on(h.media.set_reflector(echo)).unwrap().unwrap();
+        let talker = udp();
+        let silent = udp();
+        block_on(h.media.watch_shared(20, talker.local_addr().unwrap(), Duration::from_millis(300))).unwrap();
+        block_on(h.media.watch_shared(21, silent.local_addr().unwrap(), Duration::from_millis(300))).unwrap();
+        let until = Instant::now() + Duration::from_millis(1000);
+        while Instant::now() < until {
+            talker.send_to(b"rtp", echo_addr).unwrap();
+            thread::sleep(Duration::from_millis(40));
+        }
+        let got = h.idle_within(Duration::from_millis(100));
+        assert_eq!(got, vec![(21, IdleReason::NoMedia)]);
+    }
+
+    #[test]
+    fn link_down_reports_silent_streams_once_and_clearing_rearms() {
+        let h = Harness::new();
+        let echo = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let echo_addr = echo.local_addr().unwrap();
+        block_on(h.media.set_reflector(echo)).unwrap().unwrap();
+        let talker = udp();
+        let talker_call = udp();
+        let talker_addr = talker_call.local_addr().unwrap();
+        let asterisk = udp();
+        let shared_peer = udp();
+        block_on(h.media.add(spec(30, CallMode::Echo, talker_call, talker.local_addr().unwrap()))).unwrap().unwrap();
+        block_on(h.media.add(spec(31, CallMode::Echo, udp(), asterisk.local_addr().unwrap()))).unwrap().unwrap();
+        // A probe stream that has not started probing: no media expected, never reported.
+        block_on(h.media.add(spec(32, CallMode::Probe, udp(), asterisk.local_addr().unwrap()))).unwrap().unwrap();
+        block_on(h.media.watch_shared(33, shared_peer.local_addr().unwrap(), Duration::ZERO)).unwrap();
+
+        // Stream 30 has traffic every 40 ms throughout.
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop_talking = Arc::clone(&stop);
+        let chatter = thread::spawn(move || {
+            let mut seq = 0u16;
+            while !stop_talking.load(Ordering::SeqCst) {
+                talker.send_to(&rtp(seq, u32::from(seq) * 160, seq as u8), talker_addr).unwrap();
+                seq = seq.wrapping_add(1);
+                thread::sleep(Duration::from_millis(40));
+            }
+        });
+        // No report before the link is down.
+        assert_eq!(h.idle_within(Duration::from_millis(600)), vec![]);
+
+        h.media.set_link_down(Some(Duration::from_millis(300))).unwrap();
+        let mut got = h.idle_within(Duration::from_millis(800));
+        got.sort_by_key(|n| n.0);
+        assert_eq!(got, vec![(31, IdleReason::SilentWhileLinkDown), (33, IdleReason::SilentWhileLinkDown)]);
+        // Setting it again does not report again.
+        h.media.set_link_down(Some(Duration::from_millis(200))).unwrap();
+        assert_eq!(h.idle_within(Duration::from_millis(600)), vec![]);
+
+        // Cleared: nothing; down again: reported again. The shared call talks meanwhile.
+        h.media.set_link_down(None).unwrap();
+        assert_eq!(h.idle_within(Duration::from_millis(400)), vec![]);
+        shared_peer.send_to(b"rtp", echo_addr).unwrap();
+        h.media.set_link_down(Some(Duration::from_millis(1500))).unwrap();
+        let mut got = h.idle_within(Duration::from_millis(600));
+        got.sort_by_key(|n| n.0);
+        assert_eq!(got, vec![(31, IdleReason::SilentWhileLinkDown)], "33 spoke less than 1.5 s ago");
+        stop.store(true, Ordering::SeqCst);
+        chatter.join().unwrap();
+    }
 }
