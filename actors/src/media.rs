@@ -1,7 +1,12 @@
 //! The media engine: one dedicated thread that owns every call's RTP socket and the shared echo
 //! socket, waits on them with one epoll loop (mio), and does the per-packet work: reflect,
 //! probe, measure. Actors never see packets; they send it control commands (add, start, remove,
-//! snapshot) and it sends them reports and periodic metric flushes.
+//! snapshot, watch a shared-echo call) and it sends them reports and periodic metric flushes.
+//!
+//! Echo mode tells a media loop from a network duplicate: a packet whose (RTP timestamp,
+//! payload) matches one reflected recently is our reflection coming back only if it arrived
+//! with another SSRC or sequence number (Asterisk rewrites both on the way back); with the same
+//! ones it is a copy the network made, counted as a duplicate and reflected like any packet.
 //!
 //! Why a thread of its own: the per-packet path must not share an event loop with ARI, HTTP
 //! and actor mailboxes, must not allocate, and must stay replaceable (batched syscalls, more
