@@ -103,7 +103,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 }
 
 /// Escalation, the top of the supervision tree: a long-lived actor that died (a panic in its
-/// handler; actix restarts nothing) leaves the service unable to do its job. The process exits
+/// handler; actix restarts nothing), or a media engine that died or stalled (no loop turn for
+/// `supervision.media_stall_ms`), leaves the service unable to do its job. The process exits
 /// with status 70 so that its own supervisor (container restart policy, systemd) starts it
 /// again; the new process reconciles Asterisk at connect and ends every orphan.
 async fn watchdog(service: Service) {
@@ -114,6 +115,10 @@ async fn watchdog(service: Service) {
         if !dead.is_empty() {
             let why = failure::take_last_panic().unwrap_or_else(|| "stopped".into());
             log::error!("long-lived actor(s) {dead:?} died ({why}): escalating, exiting with status 70");
+            std::process::exit(70);
+        }
+        if let Some(why) = service.media_failure() {
+            log::error!("{why}: escalating, exiting with status 70");
             std::process::exit(70);
         }
     }

@@ -43,7 +43,7 @@ const RESTART_WINDOW_RANGE_MS: std::ops::RangeInclusive<u64> = 100..=MAX_DURATIO
 
 /// Media modes a call can run in; `media.default_mode` must be one of them.
 /// Bound of the media engine's stall detection (and of every request to it).
-const MEDIA_STALL_RANGE_MS: std::ops::RangeInclusive<u64> = 100..=60_000;
+const MEDIA_STALL_RANGE_MS: std::ops::RangeInclusive<u64> = 500..=60_000;
 
 pub const MEDIA_MODES: [&str; 3] = ["echo", "probe", "shared-echo"];
 
@@ -460,7 +460,7 @@ pub struct Cli {
     /// Window in which actor failures are counted against --max-restarts, 100-600000 ms [default: 10000] [env: RTPVISOR_RESTART_WINDOW_MS]
     #[arg(long, value_name = "MS")]
     pub restart_window_ms: Option<String>,
-    /// The media engine counts as stalled (the process escalates) after this long without a loop turn, 100-60000 ms [default: 2000] [env: RTPVISOR_MEDIA_STALL_MS]
+    /// The media engine counts as stalled (the process escalates) after this long without a loop turn, 500-60000 ms [default: 2000] [env: RTPVISOR_MEDIA_STALL_MS]
     #[arg(long, value_name = "MS")]
     pub media_stall_ms: Option<String>,
     /// Enable the fault-injection HTTP routes (/faults/...): for tests only, never in production [default: false] [env: RTPVISOR_FAULT_INJECTION]
@@ -1277,7 +1277,7 @@ mod tests {
             Key::NoMediaTimeoutMs => ["1000", "0", "3600000"],
             Key::LinkDownSilenceMs => ["0", "1000", "600000"],
             Key::MaxCalls => ["0", "4", "65536"],
-            Key::MediaStallMs => ["100", "1500", "60000"],
+            Key::MediaStallMs => ["500", "1500", "60000"],
             Key::AriPingIntervalMs => ["100", "2500", "600000"],
             Key::AriPingTimeoutMs => ["200", "3000", "60000"],
             Key::DefaultMode => ["probe", "shared-echo", "echo"],

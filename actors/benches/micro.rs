@@ -1,6 +1,8 @@
 //! Micro benchmarks of the per-packet path (issue #4, item 4): RTP parse, receive statistics
 //! update, latency histogram record, probe write + match, and a port lease + release (pure
-//! pool and through the PortManager actor).
+//! pool and through the PortManager actor). Also the shared echo (the media engine's
+//! reflector, over loopback) with 0 and 100 watched shared-echo calls, and the watch lookup
+//! that adds per datagram.
 //!
 //! Run: `cargo bench -p rtpvisor-actors` (criterion; `-- --quick` for a short run).
 //!
@@ -17,6 +19,7 @@ use actix::Actor;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use rtpvisor_actors::actors::port_manager::{AcquirePort, PortManager};
 use rtpvisor_actors::latency::LatencyHistogram;
+use rtpvisor_actors::media::{EngineOptions, MediaHandle};
 use rtpvisor_actors::ports::{PortPool, PortRange};
 use rtpvisor_actors::probe::{ProbeStream, PACKET_LEN};
 use rtpvisor_actors::rtp::{write_packet, RtpHeader, RtpPacket, HEADER_LEN};
@@ -236,6 +239,107 @@ fn ports(c: &mut Criterion) {
     g.finish();
 }
 
+/// The media engine's reflector with no sinks, and `watched` shared-echo calls: the first
+/// `hits` of them are the client's own sockets (every datagram is counted for a call), the
+/// rest are addresses that never send.
+struct Reflector {
+    media: MediaHandle,
+    join: Option<std::thread::JoinHandle<()>>,
+    clients: Vec<std::net::UdpSocket>,
+}
+
+/// Datagrams in flight per round: 8 sockets x 4, one full recvmmsg batch of the reflector.
+const CLIENTS: usize = 8;
+const PER_CLIENT: usize = 4;
+
+impl Reflector {
+    fn start(watched: usize, hits: bool) -> Reflector {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let (media, join) = MediaHandle::start(Box::new(|_| {}), Box::new(|_, _| {}), EngineOptions::default())
+            .expect("media engine");
+        let echo = std::net::UdpSocket::bind("127.0.0.1:0").expect("echo socket");
+        let echo_addr = echo.local_addr().expect("bound");
+        rt.block_on(media.set_reflector(echo)).expect("engine").expect("reflector");
+        let clients: Vec<std::net::UdpSocket> = (0..CLIENTS)
+            .map(|_| {
+                let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("client");
+                s.connect(echo_addr).expect("connect");
+                s.set_read_timeout(Some(Duration::from_secs(1))).expect("timeout");
+                s
+            })
+            .collect();
+        for i in 0..watched {
+            let peer = match clients.get(i) {
+                Some(c) if hits => c.local_addr().expect("bound"),
+                // Addresses that never send: port 1..=watched of 127.0.0.2.
+                _ => std::net::SocketAddr::from(([127, 0, 0, 2], 1 + i as u16)),
+            };
+            rt.block_on(media.watch_shared(i as u64, peer, Duration::ZERO)).expect("watch");
+        }
+        Reflector { media, join: Some(join), clients }
+    }
+
+    /// One round: every client sends PER_CLIENT datagrams, then reads them back.
+    fn round(&self, pkt: &[u8], buf: &mut [u8]) {
+        for c in &self.clients {
+            for _ in 0..PER_CLIENT {
+                c.send(pkt).expect("send");
+            }
+        }
+        for c in &self.clients {
+            for _ in 0..PER_CLIENT {
+                c.recv(buf).expect("echo back");
+            }
+        }
+    }
+}
+
+impl Drop for Reflector {
+    fn drop(&mut self) {
+        self.media.shutdown();
+        if let Some(j) = self.join.take() {
+            let _ = j.join();
+        }
+    }
+}
+
+fn shared_echo(c: &mut Criterion) {
+    let pkt = pcmu_packet(1, 160);
+    let mut buf = [0u8; 2048];
+    // Allocations per echo with every datagram counted for a watched call (the engine thread
+    // allocates through the same counting allocator).
+    {
+        let r = Reflector::start(100, true);
+        for _ in 0..1000 {
+            r.round(&pkt, &mut buf);
+        }
+        let n = 5000u64;
+        let before = ALLOCS.load(Ordering::Relaxed);
+        for _ in 0..n {
+            r.round(&pkt, &mut buf);
+        }
+        let per_echo = (ALLOCS.load(Ordering::Relaxed) - before) as f64 / (n * (CLIENTS * PER_CLIENT) as u64) as f64;
+        println!("allocations per shared echo, 100 watched calls: {per_echo:.4} (housekeeping flushes only)");
+    }
+    let mut g = c.benchmark_group("shared_echo");
+    g.throughput(Throughput::Elements((CLIENTS * PER_CLIENT) as u64));
+    for (name, watched, hits) in [("0_watches", 0, false), ("100_watches_misses", 100, false), ("100_watches_hits", 100, true)] {
+        let r = Reflector::start(watched, hits);
+        g.bench_function(name, |b| b.iter(|| r.round(black_box(&pkt), &mut buf)));
+    }
+    g.finish();
+
+    // The lookup each datagram pays when something is watched.
+    let mut g = c.benchmark_group("watch_lookup");
+    let map: std::collections::HashMap<std::net::SocketAddr, usize> =
+        (0..100u16).map(|i| (std::net::SocketAddr::from(([127, 0, 0, 1], 31000 + i)), usize::from(i))).collect();
+    let hit = std::net::SocketAddr::from(([127, 0, 0, 1], 31042));
+    let miss = std::net::SocketAddr::from(([127, 0, 0, 1], 40000));
+    g.bench_function("hashmap_100_hit", |b| b.iter(|| map.get(black_box(&hit)).copied()));
+    g.bench_function("hashmap_100_miss", |b| b.iter(|| map.get(black_box(&miss)).copied()));
+    g.finish();
+}
+
 fn all(c: &mut Criterion) {
     allocation_check();
     rtp(c);
@@ -243,6 +347,7 @@ fn all(c: &mut Criterion) {
     latency(c);
     probe(c);
     ports(c);
+    shared_echo(c);
 }
 
 criterion_group!(benches, all);

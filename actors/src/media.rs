@@ -1,7 +1,12 @@
 //! The media engine: one dedicated thread that owns every call's RTP socket and the shared echo
 //! socket, waits on them with one epoll loop (mio), and does the per-packet work: reflect,
 //! probe, measure. Actors never see packets; they send it control commands (add, start, remove,
-//! snapshot) and it sends them reports and periodic metric flushes.
+//! snapshot, watch a shared-echo call) and it sends them reports and periodic metric flushes.
+//!
+//! Echo mode tells a media loop from a network duplicate: a packet whose (RTP timestamp,
+//! payload) matches one reflected recently is our reflection coming back only if it arrived
+//! with another SSRC or sequence number (Asterisk rewrites both on the way back); with the same
+//! ones it is a copy the network made, counted as a duplicate and reflected like any packet.
 //!
 //! Why a thread of its own: the per-packet path must not share an event loop with ARI, HTTP
 //! and actor mailboxes, must not allocate, and must stay replaceable (batched syscalls, more
@@ -12,12 +17,24 @@
 //!
 //! Times: a packet's arrival is the kernel's receive stamp (not when this thread woke up and
 //! read it), and a probe's send time is read right before its own `send_to`.
+//!
+//! Health: every request of [`MediaHandle`] that waits for an answer gives up after
+//! [`EngineOptions::request_timeout`] ([`EngineError::Timeout`]), so no actor hangs on a stuck
+//! engine; [`MediaHandle::liveness`] tells a watchdog whether the loop still turns (atomics,
+//! no message), and whether its thread has ended, panic message included.
+//!
+//! Silence: a stream (or a watched shared-echo call) without media is reported once through
+//! the idle sink after its own `no_media_timeout` ([`IdleReason::NoMedia`]) and, while the
+//! service says its link to Asterisk is down ([`MediaHandle::set_link_down`]), once after that
+//! silence ([`IdleReason::SilentWhileLinkDown`]).
 
 use std::collections::{BinaryHeap, HashMap};
 use std::cmp::Reverse;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{mpsc, Arc};
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -48,6 +65,76 @@ const CALL_BATCH: usize = 8;
 const REFLECT_BATCH: usize = 32;
 /// How many recently reflected packets echo mode remembers to recognise a media loop.
 const LOOP_RING: usize = 64;
+/// What an injected panic says (tests look for it in [`Liveness::Dead`]).
+pub const INJECTED_PANIC: &str = "injected fault: panic in the media engine";
+
+/// How the engine answers and when it counts as stalled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineOptions {
+    /// How long a request that waits for the engine's answer (add, remove, snapshot, ...)
+    /// waits before it gives up with [`EngineError::Timeout`]. The engine answers within
+    /// microseconds when it runs; a stuck engine must not hang the actor that asked.
+    pub request_timeout: Duration,
+    /// A loop that has not turned for longer than this is [`Liveness::Stalled`]. The loop
+    /// wakes at least every 250 ms for housekeeping, so this must be longer than that.
+    pub stall_bound: Duration,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions { request_timeout: Duration::from_secs(2), stall_bound: Duration::from_secs(2) }
+    }
+}
+
+impl EngineOptions {
+    fn check(&self) -> io::Result<()> {
+        let invalid = |m: String| Err(io::Error::new(io::ErrorKind::InvalidInput, m));
+        if self.request_timeout.is_zero() {
+            return invalid("the media engine's request timeout must not be zero".into());
+        }
+        if self.stall_bound <= HOUSEKEEPING {
+            return invalid(format!(
+                "the media engine's stall bound ({:?}) must exceed its housekeeping interval ({HOUSEKEEPING:?}), \
+                 or an idle engine would look stalled",
+                self.stall_bound
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A request to the engine failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum EngineError {
+    /// Its thread has ended (shut down or panicked): nothing can be added or reported.
+    #[error("the media engine is not running")]
+    Gone,
+    /// It did not answer in time (stalled, or overloaded). The request may still be carried
+    /// out later: requests are handled in order, so a `remove` sent after a timed-out `add`
+    /// undoes it, and an `add` or `watch_shared` whose asker gave up is undone by the engine.
+    #[error("the media engine did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Whether the engine's loop is alive, for a watchdog.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Liveness {
+    Running,
+    /// The loop has not turned for `since` (more than [`EngineOptions::stall_bound`]).
+    Stalled { since: Duration },
+    /// The engine's thread has ended: shut down, or panicked (with the panic's message).
+    Dead { reason: String },
+}
+
+/// Why a stream or watched call was reported through the idle sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+pub enum IdleReason {
+    /// No media for its own `no_media_timeout`.
+    NoMedia,
+    /// No media for the silence given to [`MediaHandle::set_link_down`] while the link to
+    /// Asterisk is down.
+    SilentWhileLinkDown,
+}
 
 /// What a new stream is to do.
 #[derive(Debug)]
@@ -103,6 +190,28 @@ pub struct StreamReport {
     pub probe: Option<ProbeSnapshot>,
     /// Echo: delay against schedule; probe: round-trip time.
     pub latency: LatencySummary,
+}
+
+/// A shared-echo call the engine watches: what Asterisk sent to the shared echo socket from
+/// that call's address (every such datagram is reflected as it came).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct SharedReport {
+    pub id: StreamId,
+    /// Asterisk's side of the call's externalMedia channel, where its datagrams come from.
+    pub peer: SocketAddr,
+    pub packets: u64,
+    pub bytes: u64,
+    /// Milliseconds since the last datagram from `peer` (None: nothing yet).
+    pub last_packet_ms_ago: Option<u64>,
+}
+
+/// Everything the engine handles now: what [`MediaHandle::snapshot`] returns.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct MediaSnapshot {
+    /// Calls with a socket of their own (echo, probe).
+    pub streams: Vec<StreamReport>,
+    /// Watched shared-echo calls.
+    pub shared: Vec<SharedReport>,
 }
 
 /// Sums over a set of streams of one mode.
@@ -189,87 +298,225 @@ pub struct MediaFlush {
 
 /// Where flushes go (the MetricsActor's address, wrapped); called on the media thread.
 pub type FlushSink = Box<dyn Fn(MediaFlush) + Send>;
-/// Told once per stream when it saw no media for its `no_media_timeout`; on the media thread.
-pub type IdleSink = Box<dyn Fn(StreamId) + Send>;
+/// Told once per stream or watched call and reason when it has been silent too long; called
+/// on the media thread.
+pub type IdleSink = Box<dyn Fn(StreamId, IdleReason) + Send>;
 
 enum Command {
     Add(Box<StreamSpec>, oneshot::Sender<io::Result<()>>),
     StartProbing(StreamId),
     Remove(StreamId, oneshot::Sender<Option<StreamReport>>),
-    Snapshot(oneshot::Sender<Vec<StreamReport>>),
+    Snapshot(oneshot::Sender<MediaSnapshot>),
     SetReflector(std::net::UdpSocket, oneshot::Sender<io::Result<()>>),
+    Watch { id: StreamId, peer: SocketAddr, no_media_timeout: Duration, reply: oneshot::Sender<()> },
+    Unwatch(StreamId, oneshot::Sender<Option<SharedReport>>),
+    LinkDown(Option<Duration>),
+    /// Fault injection: the engine thread sleeps this long.
+    Stall(Duration),
+    /// Fault injection: the engine thread panics.
+    Panic,
     Shutdown,
 }
 
-/// The media engine stopped (its thread is gone): nothing can be added or reported.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("the media engine is not running")]
-pub struct EngineGone;
+/// What the engine thread shares with its handles for [`MediaHandle::liveness`]: written by
+/// the loop (one relaxed store per turn) and by its exit guard, read by anyone, no messages,
+/// so a stalled engine can still be judged.
+struct Health {
+    /// The origin of `last_turn_ms`: an `Instant` does not fit an atomic, milliseconds do.
+    origin: Instant,
+    /// When the loop last began a turn, in milliseconds since `origin`.
+    last_turn_ms: AtomicU64,
+    /// Why the engine thread ended; set once, by whoever knows most (see [`ExitGuard`]).
+    ended: OnceLock<String>,
+    stall_bound: Duration,
+}
+
+impl Health {
+    fn ms_since_origin(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.origin).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn turn(&self, now: Instant) {
+        self.last_turn_ms.store(self.ms_since_origin(now), Ordering::Relaxed);
+    }
+
+    fn liveness(&self, now: Instant) -> Liveness {
+        let gap = Duration::from_millis(self.ms_since_origin(now).saturating_sub(self.last_turn_ms.load(Ordering::Relaxed)));
+        judge(self.ended.get().map(String::as_str), gap, self.stall_bound)
+    }
+}
+
+/// Liveness from what is known: an ended thread is dead whatever its last turn; a running
+/// one is stalled when its last turn is more than `bound` ago.
+fn judge(ended: Option<&str>, since_last_turn: Duration, bound: Duration) -> Liveness {
+    match ended {
+        Some(reason) => Liveness::Dead { reason: reason.to_string() },
+        None if since_last_turn > bound => Liveness::Stalled { since: since_last_turn },
+        None => Liveness::Running,
+    }
+}
+
+/// Lives on the engine thread's stack: when the thread ends, by returning or by unwinding
+/// from a panic, its drop marks the engine dead. The thread records a more precise reason
+/// (the panic's message) first when it can; `OnceLock` keeps the first one.
+struct ExitGuard(Arc<Health>);
+
+impl ExitGuard {
+    fn record(&self, reason: String) {
+        let _ = self.0.ended.set(reason);
+    }
+}
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        self.record(if thread::panicking() { "panicked".into() } else { "ended".into() });
+    }
+}
+
+/// The message of a panic payload (`panic!` with a literal gives `&str`, with arguments
+/// `String`).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
+}
 
 /// Send + Clone handle to the media thread: what actors hold.
 #[derive(Clone)]
 pub struct MediaHandle {
     tx: mpsc::Sender<Command>,
     waker: Arc<Waker>,
+    health: Arc<Health>,
+    request_timeout: Duration,
 }
 
 impl MediaHandle {
-    /// Starts the media thread.
-    pub fn start(sink: FlushSink, idle: IdleSink) -> io::Result<(MediaHandle, thread::JoinHandle<()>)> {
+    /// Starts the media thread. Fails on invalid `opts` (see [`EngineOptions`]) or when the
+    /// poll or the thread cannot be created.
+    pub fn start(
+        sink: FlushSink,
+        idle: IdleSink,
+        opts: EngineOptions,
+    ) -> io::Result<(MediaHandle, thread::JoinHandle<()>)> {
+        opts.check()?;
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (tx, rx) = mpsc::channel();
         let stamping = TimestampingOn::new()
             .map_err(|e| log::warn!("[Media] cannot hold kernel receive timestamps on ({e}): the first packets after an idle period may be stamped late"))
             .ok();
+        let health = Arc::new(Health {
+            origin: Instant::now(),
+            last_turn_ms: AtomicU64::new(0),
+            ended: OnceLock::new(),
+            stall_bound: opts.stall_bound,
+        });
+        let thread_health = Arc::clone(&health);
         // Built on its thread: the batches' preallocated syscall headers hold raw pointers
         // into themselves, so nix does not let them cross threads.
         let join = thread::Builder::new()
             .name("rtpvisor-media".into())
             .spawn(move || {
+                let guard = ExitGuard(Arc::clone(&thread_health));
                 let _stamping = stamping;
-                Engine::new(poll, rx, sink, idle).run()
+                // Caught only to record the message for `liveness`, then unwound further, so
+                // the thread still ends as panicked (its JoinHandle says so).
+                match panic::catch_unwind(AssertUnwindSafe(|| Engine::new(poll, rx, sink, idle, thread_health).run())) {
+                    Ok(()) => guard.record("shut down".into()),
+                    Err(payload) => {
+                        guard.record(format!("panicked: {}", panic_message(payload.as_ref())));
+                        panic::resume_unwind(payload)
+                    }
+                }
             })?;
-        Ok((MediaHandle { tx, waker }, join))
+        Ok((MediaHandle { tx, waker, health, request_timeout: opts.request_timeout }, join))
     }
 
-    fn send(&self, cmd: Command) -> Result<(), EngineGone> {
-        self.tx.send(cmd).map_err(|_| EngineGone)?;
-        self.waker.wake().map_err(|_| EngineGone)
+    fn send(&self, cmd: Command) -> Result<(), EngineError> {
+        self.tx.send(cmd).map_err(|_| EngineError::Gone)?;
+        self.waker.wake().map_err(|_| EngineError::Gone)
+    }
+
+    /// Sends the command `make` builds and waits, at most the request timeout, for its answer.
+    async fn request<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, EngineError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(make(tx))?;
+        match tokio::time::timeout(self.request_timeout, rx).await {
+            Ok(Ok(answer)) => Ok(answer),
+            // The engine dropped the question unanswered: its thread ended.
+            Ok(Err(_)) => Err(EngineError::Gone),
+            Err(_) => Err(EngineError::Timeout(self.request_timeout)),
+        }
     }
 
     /// Hands a bound socket to the engine; media is handled from now on (probing waits for
-    /// [`MediaHandle::start_probing`]).
-    pub async fn add(&self, spec: StreamSpec) -> Result<io::Result<()>, EngineGone> {
-        let (tx, rx) = oneshot::channel();
-        self.send(Command::Add(Box::new(spec), tx))?;
-        rx.await.map_err(|_| EngineGone)
+    /// [`MediaHandle::start_probing`]). On a timeout the engine undoes the add when it gets
+    /// to it, so the socket is closed and the id free again.
+    pub async fn add(&self, spec: StreamSpec) -> Result<io::Result<()>, EngineError> {
+        self.request(|tx| Command::Add(Box::new(spec), tx)).await
     }
 
     /// Probe streams start sending once the call's bridge is complete.
-    pub fn start_probing(&self, id: StreamId) -> Result<(), EngineGone> {
+    pub fn start_probing(&self, id: StreamId) -> Result<(), EngineError> {
         self.send(Command::StartProbing(id))
     }
 
     /// Ends a stream: the engine closes its socket and returns its final report (None when
     /// it had no such stream).
-    pub async fn remove(&self, id: StreamId) -> Result<Option<StreamReport>, EngineGone> {
-        let (tx, rx) = oneshot::channel();
-        self.send(Command::Remove(id, tx))?;
-        rx.await.map_err(|_| EngineGone)
+    pub async fn remove(&self, id: StreamId) -> Result<Option<StreamReport>, EngineError> {
+        self.request(|tx| Command::Remove(id, tx)).await
     }
 
-    pub async fn snapshot(&self) -> Result<Vec<StreamReport>, EngineGone> {
-        let (tx, rx) = oneshot::channel();
-        self.send(Command::Snapshot(tx))?;
-        rx.await.map_err(|_| EngineGone)
+    /// Every stream and watched shared-echo call as it stands.
+    pub async fn snapshot(&self) -> Result<MediaSnapshot, EngineError> {
+        self.request(Command::Snapshot).await
     }
 
     /// Gives the engine the shared echo socket (UDP 4000).
-    pub async fn set_reflector(&self, socket: std::net::UdpSocket) -> Result<io::Result<()>, EngineGone> {
-        let (tx, rx) = oneshot::channel();
-        self.send(Command::SetReflector(socket, tx))?;
-        rx.await.map_err(|_| EngineGone)
+    pub async fn set_reflector(&self, socket: std::net::UdpSocket) -> Result<io::Result<()>, EngineError> {
+        self.request(|tx| Command::SetReflector(socket, tx)).await
+    }
+
+    /// Watches a shared-echo call: datagrams reaching the shared echo socket from `peer`
+    /// (Asterisk's side of the call's externalMedia channel) are counted for `id`, and the
+    /// call is reported idle after `no_media_timeout` without one (zero: never), counted from
+    /// now, so call this when media should flow. Watching an id again replaces its watch; a
+    /// `peer` already watched for another id moves to this one (that address now belongs to
+    /// this call). On a timeout the engine drops the watch when it gets to it.
+    pub async fn watch_shared(&self, id: StreamId, peer: SocketAddr, no_media_timeout: Duration) -> Result<(), EngineError> {
+        self.request(|reply| Command::Watch { id, peer, no_media_timeout, reply }).await
+    }
+
+    /// Stops watching a shared-echo call; its final counters (None when it was not watched).
+    pub async fn unwatch_shared(&self, id: StreamId) -> Result<Option<SharedReport>, EngineError> {
+        self.request(|tx| Command::Unwatch(id, tx)).await
+    }
+
+    /// While `Some(silence)`, every stream and watched call whose media has stopped for at
+    /// least `silence` (counted from its last packet, or from when media became expected) is
+    /// reported once through the idle sink with [`IdleReason::SilentWhileLinkDown`]; setting
+    /// `Some` again keeps what was reported. `None` ends that and re-arms the reports for the
+    /// next time. Probe streams that have not started probing are never reported.
+    pub fn set_link_down(&self, silence: Option<Duration>) -> Result<(), EngineError> {
+        self.send(Command::LinkDown(silence))
+    }
+
+    /// Whether the engine's loop turns: answered from atomics, without asking the engine.
+    pub fn liveness(&self) -> Liveness {
+        self.health.liveness(Instant::now())
+    }
+
+    /// Fault injection: the engine thread sleeps for `d` (as if stuck in a syscall), so
+    /// [`MediaHandle::liveness`] reports it stalled and requests time out.
+    pub fn inject_stall(&self, d: Duration) -> Result<(), EngineError> {
+        self.send(Command::Stall(d))
+    }
+
+    /// Fault injection: the engine thread panics with [`INJECTED_PANIC`].
+    pub fn inject_panic(&self) -> Result<(), EngineError> {
+        self.send(Command::Panic)
     }
 
     pub fn shutdown(&self) {
@@ -284,6 +531,10 @@ enum Work {
         stats: ReceiveStats,
         /// Keys (RTP timestamp, payload hash) of recently reflected packets.
         reflected: [u64; LOOP_RING],
+        /// The (SSRC, sequence number) each of those packets arrived with: the same key with
+        /// the same origin again is a network duplicate, with another origin it is our
+        /// reflection coming back (Asterisk rewrote SSRC and sequence on the way).
+        origin: [(u32, u16); LOOP_RING],
         next: usize,
     },
     Probe {
@@ -293,6 +544,77 @@ enum Work {
         timeout: Duration,
         late: Duration,
     },
+}
+
+/// What echo mode makes of a packet, from the ring of recently reflected ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seen {
+    /// Not reflected recently.
+    New,
+    /// A copy of a packet we received (same key, same SSRC and sequence number): the network
+    /// duplicated it. An echo returns what it gets, so it is reflected (and counted a duplicate).
+    Duplicate,
+    /// Our own reflection coming back (same key, another SSRC or sequence number).
+    Loop,
+}
+
+/// Looks `key`, which arrived as `origin` (SSRC, sequence number), up in the ring.
+fn seen(keys: &[u64; LOOP_RING], origins: &[(u32, u16); LOOP_RING], key: u64, origin: (u32, u16)) -> Seen {
+    // Almost every packet is new: one scan of the keys alone settles that.
+    if !keys.contains(&key) {
+        return Seen::New;
+    }
+    // A duplicate wins over a loop: the copy of a packet whose reflection has also come back.
+    let mut found = Seen::Loop;
+    for (k, o) in keys.iter().zip(origins) {
+        if *k == key && *o == origin {
+            found = Seen::Duplicate;
+        }
+    }
+    found
+}
+
+/// When media was last seen on a stream or watched call, and which silence reports it has
+/// had. Pure: takes the time as an argument.
+#[derive(Debug, Clone, Copy)]
+struct Silence {
+    last_rx: Option<Instant>,
+    /// Since when media is expected (None: not yet, a probe stream before its bridge is up).
+    expected_since: Option<Instant>,
+    /// Report [`IdleReason::NoMedia`] after this long without media (zero: never).
+    no_media_timeout: Duration,
+    idle_reported: bool,
+    link_down_reported: bool,
+}
+
+impl Silence {
+    fn new(expected_since: Option<Instant>, no_media_timeout: Duration) -> Self {
+        Silence { last_rx: None, expected_since, no_media_timeout, idle_reported: false, link_down_reported: false }
+    }
+
+    /// How long media has been missing: since the last packet or since it became expected,
+    /// whichever is later. None while media is not expected.
+    fn silent_for(&self, now: Instant) -> Option<Duration> {
+        let since = self.expected_since?;
+        let last = self.last_rx.map_or(since, |t| t.max(since));
+        Some(now.saturating_duration_since(last))
+    }
+
+    /// The reason to report now, at most once each: no media for `no_media_timeout`; silent
+    /// for `link_down` (the link to Asterisk is down). NoMedia first when both are due; the
+    /// other follows at the next call.
+    fn due(&mut self, now: Instant, link_down: Option<Duration>) -> Option<IdleReason> {
+        let silent = self.silent_for(now)?;
+        if !self.idle_reported && !self.no_media_timeout.is_zero() && silent >= self.no_media_timeout {
+            self.idle_reported = true;
+            return Some(IdleReason::NoMedia);
+        }
+        if !self.link_down_reported && link_down.is_some_and(|s| silent >= s) {
+            self.link_down_reported = true;
+            return Some(IdleReason::SilentWhileLinkDown);
+        }
+        None
+    }
 }
 
 struct Stream {
@@ -314,11 +636,7 @@ struct Stream {
     dropped_loop: u64,
     send_errors: u64,
     loop_detected: bool,
-    last_rx: Option<Instant>,
-    /// Since when media is expected (None: not yet, a probe stream before its bridge is up).
-    media_expected_since: Option<Instant>,
-    no_media_timeout: Duration,
-    idle_reported: bool,
+    silence: Silence,
 }
 
 impl Stream {
@@ -339,31 +657,19 @@ impl Stream {
         }
     }
 
-    /// True the first time the stream has gone `no_media_timeout` without a packet.
-    fn newly_idle(&mut self, now: Instant) -> bool {
-        if self.idle_reported || self.no_media_timeout.is_zero() {
-            return false;
-        }
-        let Some(since) = self.media_expected_since else { return false };
-        let last = self.last_rx.map_or(since, |t| t.max(since));
-        if now.saturating_duration_since(last) >= self.no_media_timeout {
-            self.idle_reported = true;
-            return true;
-        }
-        false
-    }
-
     /// Handles one RTP packet from `peer` that arrived at `at`: echo reflects it, probe
     /// matches it. Returns the latency sample it gave, in microseconds, already recorded in
     /// this stream's histogram (the caller adds it to the service-wide one).
     fn on_rtp(&mut self, pkt: &RtpPacket<'_>, data: &[u8], at: Instant) -> Option<u64> {
         self.packets_in += 1;
         self.bytes_in += data.len() as u64;
-        self.last_rx = Some(at);
+        self.silence.last_rx = Some(at);
         let sample = match &mut self.work {
-            Work::Echo { stats, reflected, next } => {
+            Work::Echo { stats, reflected, origin, next } => {
                 let key = loop_key(pkt.header.timestamp, pkt.payload);
-                if reflected.contains(&key) {
+                let from = (pkt.header.ssrc, pkt.header.sequence);
+                let seen = seen(reflected, origin, key, from);
+                if seen == Seen::Loop {
                     // Our own reflection came back: the far end echoes too. Reflecting it
                     // again would circulate media forever.
                     self.dropped_loop += 1;
@@ -377,8 +683,13 @@ impl Stream {
                     return None;
                 }
                 let arrival = stats.update(pkt.header.sequence, pkt.header.timestamp, at);
-                reflected[*next] = key;
-                *next = (*next + 1) % LOOP_RING;
+                // A duplicate's original is in the ring already; a second entry would only
+                // push an older packet out sooner.
+                if seen == Seen::New {
+                    reflected[*next] = key;
+                    origin[*next] = from;
+                    *next = (*next + 1) % LOOP_RING;
+                }
                 match self.socket.send_to(data, self.peer) {
                     Ok(_) => {
                         self.packets_out += 1;
@@ -418,10 +729,36 @@ impl Stream {
             dropped_loop: self.dropped_loop,
             send_errors: self.send_errors,
             loop_detected: self.loop_detected,
-            last_packet_ms_ago: self.last_rx.map(|t| now.saturating_duration_since(t).as_millis() as u64),
+            last_packet_ms_ago: ms_ago(self.silence.last_rx, now),
             receive,
             probe,
             latency: self.hist.summary(),
+        }
+    }
+}
+
+/// Milliseconds from `t` to `now` (None: never).
+fn ms_ago(t: Option<Instant>, now: Instant) -> Option<u64> {
+    t.map(|t| u64::try_from(now.saturating_duration_since(t).as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A watched shared-echo call: counters of what reached the echo socket from its peer.
+struct Watch {
+    id: StreamId,
+    peer: SocketAddr,
+    packets: u64,
+    bytes: u64,
+    silence: Silence,
+}
+
+impl Watch {
+    fn report(&self, now: Instant) -> SharedReport {
+        SharedReport {
+            id: self.id,
+            peer: self.peer,
+            packets: self.packets,
+            bytes: self.bytes,
+            last_packet_ms_ago: ms_ago(self.silence.last_rx, now),
         }
     }
 }
@@ -431,6 +768,7 @@ struct Engine {
     rx: mpsc::Receiver<Command>,
     sink: FlushSink,
     idle: IdleSink,
+    health: Arc<Health>,
     /// Slab of streams; index = token - FIRST_STREAM.
     streams: Vec<Option<Stream>>,
     free_slots: Vec<usize>,
@@ -439,6 +777,13 @@ struct Engine {
     due: BinaryHeap<Reverse<(Instant, usize, StreamId)>>,
     reflector: Option<(UdpSocket, Family)>,
     reflector_counters: ReflectorCounters,
+    /// Watched shared-echo calls, in no order (removal swaps the last one in).
+    watches: Vec<Watch>,
+    /// Index into `watches` by peer: the shared echo's per-datagram lookup (a hash lookup of
+    /// a `SocketAddr`, no allocation), skipped while nothing is watched.
+    watch_by_peer: HashMap<SocketAddr, usize>,
+    /// The silence after which streams are reported while the link to Asterisk is down.
+    link_down: Option<Duration>,
     /// Latency samples since the last flush, per mode (echo, probe).
     delta: [LatencyHistogram; 2],
     delta_dirty: [bool; 2],
@@ -453,18 +798,22 @@ struct Engine {
 }
 
 impl Engine {
-    fn new(poll: Poll, rx: mpsc::Receiver<Command>, sink: FlushSink, idle: IdleSink) -> Self {
+    fn new(poll: Poll, rx: mpsc::Receiver<Command>, sink: FlushSink, idle: IdleSink, health: Arc<Health>) -> Self {
         Engine {
             poll,
             rx,
             sink,
             idle,
+            health,
             streams: Vec::new(),
             free_slots: Vec::new(),
             by_id: HashMap::new(),
             due: BinaryHeap::new(),
             reflector: None,
             reflector_counters: ReflectorCounters::default(),
+            watches: Vec::new(),
+            watch_by_peer: HashMap::new(),
+            link_down: None,
             delta: [LatencyHistogram::new(), LatencyHistogram::new()],
             delta_dirty: [false; 2],
             call_rx: Batch::new(true),
@@ -480,6 +829,7 @@ impl Engine {
         let mut next_housekeeping = Instant::now() + HOUSEKEEPING;
         while self.running {
             let now = Instant::now();
+            self.health.turn(now);
             let mut wake_at = next_housekeeping;
             if let Some(Reverse((t, _, _))) = self.due.peek() {
                 wake_at = wake_at.min(*t);
@@ -514,7 +864,14 @@ impl Engine {
         while let Ok(cmd) = self.rx.try_recv() {
             match cmd {
                 Command::Add(spec, reply) => {
-                    let _ = reply.send(self.add(*spec));
+                    let id = spec.id;
+                    let added = self.add(*spec);
+                    let ok = added.is_ok();
+                    if reply.send(added).is_err() && ok {
+                        // The asker timed out and counts the add as failed: undo it, or the
+                        // socket would stay open with nobody to remove it.
+                        self.discard(id);
+                    }
                 }
                 Command::StartProbing(id) => self.start_probing(id),
                 Command::Remove(id, reply) => {
@@ -523,12 +880,35 @@ impl Engine {
                 }
                 Command::Snapshot(reply) => {
                     let now = Instant::now();
-                    let all = self.streams.iter().flatten().map(|s| s.report(now)).collect();
-                    let _ = reply.send(all);
+                    let _ = reply.send(MediaSnapshot {
+                        streams: self.streams.iter().flatten().map(|s| s.report(now)).collect(),
+                        shared: self.watches.iter().map(|w| w.report(now)).collect(),
+                    });
                 }
                 Command::SetReflector(sock, reply) => {
                     let _ = reply.send(self.set_reflector(sock));
                 }
+                Command::Watch { id, peer, no_media_timeout, reply } => {
+                    self.watch(id, peer, no_media_timeout);
+                    if reply.send(()).is_err() {
+                        self.unwatch(id); // the asker gave up (timeout)
+                    }
+                }
+                Command::Unwatch(id, reply) => {
+                    let report = self.unwatch(id);
+                    let _ = reply.send(report);
+                }
+                Command::LinkDown(silence) => {
+                    if silence.is_none() {
+                        self.rearm_link_down();
+                    }
+                    self.link_down = silence;
+                }
+                Command::Stall(d) => {
+                    log::warn!("[Media] injected fault: the engine stalls for {d:?}");
+                    thread::sleep(d);
+                }
+                Command::Panic => panic!("{INJECTED_PANIC}"),
                 Command::Shutdown => self.running = false,
             }
         }
@@ -549,9 +929,10 @@ impl Engine {
             self.streams.push(None);
             self.streams.len() - 1
         });
-        self.poll
-            .registry()
-            .register(&mut socket, Token(slot + FIRST_STREAM), Interest::READABLE)?;
+        if let Err(e) = self.poll.registry().register(&mut socket, Token(slot + FIRST_STREAM), Interest::READABLE) {
+            self.free_slots.push(slot);
+            return Err(e);
+        }
         let now = Instant::now();
         let work = match spec.mode {
             CallMode::Probe => Work::Probe {
@@ -569,6 +950,7 @@ impl Engine {
             _ => Work::Echo {
                 stats: ReceiveStats::new(8000, spec.late_threshold),
                 reflected: [u64::MAX; LOOP_RING],
+                origin: [(0, 0); LOOP_RING],
                 next: 0,
             },
         };
@@ -590,10 +972,7 @@ impl Engine {
             dropped_loop: 0,
             send_errors: 0,
             loop_detected: false,
-            last_rx: None,
-            media_expected_since: (spec.mode != CallMode::Probe).then_some(now),
-            no_media_timeout: spec.no_media_timeout,
-            idle_reported: false,
+            silence: Silence::new((spec.mode != CallMode::Probe).then_some(now), spec.no_media_timeout),
         });
         self.by_id.insert(spec.id, slot);
         Ok(())
@@ -601,13 +980,13 @@ impl Engine {
 
     fn start_probing(&mut self, id: StreamId) {
         let Some(&slot) = self.by_id.get(&id) else { return };
-        if let Some(Stream { work: Work::Probe { probe, started, timeout, late }, media_expected_since, .. }) =
+        if let Some(Stream { work: Work::Probe { probe, started, timeout, late }, silence, .. }) =
             self.streams[slot].as_mut()
         {
             if !*started {
                 *started = true;
                 let now = Instant::now();
-                *media_expected_since = Some(now);
+                silence.expected_since = Some(now);
                 // Re-anchored at the start so the schedule begins now, not at setup time.
                 **probe = ProbeStream::new(id as u32, 0x5256_0000 ^ id as u32, *timeout, *late, now);
                 self.due.push(Reverse((now, slot, id)));
@@ -615,11 +994,17 @@ impl Engine {
         }
     }
 
-    fn remove(&mut self, id: StreamId) -> Option<StreamReport> {
+    /// Takes a stream out of the poll and the slab; its socket closes when the result drops.
+    fn take(&mut self, id: StreamId) -> Option<Stream> {
         let slot = self.by_id.remove(&id)?;
         let mut stream = self.streams[slot].take()?;
         let _ = self.poll.registry().deregister(&mut stream.socket);
         self.free_slots.push(slot);
+        Some(stream)
+    }
+
+    fn remove(&mut self, id: StreamId) -> Option<StreamReport> {
+        let mut stream = self.take(id)?;
         let now = Instant::now();
         if let Work::Probe { probe, .. } = &mut stream.work {
             probe.expire(now);
@@ -629,6 +1014,14 @@ impl Engine {
         // metrics never count it twice or not at all.
         self.housekeeping(now, Some(report.clone()));
         Some(report)
+    }
+
+    /// Drops a stream that was added in this same drain of commands (so no flush counted it
+    /// yet) and that nobody knows of: no report.
+    fn discard(&mut self, id: StreamId) {
+        if self.take(id).is_some() {
+            log::warn!("[Media] stream {id} dropped: its add was answered after the asker had given up");
+        }
     }
 
     fn set_reflector(&mut self, sock: std::net::UdpSocket) -> io::Result<()> {
@@ -643,8 +1036,45 @@ impl Engine {
         Ok(())
     }
 
+    fn watch(&mut self, id: StreamId, peer: SocketAddr, no_media_timeout: Duration) {
+        self.unwatch(id);
+        if let Some(&i) = self.watch_by_peer.get(&peer) {
+            let old = self.watches[i].id;
+            log::warn!("[Media] shared-echo peer {peer} moves from call {old} to call {id}");
+            self.unwatch(old);
+        }
+        self.watch_by_peer.insert(peer, self.watches.len());
+        self.watches.push(Watch {
+            id,
+            peer,
+            packets: 0,
+            bytes: 0,
+            silence: Silence::new(Some(Instant::now()), no_media_timeout),
+        });
+    }
+
+    fn unwatch(&mut self, id: StreamId) -> Option<SharedReport> {
+        let i = self.watches.iter().position(|w| w.id == id)?;
+        let w = self.watches.swap_remove(i);
+        self.watch_by_peer.remove(&w.peer);
+        if let Some(moved) = self.watches.get(i) {
+            self.watch_by_peer.insert(moved.peer, i);
+        }
+        Some(w.report(Instant::now()))
+    }
+
+    fn rearm_link_down(&mut self) {
+        for s in self.streams.iter_mut().flatten() {
+            s.silence.link_down_reported = false;
+        }
+        for w in &mut self.watches {
+            w.silence.link_down_reported = false;
+        }
+    }
+
     /// Shared echo: every datagram goes back to its sender as it came, stateless; read with
-    /// recvmmsg and sent back with sendmmsg, [`REFLECT_BATCH`] at a time.
+    /// recvmmsg and sent back with sendmmsg, [`REFLECT_BATCH`] at a time. Datagrams from a
+    /// watched peer are also counted for its call.
     fn reflect(&mut self) {
         let Some((sock, family)) = &self.reflector else { return };
         let c = &mut self.reflector_counters;
@@ -662,6 +1092,20 @@ impl Engine {
             c.packets += n as u64;
             c.bytes += self.reflect_batch.bytes();
             c.send_errors += self.reflect_batch.send_back(sock);
+            // Only now the senders' addresses are built, and only when someone is watched.
+            if !self.watch_by_peer.is_empty() {
+                // The wake-up's time: idle detection needs milliseconds, not kernel stamps.
+                let at = self.clock.instant;
+                for i in 0..n {
+                    let Some(d) = self.reflect_batch.get(i) else { break };
+                    if let Some(&w) = self.watch_by_peer.get(&d.from) {
+                        let w = &mut self.watches[w];
+                        w.packets += 1;
+                        w.bytes += d.data.len() as u64;
+                        w.silence.last_rx = Some(at);
+                    }
+                }
+            }
             if n < REFLECT_BATCH {
                 break; // drained: the next datagram raises a new edge
             }
@@ -735,10 +1179,15 @@ impl Engine {
             if let Work::Probe { probe, .. } = &mut stream.work {
                 probe.expire(now);
             }
-            if stream.newly_idle(now) {
-                (self.idle)(stream.id);
+            while let Some(reason) = stream.silence.due(now, self.link_down) {
+                (self.idle)(stream.id, reason);
             }
             stream.add_to(&mut live[stream.mode.index().min(1)]);
+        }
+        for w in &mut self.watches {
+            while let Some(reason) = w.silence.due(now, self.link_down) {
+                (self.idle)(w.id, reason);
+            }
         }
         let mut latency_delta = [None, None];
         for (i, slot) in latency_delta.iter_mut().enumerate() {
@@ -800,17 +1249,21 @@ mod tests {
     struct Harness {
         media: MediaHandle,
         flushes: mpsc::Receiver<MediaFlush>,
-        idle: mpsc::Receiver<StreamId>,
+        idle: mpsc::Receiver<(StreamId, IdleReason)>,
         join: Option<thread::JoinHandle<()>>,
     }
 
     impl Harness {
         fn new() -> Self {
-            Self::with_flush_hook(|| {})
+            Self::with(EngineOptions::default(), || {})
+        }
+
+        fn with_flush_hook(hook: impl Fn() + Send + 'static) -> Self {
+            Self::with(EngineOptions::default(), hook)
         }
 
         /// `hook` runs on the media thread at every flush, before the flush is passed on.
-        fn with_flush_hook(hook: impl Fn() + Send + 'static) -> Self {
+        fn with(opts: EngineOptions, hook: impl Fn() + Send + 'static) -> Self {
             let (ftx, flushes) = mpsc::channel();
             let (itx, idle) = mpsc::channel();
             let ftx = std::sync::Mutex::new(ftx);
@@ -820,12 +1273,23 @@ mod tests {
                     hook();
                     let _ = ftx.lock().unwrap().send(f);
                 }),
-                Box::new(move |id| {
-                    let _ = itx.lock().unwrap().send(id);
+                Box::new(move |id, reason| {
+                    let _ = itx.lock().unwrap().send((id, reason));
                 }),
+                opts,
             )
             .unwrap();
             Harness { media, flushes, idle, join: Some(join) }
+        }
+
+        /// Idle notices that arrive within `within`.
+        fn idle_within(&self, within: Duration) -> Vec<(StreamId, IdleReason)> {
+            let until = Instant::now() + within;
+            let mut got = Vec::new();
+            while let Ok(n) = self.idle.recv_timeout(until.saturating_duration_since(Instant::now())) {
+                got.push(n);
+            }
+            got
         }
     }
 
@@ -833,6 +1297,7 @@ mod tests {
         fn drop(&mut self) {
             self.media.shutdown();
             if let Some(j) = self.join.take() {
+                // A test that made the engine panic has already joined it.
                 j.join().unwrap();
             }
         }
@@ -1000,8 +1465,8 @@ mod tests {
         s.no_media_timeout = Duration::from_millis(300);
         let t0 = Instant::now();
         block_on(h.media.add(s)).unwrap().unwrap();
-        let id = h.idle.recv_timeout(Duration::from_secs(2)).expect("idle notice");
-        assert_eq!(id, 3);
+        let notice = h.idle.recv_timeout(Duration::from_secs(2)).expect("idle notice");
+        assert_eq!(notice, (3, IdleReason::NoMedia));
         assert!(t0.elapsed() >= Duration::from_millis(300));
         assert!(h.idle.recv_timeout(Duration::from_millis(600)).is_err(), "reported once");
     }
@@ -1020,5 +1485,369 @@ mod tests {
             let (n, _) = a.recv_from(&mut buf).unwrap();
             assert_eq!(&buf[..n], &msg[..]);
         }
+    }
+
+    fn opts(request_ms: u64, stall_ms: u64) -> EngineOptions {
+        EngineOptions {
+            request_timeout: Duration::from_millis(request_ms),
+            stall_bound: Duration::from_millis(stall_ms),
+        }
+    }
+
+    fn rtp_from(ssrc: u32, seq: u16, ts: u32, fill: u8) -> Vec<u8> {
+        let mut buf = vec![fill; HEADER_LEN + 160];
+        write_header(&mut buf, &RtpHeader::pcmu(seq, ts, ssrc)).unwrap();
+        buf
+    }
+
+    // ---- pure parts ----
+
+    #[test]
+    fn options_need_a_timeout_and_a_stall_bound_beyond_housekeeping() {
+        assert!(EngineOptions::default().check().is_ok());
+        assert!(opts(0, 1000).check().is_err());
+        assert!(opts(100, 250).check().is_err(), "an idle loop sleeps 250 ms");
+        assert!(opts(100, 251).check().is_ok());
+        let err = MediaHandle::start(Box::new(|_| {}), Box::new(|_, _| {}), opts(100, 100)).err().expect("refused");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        assert!(err.to_string().contains("stall bound"), "{err}");
+    }
+
+    #[test]
+    fn engine_errors_say_what_happened() {
+        assert_eq!(EngineError::Gone.to_string(), "the media engine is not running");
+        assert_eq!(
+            EngineError::Timeout(Duration::from_millis(1500)).to_string(),
+            "the media engine did not answer within 1.5s"
+        );
+    }
+
+    #[test]
+    fn liveness_is_judged_from_the_exit_and_the_last_turn() {
+        let bound = Duration::from_millis(500);
+        assert_eq!(judge(None, Duration::ZERO, bound), Liveness::Running);
+        assert_eq!(judge(None, bound, bound), Liveness::Running, "exactly the bound");
+        let gap = bound + Duration::from_millis(1);
+        assert_eq!(judge(None, gap, bound), Liveness::Stalled { since: gap });
+        assert_eq!(
+            judge(Some("panicked: x"), Duration::ZERO, bound),
+            Liveness::Dead { reason: "panicked: x".into() },
+            "an ended thread is dead however recent its last turn"
+        );
+        // Through `Health`, with made-up times.
+        let origin = Instant::now();
+        let h = Health { origin, last_turn_ms: AtomicU64::new(0), ended: OnceLock::new(), stall_bound: bound };
+        h.turn(origin + Duration::from_millis(1000));
+        assert_eq!(h.liveness(origin + Duration::from_millis(1400)), Liveness::Running);
+        assert_eq!(
+            h.liveness(origin + Duration::from_millis(1600)),
+            Liveness::Stalled { since: Duration::from_millis(600) }
+        );
+        assert_eq!(h.liveness(origin), Liveness::Running, "a reading before the last turn");
+    }
+
+    #[test]
+    fn panic_messages_are_read_from_both_payload_kinds() {
+        let literal = panic::catch_unwind(|| panic!("plain")).unwrap_err();
+        assert_eq!(panic_message(literal.as_ref()), "plain");
+        let n = 3;
+        let formatted = panic::catch_unwind(|| panic!("with {n}")).unwrap_err();
+        assert_eq!(panic_message(formatted.as_ref()), "with 3");
+        let other = panic::catch_unwind(|| panic::panic_any(7u8)).unwrap_err();
+        assert_eq!(panic_message(other.as_ref()), "(no message)");
+    }
+
+    #[test]
+    fn the_ring_tells_new_duplicate_and_loop_apart() {
+        let mut keys = [u64::MAX; LOOP_RING];
+        let mut origins = [(0, 0); LOOP_RING];
+        keys[5] = 42;
+        origins[5] = (7, 100);
+        assert_eq!(seen(&keys, &origins, 41, (7, 100)), Seen::New);
+        assert_eq!(seen(&keys, &origins, 42, (7, 100)), Seen::Duplicate);
+        assert_eq!(seen(&keys, &origins, 42, (7, 101)), Seen::Loop, "another sequence number");
+        assert_eq!(seen(&keys, &origins, 42, (8, 100)), Seen::Loop, "another SSRC");
+        // Two entries with one key (two received packets with equal timestamp and payload):
+        // matching either's origin makes a duplicate, matching neither a loop.
+        keys[60] = 42;
+        origins[60] = (9, 1);
+        assert_eq!(seen(&keys, &origins, 42, (7, 100)), Seen::Duplicate);
+        assert_eq!(seen(&keys, &origins, 42, (9, 1)), Seen::Duplicate);
+        assert_eq!(seen(&keys, &origins, 42, (9, 2)), Seen::Loop);
+    }
+
+    #[test]
+    fn silence_is_reported_once_per_reason_and_link_down_rearms() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut s = Silence::new(Some(t0), Duration::from_millis(1000));
+        assert_eq!(s.silent_for(ms(300)), Some(Duration::from_millis(300)));
+        assert_eq!(s.due(ms(300), None), None);
+        assert_eq!(s.due(ms(300), Some(Duration::from_millis(500))), None);
+        assert_eq!(s.due(ms(500), Some(Duration::from_millis(500))), Some(IdleReason::SilentWhileLinkDown));
+        assert_eq!(s.due(ms(900), Some(Duration::from_millis(500))), None, "once");
+        assert_eq!(s.due(ms(1000), Some(Duration::from_millis(500))), Some(IdleReason::NoMedia));
+        assert_eq!(s.due(ms(5000), Some(Duration::from_millis(500))), None);
+        // A packet: silence counts from it.
+        let mut s = Silence::new(Some(t0), Duration::ZERO);
+        s.last_rx = Some(ms(800));
+        assert_eq!(s.silent_for(ms(1000)), Some(Duration::from_millis(200)));
+        assert_eq!(s.due(ms(1000), Some(Duration::from_millis(500))), None, "traffic 200 ms ago");
+        assert_eq!(s.due(ms(60_000), None), None, "no_media_timeout zero: never idle");
+        assert_eq!(s.due(ms(1300), Some(Duration::from_millis(500))), Some(IdleReason::SilentWhileLinkDown));
+        s.link_down_reported = false; // what `set_link_down(None)` does
+        assert_eq!(s.due(ms(1300), Some(Duration::from_millis(500))), Some(IdleReason::SilentWhileLinkDown));
+        // Media not expected yet (a probe before its bridge): never reported.
+        let mut s = Silence::new(None, Duration::from_millis(1));
+        assert_eq!(s.silent_for(ms(60_000)), None);
+        assert_eq!(s.due(ms(60_000), Some(Duration::ZERO)), None);
+        // A packet before media was expected does not shorten the silence.
+        let mut s = Silence::new(Some(ms(1000)), Duration::ZERO);
+        s.last_rx = Some(ms(10));
+        assert_eq!(s.silent_for(ms(1500)), Some(Duration::from_millis(500)));
+    }
+
+    // ---- the engine, with real sockets ----
+
+    #[test]
+    fn requests_time_out_while_the_engine_is_stuck_and_work_after() {
+        let h = Harness::with(opts(150, 300), || {});
+        h.media.inject_stall(Duration::from_millis(900)).unwrap();
+        let t = Instant::now();
+        assert_eq!(block_on(h.media.snapshot()), Err(EngineError::Timeout(Duration::from_millis(150))));
+        assert_eq!(block_on(h.media.remove(1)), Err(EngineError::Timeout(Duration::from_millis(150))));
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        assert!(matches!(block_on(h.media.set_reflector(sock)), Err(EngineError::Timeout(_))));
+        assert!(matches!(
+            block_on(h.media.watch_shared(9, "127.0.0.1:9".parse().unwrap(), Duration::ZERO)),
+            Err(EngineError::Timeout(_))
+        ));
+        assert!(matches!(block_on(h.media.unwatch_shared(9)), Err(EngineError::Timeout(_))));
+        assert!(t.elapsed() < Duration::from_millis(880), "each request waited only its timeout");
+        // The engine answers again once the stall is over, and undid the watch whose asker
+        // had given up.
+        let snap = block_on(async {
+            tokio::time::sleep(Duration::from_millis(900)).await;
+            h.media.snapshot().await
+        })
+        .expect("answers after the stall");
+        assert!(snap.shared.is_empty(), "{snap:?}");
+    }
+
+    #[test]
+    fn an_add_answered_after_its_asker_gave_up_is_undone() {
+        let h = Harness::with(opts(100, 2000), || {});
+        let asterisk = udp();
+        let call = udp();
+        let call_addr = call.local_addr().unwrap();
+        h.media.inject_stall(Duration::from_millis(400)).unwrap();
+        let r = block_on(h.media.add(spec(5, CallMode::Echo, call, asterisk.local_addr().unwrap())));
+        assert_eq!(r.unwrap_err(), EngineError::Timeout(Duration::from_millis(100)));
+        thread::sleep(Duration::from_millis(400));
+        let snap = block_on(h.media.snapshot()).unwrap();
+        assert!(snap.streams.is_empty(), "the stream was dropped: {snap:?}");
+        // Its socket is closed: nothing reflects, and the id is free again.
+        asterisk.send_to(&rtp(1, 160, 1), call_addr).unwrap();
+        let mut buf = [0u8; 2048];
+        assert!(asterisk.recv_from(&mut buf).is_err());
+        block_on(h.media.add(spec(5, CallMode::Echo, udp(), asterisk.local_addr().unwrap()))).unwrap().unwrap();
+    }
+
+    #[test]
+    fn liveness_reports_an_injected_stall_and_recovers() {
+        let h = Harness::with(opts(1000, 300), || {});
+        assert_eq!(h.media.liveness(), Liveness::Running);
+        // Idle for a while: the housekeeping wake-ups keep it running.
+        thread::sleep(Duration::from_millis(700));
+        assert_eq!(h.media.liveness(), Liveness::Running);
+        h.media.inject_stall(Duration::from_millis(1200)).unwrap();
+        let t = Instant::now();
+        let stalled = loop {
+            if let Liveness::Stalled { since } = h.media.liveness() {
+                break since;
+            }
+            assert!(t.elapsed() < Duration::from_secs(1), "never stalled");
+            thread::sleep(Duration::from_millis(20));
+        };
+        assert!(stalled > Duration::from_millis(300), "{stalled:?}");
+        let t = Instant::now();
+        while h.media.liveness() != Liveness::Running {
+            assert!(t.elapsed() < Duration::from_secs(2), "never recovered: {:?}", h.media.liveness());
+            thread::sleep(Duration::from_millis(20));
+        }
+        assert!(block_on(h.media.snapshot()).is_ok());
+    }
+
+    #[test]
+    fn an_injected_panic_makes_the_engine_dead_with_its_message() {
+        let mut h = Harness::new();
+        h.media.inject_panic().unwrap();
+        let join = h.join.take().unwrap();
+        assert!(join.join().is_err(), "the thread ends as panicked");
+        match h.media.liveness() {
+            Liveness::Dead { reason } => assert_eq!(reason, format!("panicked: {INJECTED_PANIC}")),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(block_on(h.media.snapshot()), Err(EngineError::Gone));
+        assert_eq!(h.media.start_probing(1), Err(EngineError::Gone));
+        assert_eq!(h.media.inject_stall(Duration::from_secs(1)), Err(EngineError::Gone));
+    }
+
+    #[test]
+    fn a_shut_down_engine_is_dead_too() {
+        let mut h = Harness::new();
+        h.media.shutdown();
+        h.join.take().unwrap().join().unwrap();
+        assert_eq!(h.media.liveness(), Liveness::Dead { reason: "shut down".into() });
+        assert_eq!(block_on(h.media.remove(1)), Err(EngineError::Gone));
+    }
+
+    #[test]
+    fn a_network_duplicate_is_reflected_and_counted_not_taken_for_a_loop() {
+        let h = Harness::new();
+        let asterisk = udp();
+        let call = udp();
+        let call_addr = call.local_addr().unwrap();
+        block_on(h.media.add(spec(6, CallMode::Echo, call, asterisk.local_addr().unwrap()))).unwrap().unwrap();
+        let mut buf = [0u8; 2048];
+        let packets: Vec<Vec<u8>> = (0..4u16).map(|i| rtp_from(0xabc, 10 + i, 160 * u32::from(i), 0x40 + i as u8)).collect();
+        for p in &packets {
+            // The original, then the network's copy (same SSRC, sequence, timestamp, payload).
+            asterisk.send_to(p, call_addr).unwrap();
+            asterisk.send_to(p, call_addr).unwrap();
+            for copy in 0..2 {
+                let (n, _) = asterisk.recv_from(&mut buf).unwrap_or_else(|e| panic!("copy {copy} not reflected: {e}"));
+                assert_eq!(&buf[..n], &p[..]);
+            }
+        }
+        let snap = block_on(h.media.snapshot()).unwrap();
+        let r = &snap.streams[0];
+        let rx = r.receive.as_ref().unwrap();
+        assert_eq!((r.packets_in, r.packets_out), (8, 8));
+        assert_eq!((rx.duplicates, rx.lost, rx.expected), (4, 0, 4));
+        assert_eq!((r.dropped_loop, r.loop_detected), (0, false));
+        assert_eq!(r.latency.count, 4, "a duplicate gives no latency sample");
+
+        // Our reflection of packet 3 coming back with Asterisk's SSRC and sequence: a loop,
+        // even after the duplicates.
+        let looped = rtp_from(0x5555, 9000, 160 * 3, 0x43);
+        asterisk.send_to(&looped, call_addr).unwrap();
+        assert!(asterisk.recv_from(&mut buf).is_err(), "a looped packet must not be reflected");
+        let r = block_on(h.media.remove(6)).unwrap().unwrap();
+        assert_eq!((r.dropped_loop, r.loop_detected), (1, true));
+        assert_eq!(r.receive.unwrap().duplicates, 4);
+    }
+
+    #[test]
+    fn watched_shared_calls_are_counted_reported_and_unwatched() {
+        let h = Harness::new();
+        let echo = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let echo_addr = echo.local_addr().unwrap();
+        block_on(h.media.set_reflector(echo)).unwrap().unwrap();
+        let (a, b, c) = (udp(), udp(), udp());
+        block_on(h.media.watch_shared(10, a.local_addr().unwrap(), Duration::ZERO)).unwrap();
+        block_on(h.media.watch_shared(11, b.local_addr().unwrap(), Duration::ZERO)).unwrap();
+        let mut buf = [0u8; 2048];
+        for (sock, count, len) in [(&a, 3, 172), (&b, 1, 50), (&c, 2, 10)] {
+            for _ in 0..count {
+                sock.send_to(&vec![0x5a; len], echo_addr).unwrap();
+                sock.recv_from(&mut buf).expect("reflected, watched or not");
+            }
+        }
+        let snap = block_on(h.media.snapshot()).unwrap();
+        let mut shared = snap.shared.clone();
+        shared.sort_by_key(|s| s.id);
+        assert_eq!(shared.len(), 2);
+        assert_eq!((shared[0].id, shared[0].peer, shared[0].packets, shared[0].bytes), (10, a.local_addr().unwrap(), 3, 516));
+        assert_eq!((shared[1].id, shared[1].packets, shared[1].bytes), (11, 1, 50));
+        assert!(shared[0].last_packet_ms_ago.unwrap() < 1000);
+
+        // Unwatching 10 moves 11 in the list; its counting goes on.
+        let r = block_on(h.media.unwatch_shared(10)).unwrap().expect("final report");
+        assert_eq!(r.packets, 3);
+        assert_eq!(block_on(h.media.unwatch_shared(10)).unwrap(), None);
+        a.send_to(b"x", echo_addr).unwrap();
+        b.send_to(b"yy", echo_addr).unwrap();
+        a.recv_from(&mut buf).unwrap();
+        b.recv_from(&mut buf).unwrap();
+        let snap = block_on(h.media.snapshot()).unwrap();
+        assert_eq!(snap.shared.len(), 1);
+        assert_eq!((snap.shared[0].id, snap.shared[0].packets, snap.shared[0].bytes), (11, 2, 52));
+
+        // The same peer for another call: the address now belongs to that call.
+        block_on(h.media.watch_shared(12, b.local_addr().unwrap(), Duration::ZERO)).unwrap();
+        let snap = block_on(h.media.snapshot()).unwrap();
+        assert_eq!(snap.shared.iter().map(|s| (s.id, s.packets)).collect::<Vec<_>>(), vec![(12, 0)]);
+        assert_eq!(block_on(h.media.unwatch_shared(11)).unwrap(), None);
+    }
+
+    #[test]
+    fn a_silent_shared_call_is_reported_idle_once() {
+        let h = Harness::new();
+        let echo = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let echo_addr = echo.local_addr().unwrap();
+        block_on(h.media.set_reflector(echo)).unwrap().unwrap();
+        let talker = udp();
+        let silent = udp();
+        block_on(h.media.watch_shared(20, talker.local_addr().unwrap(), Duration::from_millis(300))).unwrap();
+        block_on(h.media.watch_shared(21, silent.local_addr().unwrap(), Duration::from_millis(300))).unwrap();
+        let until = Instant::now() + Duration::from_millis(1000);
+        while Instant::now() < until {
+            talker.send_to(b"rtp", echo_addr).unwrap();
+            thread::sleep(Duration::from_millis(40));
+        }
+        let got = h.idle_within(Duration::from_millis(100));
+        assert_eq!(got, vec![(21, IdleReason::NoMedia)]);
+    }
+
+    #[test]
+    fn link_down_reports_silent_streams_once_and_clearing_rearms() {
+        let h = Harness::new();
+        let echo = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let echo_addr = echo.local_addr().unwrap();
+        block_on(h.media.set_reflector(echo)).unwrap().unwrap();
+        let talker = udp();
+        let talker_call = udp();
+        let talker_addr = talker_call.local_addr().unwrap();
+        let asterisk = udp();
+        let shared_peer = udp();
+        block_on(h.media.add(spec(30, CallMode::Echo, talker_call, talker.local_addr().unwrap()))).unwrap().unwrap();
+        block_on(h.media.add(spec(31, CallMode::Echo, udp(), asterisk.local_addr().unwrap()))).unwrap().unwrap();
+        // A probe stream that has not started probing: no media expected, never reported.
+        block_on(h.media.add(spec(32, CallMode::Probe, udp(), asterisk.local_addr().unwrap()))).unwrap().unwrap();
+        block_on(h.media.watch_shared(33, shared_peer.local_addr().unwrap(), Duration::ZERO)).unwrap();
+
+        // Stream 30 has traffic every 40 ms throughout.
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop_talking = Arc::clone(&stop);
+        let chatter = thread::spawn(move || {
+            let mut seq = 0u16;
+            while !stop_talking.load(Ordering::SeqCst) {
+                talker.send_to(&rtp(seq, u32::from(seq) * 160, seq as u8), talker_addr).unwrap();
+                seq = seq.wrapping_add(1);
+                thread::sleep(Duration::from_millis(40));
+            }
+        });
+        // No report before the link is down.
+        assert_eq!(h.idle_within(Duration::from_millis(600)), vec![]);
+
+        h.media.set_link_down(Some(Duration::from_millis(300))).unwrap();
+        let mut got = h.idle_within(Duration::from_millis(800));
+        got.sort_by_key(|n| n.0);
+        assert_eq!(got, vec![(31, IdleReason::SilentWhileLinkDown), (33, IdleReason::SilentWhileLinkDown)]);
+        // Setting it again does not report again.
+        h.media.set_link_down(Some(Duration::from_millis(200))).unwrap();
+        assert_eq!(h.idle_within(Duration::from_millis(600)), vec![]);
+
+        // Cleared: nothing; down again: reported again. The shared call talks meanwhile.
+        h.media.set_link_down(None).unwrap();
+        assert_eq!(h.idle_within(Duration::from_millis(400)), vec![]);
+        shared_peer.send_to(b"rtp", echo_addr).unwrap();
+        h.media.set_link_down(Some(Duration::from_millis(1500))).unwrap();
+        let mut got = h.idle_within(Duration::from_millis(600));
+        got.sort_by_key(|n| n.0);
+        assert_eq!(got, vec![(31, IdleReason::SilentWhileLinkDown)], "33 spoke less than 1.5 s ago");
+        stop.store(true, Ordering::SeqCst);
+        chatter.join().unwrap();
     }
 }

@@ -3,6 +3,7 @@
 //! Asterisk's fixed ports (8088, 5060) run one at a time (`--test-threads=1`).
 #![allow(dead_code)]
 
+pub mod dup;
 pub mod fault_proxy;
 
 use std::io::Read;

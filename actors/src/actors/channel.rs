@@ -105,6 +105,8 @@ pub struct InjectPanic;
 struct Built {
     lease: Option<Lease>,
     stream_added: bool,
+    /// A shared-echo call's media is watched at the echo (from its Asterisk address).
+    shared_watched: bool,
     em_created: bool,
     bridge_created: bool,
     peer: Option<SocketAddr>,
@@ -398,6 +400,15 @@ impl SetupJob {
         if !self.caller_up {
             self.cx.ari.answer(&self.caller_id).await.map_err(|e: AriError| e.to_string())?;
         }
+        if self.mode == CallMode::SharedEcho {
+            // No socket of its own: the echo watches what arrives from this call's Asterisk
+            // address, so the no-media timeout and the link-down silence apply to it too.
+            built.shared_watched = true;
+            self.cx.media
+                .watch_shared(self.call_no, peer, self.cx.settings.no_media_timeout)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
         if self.mode == CallMode::Probe {
             self.cx.media.start_probing(self.call_no).map_err(|e| e.to_string())?;
         }
@@ -445,6 +456,11 @@ async fn teardown(
     } else {
         None
     };
+    if built.shared_watched {
+        if let Ok(Some(r)) = media.unwatch_shared(call_no).await {
+            log::info!("Call {caller_id} on the shared echo: {} packets from Asterisk", r.packets);
+        }
+    }
     if local {
         drop(built);
         return report;

@@ -24,7 +24,7 @@ use super::supervisor::{
 use crate::intensity::Intensity;
 use crate::ari::client::{AriClient, AriSettings};
 use crate::ari::liveness::LivenessSettings;
-use crate::media::{MediaHandle, StreamReport};
+use crate::media::{EngineOptions, IdleReason, Liveness, MediaHandle, SharedReport, StreamReport};
 use crate::mode::CallMode;
 use crate::ports::{PoolSnapshot, PortRange};
 
@@ -77,12 +77,16 @@ pub struct Service {
     media: MediaHandle,
     media_thread: Arc<Mutex<Option<JoinHandle<()>>>>,
     faults_enabled: bool,
+    /// Shutdown has begun: the media engine stops on purpose.
+    stopping: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// What `GET /ready` reports.
 #[derive(Debug, Clone, Serialize)]
 pub struct Readiness {
     pub ready: bool,
+    /// Why not ready (the first cause found); null when ready.
+    pub reason: Option<String>,
     /// The supervisor's state: `running`, `degraded` or `shutting_down`.
     pub supervisor: &'static str,
     pub ari: AriStatus,
@@ -95,7 +99,11 @@ pub struct Readiness {
 pub struct ChannelView {
     #[serde(flatten)]
     pub call: CallInfo,
+    /// The call's own stream (echo, probe); null for shared-echo.
     pub media: Option<StreamReport>,
+    /// Shared-echo: what the echo received from this call's Asterisk address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shared_echo: Option<SharedReport>,
 }
 
 /// A node of the supervision tree (`GET /actors`).
@@ -131,6 +139,15 @@ impl ActorNode {
     }
 }
 
+/// `running`, `stalled for N ms`, `dead: why`.
+fn liveness_text(l: &Liveness) -> String {
+    match l {
+        Liveness::Running => "running".into(),
+        Liveness::Stalled { since } => format!("stalled for {} ms", since.as_millis()),
+        Liveness::Dead { reason } => format!("dead: {reason}"),
+    }
+}
+
 fn is_zero(n: &u64) -> bool {
     *n == 0
 }
@@ -146,11 +163,12 @@ impl Service {
         let idle_sup = idle_to.clone();
         let (media, join) = MediaHandle::start(
             Box::new(move |f| sink_addr.do_send(Flush(f))),
-            Box::new(move |id| {
+            Box::new(move |id, reason: IdleReason| {
                 if let Some(s) = idle_sup.get() {
-                    s.do_send(MediaIdle(id));
+                    s.do_send(MediaIdle(id, reason));
                 }
             }),
+            EngineOptions { request_timeout: cfg.media_stall, stall_bound: cfg.media_stall },
         )
         .map_err(StartError::Media)?;
         let echo_sock = UdpSocket::bind(cfg.echo_addr)
@@ -173,7 +191,7 @@ impl Service {
             Intensity::new(cfg.max_restarts, cfg.restart_window),
         );
         let max_calls = if cfg.max_calls == 0 { cfg.rtp_ports.len() } else { cfg.max_calls };
-        let sup = sup.with_max_calls(max_calls);
+        let sup = sup.with_max_calls(max_calls).with_link_down_silence(cfg.link_down_silence);
         let ports = sup.port_manager();
         let supervisor = sup.start();
         let _ = idle_to.set(supervisor.clone());
@@ -195,6 +213,7 @@ impl Service {
             media,
             media_thread: Arc::new(Mutex::new(Some(join))),
             faults_enabled: cfg.faults_enabled,
+            stopping: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         })
     }
 
@@ -209,13 +228,17 @@ impl Service {
     /// Live calls joined with their media streams.
     pub async fn channels(&self) -> Result<Vec<ChannelView>, MailboxError> {
         let calls = self.supervisor.send(GetCalls).await?;
+        let snapshot = self.media.snapshot().await.unwrap_or_default();
         let mut streams: std::collections::HashMap<u64, StreamReport> =
-            self.media.snapshot().await.unwrap_or_default().into_iter().map(|s| (s.id, s)).collect();
+            snapshot.streams.into_iter().map(|s| (s.id, s)).collect();
+        let mut shared: std::collections::HashMap<u64, SharedReport> =
+            snapshot.shared.into_iter().map(|s| (s.id, s)).collect();
         Ok(calls
             .into_iter()
             .map(|call| {
                 let media = streams.remove(&call.call_no);
-                ChannelView { call, media }
+                let shared_echo = shared.remove(&call.call_no);
+                ChannelView { call, media, shared_echo }
             })
             .collect())
     }
@@ -223,10 +246,21 @@ impl Service {
     pub async fn ready(&self) -> Result<Readiness, MailboxError> {
         let ari = self.ari_conn.send(GetAriStatus).await?;
         let echo = self.echo.send(GetEchoStatus).await?;
-        let media_engine = self.media.snapshot().await.is_ok();
+        let liveness = self.media.liveness();
+        let media_engine = liveness == Liveness::Running;
         let supervisor = self.supervisor.send(GetSupervisorStatus).await?.state;
+        let reason = if supervisor != "running" {
+            Some(format!("supervisor {supervisor}"))
+        } else if !media_engine {
+            Some(format!("media engine {}", liveness_text(&liveness)))
+        } else if echo.bound.is_none() {
+            Some("echo socket not bound".to_string())
+        } else {
+            ari.reason.clone().map(|r| format!("ARI: {r}"))
+        };
         Ok(Readiness {
-            ready: ari.connected && echo.bound.is_some() && media_engine && supervisor == "running",
+            ready: reason.is_none() && ari.connected,
+            reason,
             supervisor,
             ari,
             echo,
@@ -238,7 +272,7 @@ impl Service {
     pub async fn actors(&self) -> Result<ActorNode, MailboxError> {
         let ari = self.ari_conn.send(GetAriStatus).await?;
         let calls = self.supervisor.send(GetCalls).await?;
-        let media_running = self.media.snapshot().await.is_ok();
+        let liveness = self.media.liveness();
         let status = self.supervisor.send(GetSupervisorStatus).await?;
         let running = |alive: bool| if alive { "running" } else { "stopped" };
         let mut sup = ActorNode::leaf("supervisor", "Supervisor", status.state);
@@ -270,7 +304,14 @@ impl Service {
         };
         root.children = vec![
             escalate(ActorNode::leaf("metrics", "MetricsActor", running(self.metrics.connected()))),
-            escalate(ActorNode::leaf("media-engine", "MediaThread", running(media_running))),
+            {
+                let mut n = ActorNode::leaf("media-engine", "MediaThread", liveness_text(&liveness));
+                n.policy = "escalate: a death or a stall (no loop turn for supervision.media_stall_ms) exits the process (70)";
+                if let Liveness::Dead { reason } = &liveness {
+                    n.last_failure = Some(FailureRecord::now(reason.clone()));
+                }
+                n
+            },
             escalate(ActorNode::leaf("echo", "EchoActor", running(self.echo.connected()))),
             sup,
             ari_node,
@@ -285,6 +326,29 @@ impl Service {
     /// Fault injection: panic in the ChannelActor of a call. `Ok(false)`: no such call.
     pub async fn inject_channel_panic(&self, id: &str) -> Result<bool, MailboxError> {
         self.supervisor.send(InjectChannelPanic(id.to_string())).await
+    }
+
+    /// Fault injection: the media engine's thread blocks for `d` (a stall: the process
+    /// escalates once it passes `supervision.media_stall_ms`).
+    pub fn inject_media_stall(&self, d: Duration) -> Result<(), crate::media::EngineError> {
+        self.media.inject_stall(d)
+    }
+
+    /// Fault injection: the media engine's thread panics (the process escalates).
+    pub fn inject_media_panic(&self) -> Result<(), crate::media::EngineError> {
+        self.media.inject_panic()
+    }
+
+    /// The media engine's health, for the watchdog: a stall or death escalates, except once
+    /// shutdown has stopped the engine on purpose.
+    pub fn media_failure(&self) -> Option<String> {
+        if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+            return None;
+        }
+        match self.media.liveness() {
+            Liveness::Running => None,
+            l => Some(format!("media engine {}", liveness_text(&l))),
+        }
     }
 
     /// Fault injection: panic in the Supervisor (the process escalates and exits).
@@ -313,6 +377,7 @@ impl Service {
     /// the media engine.
     pub async fn shutdown(&self, deadline: Duration) -> Result<ShutdownReport, MailboxError> {
         let report = self.supervisor.send(Shutdown { deadline }).await;
+        self.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
         self.media.shutdown();
         let join = self.media_thread.lock().ok().and_then(|mut j| j.take());
         if let Some(j) = join {

@@ -18,7 +18,7 @@ use super::metrics::{CallEnded, CallOutcome, CallRejected, EndReason, MetricsAct
 use super::port_manager::PortManager;
 use crate::ari::client::AriClient;
 use crate::ari::model::{Event, HangupReason};
-use crate::media::MediaHandle;
+use crate::media::{IdleReason, MediaHandle};
 use crate::mode::CallMode;
 use crate::naming::{self, bridge_id, external_media_id};
 use crate::reconcile;
@@ -93,10 +93,12 @@ const PERIODIC_RECONCILE: Duration = Duration::from_secs(60);
 /// StasisStart may still be on its way to us.
 const ORPHAN_GRACE: Duration = Duration::from_millis(1000);
 
-/// The media engine saw no packet on this call's stream for the no-media timeout.
+/// The media engine saw no packet on this call's stream (or, for a shared-echo call, from its
+/// Asterisk address at the echo) for the no-media timeout, or for the link-down silence while
+/// the ARI link is down.
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
-pub struct MediaIdle(pub u64);
+pub struct MediaIdle(pub u64, pub IdleReason);
 
 /// A ChannelActor ended without finishing its call (it panicked). Policy: no restart; the
 /// supervisor ends the call cleanly in Asterisk and counts the failure against the restart
@@ -211,6 +213,9 @@ pub struct Supervisor {
     reconcile_pending: bool,
     /// A delayed reconciliation (after a failed setup) is already scheduled.
     reconcile_scheduled: bool,
+    /// While the ARI link is down, a call whose media stopped this long is ended locally
+    /// (zero: never).
+    link_down_silence: Duration,
 }
 
 impl Supervisor {
@@ -242,7 +247,14 @@ impl Supervisor {
             reconcile_running: false,
             reconcile_pending: false,
             reconcile_scheduled: false,
+            link_down_silence: Duration::ZERO,
         }
+    }
+
+    /// While the ARI link is down, end calls locally whose media stopped for `silence`.
+    pub fn with_link_down_silence(mut self, silence: Duration) -> Self {
+        self.link_down_silence = silence;
+        self
     }
 
     /// At most `max_calls` live calls, every mode counted; more are refused with congestion.
@@ -416,6 +428,9 @@ impl Handler<AriConnected> for Supervisor {
     type Result = ();
 
     fn handle(&mut self, msg: AriConnected, ctx: &mut Context<Self>) {
+        if let Err(e) = self.media.set_link_down(None) {
+            log::error!("[Supervisor] telling the media engine the link is up: {e}");
+        }
         log::info!(
             "[Supervisor] ARI {}: reconciling with Asterisk",
             if msg.first { "connected" } else { "reconnected" }
@@ -429,6 +444,13 @@ impl Handler<AriDisconnected> for Supervisor {
 
     fn handle(&mut self, msg: AriDisconnected, _: &mut Context<Self>) {
         log::warn!("[Supervisor] ARI link down: {}", msg.reason);
+        // No event can end a call now, and no reconciliation can run: a call whose media
+        // stops too (Asterisk gone) is ended locally after the silence.
+        if !self.link_down_silence.is_zero() {
+            if let Err(e) = self.media.set_link_down(Some(self.link_down_silence)) {
+                log::error!("[Supervisor] telling the media engine the link is down: {e}");
+            }
+        }
     }
 }
 
@@ -675,10 +697,24 @@ impl Handler<GetSupervisorStatus> for Supervisor {
 
 impl Handler<MediaIdle> for Supervisor {
     type Result = ();
-    fn handle(&mut self, MediaIdle(call_no): MediaIdle, _: &mut Context<Self>) {
+    fn handle(&mut self, MediaIdle(call_no, why): MediaIdle, _: &mut Context<Self>) {
         if let Some(c) = self.calls.values().find(|c| c.info.call_no == call_no) {
-            log::warn!("No media on call {} for the no-media timeout: ending it", c.info.channel_id);
-            c.addr.do_send(EndCall { reason: EndReason::NoMedia, why: "no media" });
+            match why {
+                IdleReason::NoMedia => {
+                    log::warn!("No media on call {} for the no-media timeout: ending it", c.info.channel_id);
+                    c.addr.do_send(EndCall { reason: EndReason::NoMedia, why: "no media" });
+                }
+                IdleReason::SilentWhileLinkDown => {
+                    log::warn!(
+                        "Call {} is silent while the ARI link is down: ending it locally (Asterisk is left to the reconciliation)",
+                        c.info.channel_id
+                    );
+                    c.addr.do_send(EndCall {
+                        reason: EndReason::SilentWhileLinkDown,
+                        why: "media stopped while the ARI link is down",
+                    });
+                }
+            }
         }
     }
 }
