@@ -48,7 +48,8 @@ pub struct ServiceConfig {
     pub max_calls: usize,
     /// While the ARI link is down, a call whose media stopped this long ends locally (0: off).
     pub link_down_silence: Duration,
-    /// The media engine is stalled after this long without a loop turn; bounds its requests.
+    /// The media engine is stalled after this long without a loop turn; its requests time out
+    /// after half of it, so a caller learns of a stall before the watchdog acts on it.
     pub media_stall: Duration,
     /// Events WebSocket keep-alive: ping interval, and how long a ping may go unanswered.
     pub ping_interval: Duration,
@@ -168,7 +169,7 @@ impl Service {
                     s.do_send(MediaIdle(id, reason));
                 }
             }),
-            EngineOptions { request_timeout: cfg.media_stall, stall_bound: cfg.media_stall },
+            EngineOptions { request_timeout: cfg.media_stall / 2, stall_bound: cfg.media_stall },
         )
         .map_err(StartError::Media)?;
         let echo_sock = UdpSocket::bind(cfg.echo_addr)
