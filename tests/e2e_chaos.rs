@@ -327,8 +327,9 @@ fn chaos_calls_of_every_mode_under_random_faults_settle_clean() {
         // The fault is over: stop placing calls, let the placed ones end, and time how long
         // the service takes to be clean.
         traffic.set(false);
-        let t0 = Instant::now();
         traffic.drain(Duration::from_secs(10));
+        // Settling is timed from the last hang-up: what the service needs to be clean again.
+        let t0 = Instant::now();
         let clean = |svc: &Rtpvisor| {
             svc.get_status("/ready").0 == 200
                 && svc.get_status("/metrics").1["active_channels"] == 0
@@ -346,7 +347,7 @@ fn chaos_calls_of_every_mode_under_random_faults_settle_clean() {
         let took = t0.elapsed();
         if !settled {
             violations.push(format!(
-                "{fault:?}: not clean {} s after the fault: ready {}, metrics active {}, ports leased {}, Asterisk {:?}",
+                "{fault:?}: not clean {} s after the last hang-up: ready {}, metrics active {}, ports leased {}, Asterisk {:?}",
                 SETTLE_LIMIT.as_secs(),
                 svc.get_status("/ready").0,
                 svc.get_status("/metrics").1["active_channels"],
@@ -391,6 +392,7 @@ fn chaos_calls_of_every_mode_under_random_faults_settle_clean() {
 
     eprintln!("\nchaos run summary ({secs} s, seed {seed}, {} service process(es)):", logs.len());
     eprintln!("  calls: {outcome:?}");
+    eprintln!("  settling: from the last hang-up after the fault until ready, no live call, no leased port, nothing of ours in Asterisk");
     eprintln!("  {:<18} {:>6} {:>16}", "fault", "times", "worst settle ms");
     for (f, (n, worst)) in &settle {
         eprintln!("  {:<18} {:>6} {:>16}", format!("{f:?}"), n, worst.as_millis());

@@ -16,9 +16,13 @@
 //! - [`naming`]: names of what rtpvisor creates in Asterisk, scoped by instance (app).
 //! - [`reconcile`]: what a reconciliation with Asterisk must end (orphans, vanished calls).
 //! - [`ari::model`]: ARI resources and events, decoded by their `type`.
+//! - [`ari::liveness`]: when the events WebSocket is pinged and when it is declared dead.
+//! - [`ari::link`]: the link's state: connection generations, backoff, why it is down.
 //!
 //! IO:
-//! - [`ari::client`]: ARI REST calls and the events WebSocket (awc).
+//! - [`ari::client`]: ARI REST calls and the events WebSocket request (awc).
+//! - [`ari::events`]: the events WebSocket protocol: frames, ping/pong, close, decoding into
+//!   typed items; the actor sees only events and link changes.
 //! - [`media`]: the media engine: owns every call's RTP socket, echoes, probes, measures.
 //! - [`sys`]: the socket syscalls std and mio lack (nix; libc for sendmmsg): kernel receive stamps,
 //!   recvmmsg/sendmmsg batches; and the stamp-to-`Instant` conversion.

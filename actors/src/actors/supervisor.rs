@@ -211,8 +211,11 @@ pub struct Supervisor {
     /// Another one was asked for meanwhile: it runs once the current one is done (however
     /// many were asked for, one covers them all).
     reconcile_pending: bool,
-    /// A delayed reconciliation (after a failed setup) is already scheduled.
-    reconcile_scheduled: bool,
+    /// The latest time a delayed reconciliation (after a failed setup) was asked for, not yet
+    /// served; one timer serves every request due by the time it fires.
+    reconcile_due: Option<Instant>,
+    /// That timer is armed.
+    reconcile_timer: bool,
     /// While the ARI link is down, a call whose media stopped this long is ended locally
     /// (zero: never).
     link_down_silence: Duration,
@@ -246,7 +249,8 @@ impl Supervisor {
             max_calls: usize::MAX,
             reconcile_running: false,
             reconcile_pending: false,
-            reconcile_scheduled: false,
+            reconcile_due: None,
+            reconcile_timer: false,
             link_down_silence: Duration::ZERO,
         }
     }
@@ -509,16 +513,29 @@ impl Supervisor {
         }
     }
 
-    /// A reconciliation after `delay`; one scheduled covers every request made before it runs.
+    /// A reconciliation no earlier than `delay` from now. One timer at a time: when it fires,
+    /// one reconciliation serves every request due by then, and the timer is armed again for
+    /// the latest request made meanwhile, if that one is due later.
     fn reconcile_later(&mut self, delay: Duration, ctx: &mut Context<Self>) {
-        if self.reconcile_scheduled {
-            return;
+        let due = Instant::now() + delay;
+        self.reconcile_due = Some(self.reconcile_due.map_or(due, |d| d.max(due)));
+        if !self.reconcile_timer {
+            self.reconcile_timer = true;
+            ctx.run_later(delay, Self::reconcile_timer_fired);
         }
-        self.reconcile_scheduled = true;
-        ctx.run_later(delay, |act, ctx| {
-            act.reconcile_scheduled = false;
-            act.reconcile(ctx);
-        });
+    }
+
+    fn reconcile_timer_fired(&mut self, ctx: &mut Context<Self>) {
+        self.reconcile_timer = false;
+        let now = Instant::now();
+        match self.reconcile_due {
+            Some(d) if d > now => {
+                self.reconcile_timer = true;
+                ctx.run_later(d - now, Self::reconcile_timer_fired);
+            }
+            _ => self.reconcile_due = None,
+        }
+        self.reconcile(ctx);
     }
 
     /// Ends the vanished calls, hangs up the orphan media channels and destroys the orphan
