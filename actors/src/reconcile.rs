@@ -8,6 +8,7 @@
 //! channel or bridge are only read, never ended.
 
 use std::collections::{HashMap, HashSet};
+use std::time::Instant;
 
 use crate::ari::model::{Application, Bridge, Channel};
 use crate::naming::{self, Kind};
@@ -85,6 +86,74 @@ pub fn plan<'a>(
         v.dedup();
     }
     p
+}
+
+/// When reconciliations run: at most one at a time, and at most one waiting however many are
+/// asked for meanwhile (one run after the current one serves them all). Delayed requests (after
+/// a failed setup, whose late requests Asterisk may still execute) share one timer: when it
+/// fires, one run serves every request due by then, and the timer is armed again for the
+/// latest request made meanwhile if that is due later. Pure: the Supervisor does the IO and
+/// the timers.
+#[derive(Debug, Default)]
+pub struct Gate {
+    running: bool,
+    waiting: bool,
+    /// The latest due time asked for and not yet served.
+    due: Option<Instant>,
+    timer: bool,
+}
+
+impl Gate {
+    /// A reconciliation is wanted now: true when it may start (none runs), false when it
+    /// waits for the running one.
+    pub fn request(&mut self) -> bool {
+        if self.running {
+            self.waiting = true;
+            false
+        } else {
+            self.running = true;
+            true
+        }
+    }
+
+    /// The running reconciliation finished: true when the waiting one starts now.
+    pub fn finished(&mut self) -> bool {
+        self.running = false;
+        if std::mem::take(&mut self.waiting) {
+            self.running = true;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// A reconciliation is wanted at `due` or later: `Some(t)` asks for a timer at `t` (none
+    /// is armed); `None` means the armed timer will see to it.
+    pub fn request_at(&mut self, due: Instant) -> Option<Instant> {
+        self.due = Some(self.due.map_or(due, |d| d.max(due)));
+        if self.timer {
+            None
+        } else {
+            self.timer = true;
+            Some(due)
+        }
+    }
+
+    /// The timer fired at `now`: a reconciliation is wanted now (pass it to
+    /// [`Gate::request`]); `Some(t)` asks for the timer again at `t`, for a request due later.
+    pub fn timer_fired(&mut self, now: Instant) -> Option<Instant> {
+        self.timer = false;
+        match self.due {
+            Some(d) if d > now => {
+                self.timer = true;
+                Some(d)
+            }
+            _ => {
+                self.due = None;
+                None
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -208,5 +277,32 @@ mod tests {
         assert_eq!(p.media_orphans, [em]);
         assert!(p.caller_candidates.is_empty() && p.bridge_orphans.is_empty());
         assert!(t.elapsed() < std::time::Duration::from_secs(1), "linear, not quadratic: {:?}", t.elapsed());
+    }
+
+    #[test]
+    fn at_most_one_runs_and_at_most_one_waits() {
+        let mut g = Gate::default();
+        assert!(g.request(), "nothing runs: start");
+        for _ in 0..10 {
+            assert!(!g.request(), "one runs: wait");
+        }
+        assert!(g.finished(), "the ten requests made meanwhile are served by one run");
+        assert!(!g.finished(), "and nothing waits after it");
+        assert!(g.request());
+    }
+
+    #[test]
+    fn delayed_requests_share_one_timer_and_none_is_missed() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + std::time::Duration::from_millis(n);
+        let mut g = Gate::default();
+        assert_eq!(g.request_at(ms(3000)), Some(ms(3000)), "first request arms the timer");
+        assert_eq!(g.request_at(ms(2000)), None, "an earlier one is served by it");
+        assert_eq!(g.request_at(ms(4500)), None, "a later one waits for the timer");
+        // Fires at 3 s: one run now, and the timer again for the request due at 4.5 s (a
+        // request Asterisk may execute late after the second failure must not be missed).
+        assert_eq!(g.timer_fired(ms(3000)), Some(ms(4500)));
+        assert_eq!(g.timer_fired(ms(4500)), None, "served; nothing left");
+        assert_eq!(g.request_at(ms(9000)), Some(ms(9000)), "idle again: a new request arms it");
     }
 }

@@ -206,16 +206,9 @@ pub struct Supervisor {
     /// Admission limit: live calls of every mode together (shared-echo calls lease no port
     /// but take Asterisk RTP ports all the same).
     max_calls: usize,
-    /// A reconciliation is running; at most one runs at a time.
-    reconcile_running: bool,
-    /// Another one was asked for meanwhile: it runs once the current one is done (however
-    /// many were asked for, one covers them all).
-    reconcile_pending: bool,
-    /// The latest time a delayed reconciliation (after a failed setup) was asked for, not yet
-    /// served; one timer serves every request due by the time it fires.
-    reconcile_due: Option<Instant>,
-    /// That timer is armed.
-    reconcile_timer: bool,
+    /// When reconciliations run: one at a time, at most one waiting, one timer for delayed
+    /// requests.
+    reconcile_gate: reconcile::Gate,
     /// While the ARI link is down, a call whose media stopped this long is ended locally
     /// (zero: never).
     link_down_silence: Duration,
@@ -247,10 +240,7 @@ impl Supervisor {
             intensity,
             last_failure: None,
             max_calls: usize::MAX,
-            reconcile_running: false,
-            reconcile_pending: false,
-            reconcile_due: None,
-            reconcile_timer: false,
+            reconcile_gate: reconcile::Gate::default(),
             link_down_silence: Duration::ZERO,
         }
     }
@@ -459,8 +449,8 @@ impl Handler<AriDisconnected> for Supervisor {
 }
 
 impl Supervisor {
-    /// Looks at Asterisk's side (our app's channels and bridges, every channel and bridge with
-    /// our id prefixes), then ends what no live call owns and the live calls whose caller is
+    /// Looks at Asterisk's side (our app's channels and bridges, every channel and bridge),
+    /// then ends what no live call owns and the live calls whose caller is
     /// gone ([`reconcile::plan`] decides). Unknown callers get [`ORPHAN_GRACE`] to show up as
     /// calls before they are hung up. Three steps: fetch, [`Self::carry_out`], and
     /// [`Self::end_orphan_callers`] after the grace.
@@ -468,11 +458,13 @@ impl Supervisor {
     /// At most one runs at a time; a request meanwhile makes one more run after it (never
     /// more than one waits). Calls that began after the fetch started are never ended by it.
     fn reconcile(&mut self, ctx: &mut Context<Self>) {
-        if self.reconcile_running {
-            self.reconcile_pending = true;
-            return;
+        if self.reconcile_gate.request() {
+            self.run_reconcile(ctx);
         }
-        self.reconcile_running = true;
+    }
+
+    /// One reconciliation, admitted by the gate.
+    fn run_reconcile(&mut self, ctx: &mut Context<Self>) {
         let ari = self.ari.clone();
         let started = Instant::now();
         // Calls numbered from here on began after the fetch started.
@@ -507,9 +499,8 @@ impl Supervisor {
 
     /// The running reconciliation is over: start the one asked for meanwhile, if any.
     fn reconcile_done(&mut self, ctx: &mut Context<Self>) {
-        self.reconcile_running = false;
-        if std::mem::take(&mut self.reconcile_pending) {
-            self.reconcile(ctx);
+        if self.reconcile_gate.finished() {
+            self.run_reconcile(ctx);
         }
     }
 
@@ -517,23 +508,15 @@ impl Supervisor {
     /// one reconciliation serves every request due by then, and the timer is armed again for
     /// the latest request made meanwhile, if that one is due later.
     fn reconcile_later(&mut self, delay: Duration, ctx: &mut Context<Self>) {
-        let due = Instant::now() + delay;
-        self.reconcile_due = Some(self.reconcile_due.map_or(due, |d| d.max(due)));
-        if !self.reconcile_timer {
-            self.reconcile_timer = true;
-            ctx.run_later(delay, Self::reconcile_timer_fired);
+        if let Some(at) = self.reconcile_gate.request_at(Instant::now() + delay) {
+            ctx.run_later(at.saturating_duration_since(Instant::now()), Self::reconcile_timer_fired);
         }
     }
 
     fn reconcile_timer_fired(&mut self, ctx: &mut Context<Self>) {
-        self.reconcile_timer = false;
         let now = Instant::now();
-        match self.reconcile_due {
-            Some(d) if d > now => {
-                self.reconcile_timer = true;
-                ctx.run_later(d - now, Self::reconcile_timer_fired);
-            }
-            _ => self.reconcile_due = None,
+        if let Some(at) = self.reconcile_gate.timer_fired(now) {
+            ctx.run_later(at.saturating_duration_since(now), Self::reconcile_timer_fired);
         }
         self.reconcile(ctx);
     }
