@@ -10,6 +10,7 @@
 //!   RFC 3550 A.8 interarrival jitter, delay against the stream's schedule, late packets.
 //! - [`probe`]: probe streams: what a probe packet carries and how its round trip is matched.
 //! - [`mode`]: the call modes (echo, probe, shared-echo).
+//! - [`call`]: the call procedure (setup steps, waits and retries, teardown) as a state machine.
 //! - [`intensity`]: restart intensity (at most N failures in T), OTP style.
 //! - [`latency`]: latency histograms (HdrHistogram) and their summaries in milliseconds.
 //! - [`ports`]: the RTP port pool: lease, release, quarantine, skipped ports.
@@ -31,6 +32,7 @@
 #![deny(unsafe_code)]
 
 pub mod actors;
+pub mod call;
 pub mod ari;
 pub mod intensity;
 pub mod latency;

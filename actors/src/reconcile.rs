@@ -88,6 +88,28 @@ pub fn plan<'a>(
     p
 }
 
+/// What one reconciliation found and did.
+#[derive(Debug, Clone, Default, serde::Serialize, PartialEq)]
+pub struct ReconcileReport {
+    /// Channels in our app that no live call owns (callers left by a crash or missed events,
+    /// and the far halves of Local channels originated into the app): hung up.
+    pub orphan_app_channels: usize,
+    /// Our externalMedia channels (`rtpvisor-em-*`) no live call owns: hung up.
+    pub orphan_media_channels: usize,
+    /// Our bridges (`rtpvisor-br-*`) no live call owns: destroyed.
+    pub orphan_bridges: usize,
+    /// Live calls whose caller Asterisk no longer has: ended.
+    pub vanished_calls: usize,
+    /// Deletes that failed (retried at the next reconciliation).
+    pub errors: usize,
+    /// Reading Asterisk's state (our app, every channel, every bridge).
+    pub fetch_ms: u64,
+    /// Channels and bridges Asterisk listed (ours and everyone else's).
+    pub listed: usize,
+    /// The whole run, the grace for unknown callers included.
+    pub took_ms: u64,
+}
+
 /// When reconciliations run: at most one at a time, and at most one waiting however many are
 /// asked for meanwhile (one run after the current one serves them all). Delayed requests (after
 /// a failed setup, whose late requests Asterisk may still execute) share one timer: when it

@@ -1,20 +1,22 @@
-//! ChannelActor: one per call. It builds the call's media path in Asterisk (lease + bind a
-//! port, externalMedia channel, mixing bridge with the caller), hands the socket to the media
-//! engine, and tears everything down exactly once, whichever side ends first. It owns the
-//! call's lease: the port goes back when the actor's state drops, even on panic.
+//! ChannelActor: one per call, the thin driver of the call's [`CallProcedure`]. The procedure
+//! (pure, in `crate::call`) decides each step; this actor performs it (the port pool, ARI, the
+//! media engine, timers) and feeds the outcome back, and tells the call's owner and the metrics
+//! what happened. It owns the call's lease: the port goes back when the actor's state drops,
+//! even on panic.
+//!
+//! It reports to its owner through recipients ([`CallOwner`]), not the owner's address: the
+//! Supervisor depends on this module, never the other way round.
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use tokio::sync::Notify;
 
 use super::metrics::{CallEnded, CallOutcome, CallRejected, CallStarted, EndReason, MetricsActor};
 use super::port_manager::{AcquirePort, Lease, PortManager};
-use super::supervisor::{CallUpdate, ChannelDone, ChannelFailed, Supervisor};
-use crate::ari::client::{AriClient, AriError};
+use crate::ari::client::AriClient;
 use crate::ari::model::{ExternalMediaParams, HangupReason};
+use crate::call::{Action, CallProcedure, End, Input, Report, Step, Teardown, Why};
 use crate::media::{MediaHandle, StreamReport, StreamSpec};
 use crate::mode::CallMode;
 use crate::naming::{bridge_id, external_media_id, host_port};
@@ -31,8 +33,8 @@ pub struct CallSettings {
     pub echo_target: String,
     pub late_threshold: Duration,
     pub probe_timeout: Duration,
-    /// End a call whose media stopped for this long (zero: never). Calls on the shared echo
-    /// have no stream of their own and are not watched.
+    /// End a call whose media stopped for this long (zero: never); shared-echo calls are
+    /// watched at the echo from their Asterisk address.
     pub no_media_timeout: Duration,
 }
 
@@ -71,12 +73,79 @@ pub struct EndCall {
     pub why: &'static str,
 }
 
-/// Tells the supervisor when the actor ends without finishing its call: a panic in a handler
-/// drops the actor (actix does not restart it) and with it this guard. An actor that ended its
-/// call properly disarms it first.
-#[derive(Debug)]
+/// The call's externalMedia channel entered Stasis: it may be added to the bridge now.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct MediaInStasis;
+
+/// A fault injected for tests: panic in this actor's handler.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct InjectPanic;
+
+/// The call's progress, for the owner's registry.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct CallUpdate {
+    pub caller_id: String,
+    pub state: CallState,
+    pub port: Option<u16>,
+    pub asterisk: Option<SocketAddr>,
+}
+
+/// The actor finished (torn down or refused): the owner forgets the call.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct ChannelDone {
+    pub caller_id: String,
+    /// Setup failed part way: a request that timed out may still be executed by Asterisk
+    /// later, creating what teardown already deleted; the owner reconciles later.
+    pub setup_failed: bool,
+}
+
+/// The actor ended without finishing its call (it panicked). The owner's policy: no restart;
+/// end the call cleanly in Asterisk and count the failure.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct ChannelFailed {
+    pub caller_id: String,
+    pub call_no: u64,
+    pub mode: CallMode,
+}
+
+/// Where a call actor reports.
+#[derive(Clone)]
+pub struct CallOwner {
+    pub updates: Recipient<CallUpdate>,
+    pub done: Recipient<ChannelDone>,
+    pub failed: Recipient<ChannelFailed>,
+}
+
+/// What every call's actor works with: the handles and settings its owner shares.
+#[derive(Clone)]
+pub struct CallContext {
+    pub ari: AriClient,
+    pub ports: Addr<PortManager>,
+    pub media: MediaHandle,
+    pub metrics: Addr<MetricsActor>,
+    pub owner: CallOwner,
+    pub settings: CallSettings,
+}
+
+/// Why a call ends, as the procedure carries it to the end: the reason counted, and the words
+/// for the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ending {
+    pub reason: EndReason,
+    pub why: &'static str,
+    pub event: Option<&'static str>,
+}
+
+/// Tells the owner when the actor ends without finishing its call: a panic in a handler drops
+/// the actor (actix does not restart it) and with it this guard. An actor that ended its call
+/// properly disarms it first.
 struct ExitGuard {
-    supervisor: Addr<Supervisor>,
+    failed: Recipient<ChannelFailed>,
     caller_id: String,
     call_no: u64,
     mode: CallMode,
@@ -86,7 +155,7 @@ struct ExitGuard {
 impl Drop for ExitGuard {
     fn drop(&mut self) {
         if self.armed {
-            self.supervisor.do_send(ChannelFailed {
+            self.failed.do_send(ChannelFailed {
                 caller_id: self.caller_id.clone(),
                 call_no: self.call_no,
                 mode: self.mode,
@@ -95,124 +164,269 @@ impl Drop for ExitGuard {
     }
 }
 
-/// A fault injected for tests: panic in this actor's handler.
-#[derive(Message, Debug)]
-#[rtype(result = "()")]
-pub struct InjectPanic;
-
-/// What exists of the call so far: exactly what teardown must undo.
-#[derive(Debug, Default)]
-struct Built {
-    lease: Option<Lease>,
-    stream_added: bool,
-    /// A shared-echo call's media is watched at the echo (from its Asterisk address).
-    shared_watched: bool,
-    em_created: bool,
-    bridge_created: bool,
-    peer: Option<SocketAddr>,
-}
-
-/// What every call's actor works with: the handles and settings the Supervisor shares.
-#[derive(Clone)]
-pub struct CallContext {
-    pub ari: AriClient,
-    pub ports: Addr<PortManager>,
-    pub media: MediaHandle,
-    pub metrics: Addr<MetricsActor>,
-    pub supervisor: Addr<Supervisor>,
-    pub settings: CallSettings,
-}
-
 pub struct ChannelActor {
     call_no: u64,
     caller_id: String,
-    caller_state: String,
     mode: CallMode,
     cx: CallContext,
-    state: CallState,
-    built: Built,
+    call: CallProcedure<Ending>,
+    /// The call's port, once leased; dropped last in teardown (or with the actor).
+    lease: Option<Lease>,
+    /// The bound socket until the media engine takes it.
+    socket: Option<UdpSocket>,
     started_at: Instant,
-    outcome: CallOutcome,
-    /// Why the call ends: the first trigger of the teardown decides.
-    end_reason: EndReason,
     guard: ExitGuard,
-    /// Signalled by the supervisor when our externalMedia channel enters Stasis.
-    media_in_stasis: Arc<Notify>,
+    /// What the owner's registry was last told.
+    reported: Option<(CallState, Option<u16>, Option<SocketAddr>)>,
 }
+
+/// How often setup tries another port when the leased one is held by another process.
+const BIND_ATTEMPTS: usize = 4;
 
 impl ChannelActor {
     pub fn new(call_no: u64, caller_id: String, caller_state: String, mode: CallMode, cx: CallContext) -> Self {
-        let guard =
-            ExitGuard { supervisor: cx.supervisor.clone(), caller_id: caller_id.clone(), call_no, mode, armed: true };
+        let guard = ExitGuard {
+            failed: cx.owner.failed.clone(),
+            caller_id: caller_id.clone(),
+            call_no,
+            mode,
+            armed: true,
+        };
         ChannelActor {
             call_no,
             caller_id,
-            caller_state,
             mode,
+            call: CallProcedure::new(mode, caller_state == "Up"),
             cx,
-            state: CallState::SettingUp,
-            built: Built::default(),
+            lease: None,
+            socket: None,
             started_at: Instant::now(),
-            outcome: CallOutcome::Completed,
-            end_reason: EndReason::Hangup,
             guard,
-            media_in_stasis: Arc::new(Notify::new()),
+            reported: None,
         }
     }
 
-    /// The signal the supervisor gives when this call's externalMedia channel enters Stasis
-    /// (without it, setup falls back to retrying addChannel every 100 ms).
-    pub fn with_media_in_stasis(mut self, signal: Arc<Notify>) -> Self {
-        self.media_in_stasis = signal;
-        self
+    fn state(&self) -> CallState {
+        if self.call.is_ending() {
+            CallState::TearingDown
+        } else if self.call.is_active() {
+            CallState::Active
+        } else {
+            CallState::SettingUp
+        }
     }
 
-    fn update(&self) {
-        self.cx.supervisor.do_send(CallUpdate {
+    /// Tells the owner's registry when the state, port or Asterisk address changed.
+    fn update(&mut self) {
+        let now = (self.state(), self.call.port(), self.call.peer());
+        if self.reported == Some(now) {
+            return;
+        }
+        self.reported = Some(now);
+        self.cx.owner.updates.do_send(CallUpdate {
             caller_id: self.caller_id.clone(),
-            state: self.state,
-            port: self.built.lease.as_ref().map(Lease::port),
-            asterisk: self.built.peer,
+            state: now.0,
+            port: now.1,
+            asterisk: now.2,
         });
     }
 
-    /// Starts the teardown once; later triggers are ignored. A call ended because it went
-    /// silent while the ARI link is down is ended locally: Asterisk cannot be reached, and the
-    /// reconciliation after the reconnect removes what is left there.
-    fn teardown(&mut self, why: &str, reason: EndReason, ctx: &mut Context<Self>) {
-        if self.state == CallState::TearingDown {
-            return;
+    fn feed(&mut self, input: Input<Ending>, ctx: &mut Context<Self>) {
+        let actions = self.call.handle(input, Instant::now());
+        for a in actions {
+            self.perform(a, ctx);
         }
-        let local = reason == EndReason::SilentWhileLinkDown;
-        log::info!("Tearing down channel {} ({why}{})", self.caller_id, if local { "; locally" } else { "" });
-        self.end_reason = reason;
-        self.state = CallState::TearingDown;
         self.update();
-        let built = std::mem::take(&mut self.built);
+    }
+
+    /// Feeds the outcome of `step`'s request when it arrives.
+    fn request<F, T>(&mut self, step: Step, fut: F, ok: fn(T) -> Input<Ending>, ctx: &mut Context<Self>)
+    where
+        F: std::future::Future<Output = Result<T, String>> + 'static,
+        T: 'static,
+    {
+        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
+            let input = match res {
+                Ok(v) => ok(v),
+                Err(error) => Input::Failed { step, error },
+            };
+            act.feed(input, ctx);
+        }));
+    }
+
+    fn perform(&mut self, action: Action<Ending>, ctx: &mut Context<Self>) {
         let ari = self.cx.ari.clone();
         let media = self.cx.media.clone();
-        let caller_id = self.caller_id.clone();
+        let caller = self.caller_id.clone();
         let call_no = self.call_no;
-        let fut = async move {
-            let report = teardown(&ari, &media, call_no, &caller_id, built, local).await;
-            (report, caller_id)
-        };
-        ctx.wait(fut.into_actor(self).map(|(report, caller_id), act, ctx| {
-            if let Some(r) = report {
-                log::info!(
-                    "Call {caller_id} media: {} in, {} out, latency p50 {:.3} ms p99 {:.3} ms ({} samples)",
-                    r.packets_in, r.packets_out, r.latency.p50_ms, r.latency.p99_ms, r.latency.count
+        match action {
+            Action::LeaseAndBind => {
+                let (ports, ip) = (self.cx.ports.clone(), self.cx.settings.bind_ip);
+                ctx.spawn(lease_and_bind(ports, ip).into_actor(self).map(|res, act, ctx| match res {
+                    Ok((lease, socket)) => {
+                        let port = lease.port();
+                        act.lease = Some(lease);
+                        act.socket = Some(socket);
+                        act.feed(Input::Leased { port }, ctx);
+                    }
+                    Err(reason) => act.feed(Input::LeaseFailed { reason }, ctx),
+                }));
+            }
+            Action::CreateExternalMedia { own_port } => {
+                let host = match own_port {
+                    Some(p) => host_port(&self.cx.settings.media_host, p),
+                    None => self.cx.settings.echo_target.clone(),
+                };
+                let mut params = ExternalMediaParams::new(ari.app().to_string(), host, "ulaw".to_string());
+                params.channel_id = Some(external_media_id(ari.app(), &caller));
+                let fut = async move {
+                    let ch = ari.external_media(&params).await.map_err(|e| e.to_string())?;
+                    Ok(ch.unicast_rtp_local())
+                };
+                self.request(Step::ExternalMedia, fut, |peer| Input::ExternalMediaCreated { peer }, ctx);
+            }
+            Action::AddStream { peer } => {
+                let Some(socket) = self.socket.take() else {
+                    return self.feed(Input::Failed { step: Step::AddStream, error: "no bound socket".into() }, ctx);
+                };
+                let spec = StreamSpec {
+                    id: call_no,
+                    mode: self.mode,
+                    socket,
+                    peer,
+                    late_threshold: self.cx.settings.late_threshold,
+                    probe_timeout: self.cx.settings.probe_timeout,
+                    no_media_timeout: self.cx.settings.no_media_timeout,
+                };
+                let fut = async move {
+                    media
+                        .add(spec)
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .map_err(|e| format!("media engine refused the socket: {e}"))
+                };
+                self.request(Step::AddStream, fut, |()| Input::StreamAdded, ctx);
+            }
+            Action::CreateBridge => {
+                let br = bridge_id(ari.app(), &caller);
+                let fut = async move { ari.create_bridge(&br, &br).await.map(|_| ()).map_err(|e| e.to_string()) };
+                self.request(Step::CreateBridge, fut, |()| Input::BridgeCreated, ctx);
+            }
+            Action::AddToBridge => {
+                let (br, em) = (bridge_id(ari.app(), &caller), external_media_id(ari.app(), &caller));
+                let fut = async move {
+                    match ari.add_to_bridge(&br, &[&caller, &em]).await {
+                        Ok(()) => Ok(true),
+                        Err(e) if e.status() == Some(422) => {
+                            log::debug!("addChannel to {br} not yet possible ({e}); waiting for {em} to enter Stasis");
+                            Ok(false)
+                        }
+                        Err(e) => Err(e.to_string()),
+                    }
+                };
+                self.request(
+                    Step::AddToBridge,
+                    fut,
+                    |added| if added { Input::AddedToBridge } else { Input::AddToBridgeNotYet },
+                    ctx,
                 );
             }
-            act.cx.metrics.do_send(CallEnded { mode: act.mode, outcome: act.outcome, reason: act.end_reason });
-            act.cx.supervisor.do_send(ChannelDone {
-                caller_id: caller_id.clone(),
-                setup_failed: act.outcome == CallOutcome::Failed,
-            });
-            log::info!("Cleaned up channel {caller_id} after {:.1} s", act.started_at.elapsed().as_secs_f64());
-            act.guard.armed = false;
-            ctx.stop();
-        }));
+            Action::Answer => {
+                let fut = async move { ari.answer(&caller).await.map_err(|e| e.to_string()) };
+                self.request(Step::Answer, fut, |()| Input::Answered, ctx);
+            }
+            Action::StartProbing => {
+                let input = match media.start_probing(call_no) {
+                    Ok(()) => Input::MediaStarted,
+                    Err(e) => Input::Failed { step: Step::StartMedia, error: e.to_string() },
+                };
+                self.feed(input, ctx);
+            }
+            Action::WatchShared { peer } => {
+                let timeout = self.cx.settings.no_media_timeout;
+                let fut = async move { media.watch_shared(call_no, peer, timeout).await.map_err(|e| e.to_string()) };
+                self.request(Step::StartMedia, fut, |()| Input::MediaStarted, ctx);
+            }
+            Action::Timer { token, after } => {
+                ctx.run_later(after, move |act, ctx| act.feed(Input::TimerFired { token }, ctx));
+            }
+            Action::Reject { reason } => {
+                log::warn!("Rejected call {caller}: {reason}");
+                // The actor lives until the hang-up is done (stopping would cancel it).
+                ctx.spawn(
+                    async move {
+                        if let Err(e) = ari.hangup(&caller, HangupReason::Congestion).await {
+                            log::error!("hanging up rejected call {caller} failed: {e}");
+                        }
+                    }
+                    .into_actor(self)
+                    .map(|(), act, ctx| act.finish(false, ctx)),
+                );
+            }
+            Action::Teardown(plan) => {
+                let lease = self.lease.take();
+                ctx.spawn(teardown(ari, media, call_no, caller, plan, lease).into_actor(self).map(
+                    |report, act, ctx| {
+                        if let Some(r) = report {
+                            log::info!(
+                                "Call {} media: {} in, {} out, latency p50 {:.3} ms p99 {:.3} ms ({} samples)",
+                                act.caller_id, r.packets_in, r.packets_out, r.latency.p50_ms, r.latency.p99_ms, r.latency.count
+                            );
+                        }
+                        act.feed(Input::TornDown, ctx);
+                    },
+                ));
+            }
+            Action::Report(r) => self.report(r, ctx),
+        }
+    }
+
+    fn report(&mut self, report: Report<Ending>, ctx: &mut Context<Self>) {
+        match report {
+            Report::Active => {
+                self.cx.metrics.do_send(CallStarted { mode: self.mode });
+                match self.call.port() {
+                    Some(p) => log::info!("Created channel {} with RTP port {p}", self.caller_id),
+                    None => log::info!("Created channel {} on the shared echo", self.caller_id),
+                }
+            }
+            Report::SetupFailed { step, error } => {
+                log::error!("Setup of call {} failed at {}: {error}", self.caller_id, step.as_str());
+                // A call whose setup failed was accepted all the same: counted, then failed.
+                self.cx.metrics.do_send(CallStarted { mode: self.mode });
+            }
+            Report::TearingDown { why } => {
+                let text = match why {
+                    Why::Ended(e) => match e.event {
+                        Some(ev) => format!("{}: {ev}", e.why),
+                        None => e.why.to_string(),
+                    },
+                    Why::SetupFailed => "setup failed".to_string(),
+                };
+                let local = matches!(why, Why::Ended(e) if e.reason == EndReason::SilentWhileLinkDown);
+                log::info!("Tearing down channel {} ({text}{})", self.caller_id, if local { "; locally" } else { "" });
+            }
+            Report::Rejected { .. } => self.cx.metrics.do_send(CallRejected { mode: self.mode }),
+            Report::Finished { why, setup_failed } => {
+                let (outcome, reason) = match why {
+                    Why::Ended(e) if !setup_failed => (CallOutcome::Completed, e.reason),
+                    _ => (CallOutcome::Failed, EndReason::SetupFailed),
+                };
+                self.cx.metrics.do_send(CallEnded { mode: self.mode, outcome, reason });
+                log::info!("Cleaned up channel {} after {:.1} s", self.caller_id, self.started_at.elapsed().as_secs_f64());
+                self.finish(setup_failed, ctx);
+            }
+        }
+    }
+
+    fn finish(&mut self, setup_failed: bool, ctx: &mut Context<Self>) {
+        self.cx.owner.done.do_send(ChannelDone { caller_id: self.caller_id.clone(), setup_failed });
+        self.guard.armed = false;
+        ctx.stop();
+    }
+
+    fn end(&mut self, end: End<Ending>, ctx: &mut Context<Self>) {
+        self.feed(Input::End(end), ctx);
     }
 }
 
@@ -220,45 +434,9 @@ impl Actor for ChannelActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        let job = SetupJob {
-            media_in_stasis: self.media_in_stasis.clone(),
-            call_no: self.call_no,
-            caller_id: self.caller_id.clone(),
-            caller_up: self.caller_state == "Up",
-            mode: self.mode,
-            cx: self.cx.clone(),
-        };
-        // `wait`: events for this call queue up until setup has finished, so teardown always
-        // sees everything setup built.
-        ctx.wait(job.run().into_actor(self).map(|result, act, ctx| {
-            match result {
-                Ok(built) => {
-                    act.built = built;
-                    act.state = CallState::Active;
-                    act.cx.metrics.do_send(CallStarted { mode: act.mode });
-                    let port = act.built.lease.as_ref().map(Lease::port);
-                    match port {
-                        Some(p) => log::info!("Created channel {} with RTP port {p}", act.caller_id),
-                        None => log::info!("Created channel {} on the shared echo", act.caller_id),
-                    }
-                    act.update();
-                }
-                Err(SetupError::Rejected(e)) => {
-                    log::warn!("Rejected call {}: {e}", act.caller_id);
-                    act.cx.metrics.do_send(CallRejected { mode: act.mode });
-                    act.cx.supervisor.do_send(ChannelDone { caller_id: act.caller_id.clone(), setup_failed: false });
-                    act.guard.armed = false;
-                    ctx.stop();
-                }
-                Err(SetupError::Failed(built, e)) => {
-                    log::error!("Setup of call {} failed: {e}", act.caller_id);
-                    act.cx.metrics.do_send(CallStarted { mode: act.mode });
-                    act.outcome = CallOutcome::Failed;
-                    act.built = built;
-                    act.teardown("setup failed", EndReason::SetupFailed, ctx);
-                }
-            }
-        }));
+        for a in self.call.start() {
+            self.perform(a, ctx);
+        }
     }
 }
 
@@ -270,7 +448,24 @@ impl Handler<ResourceGone> for ChannelActor {
             Gone::ExternalMedia => "externalMedia channel ended",
             Gone::Bridge => "bridge destroyed",
         };
-        self.teardown(&format!("{why}: {}", msg.event), EndReason::Hangup, ctx);
+        self.end(End::Normal(Ending { reason: EndReason::Hangup, why, event: Some(msg.event) }), ctx);
+    }
+}
+
+impl Handler<EndCall> for ChannelActor {
+    type Result = ();
+    fn handle(&mut self, msg: EndCall, ctx: &mut Context<Self>) {
+        let e = Ending { reason: msg.reason, why: msg.why, event: None };
+        // Silent while the ARI link is down: Asterisk is out of reach; only our side ends.
+        let end = if msg.reason == EndReason::SilentWhileLinkDown { End::Local(e) } else { End::Normal(e) };
+        self.end(end, ctx);
+    }
+}
+
+impl Handler<MediaInStasis> for ChannelActor {
+    type Result = ();
+    fn handle(&mut self, _: MediaInStasis, ctx: &mut Context<Self>) {
+        self.feed(Input::MediaInStasis, ctx);
     }
 }
 
@@ -281,203 +476,60 @@ impl Handler<InjectPanic> for ChannelActor {
     }
 }
 
-impl Handler<EndCall> for ChannelActor {
-    type Result = ();
-    fn handle(&mut self, msg: EndCall, ctx: &mut Context<Self>) {
-        self.teardown(msg.why, msg.reason, ctx);
+/// Leases a port and binds it; a port held by another process is reported to the pool and
+/// another one tried.
+async fn lease_and_bind(ports: Addr<PortManager>, bind_ip: IpAddr) -> Result<(Lease, UdpSocket), String> {
+    for _ in 0..BIND_ATTEMPTS {
+        let lease = match ports.send(AcquirePort).await {
+            Ok(Ok(lease)) => lease,
+            Ok(Err(e @ PoolError::Exhausted { .. })) => return Err(format!("no free RTP port: {e}")),
+            Ok(Err(e)) => return Err(format!("port pool: {e}")),
+            Err(e) => return Err(format!("port manager unreachable: {e}")),
+        };
+        match UdpSocket::bind((bind_ip, lease.port())) {
+            Ok(sock) => return Ok((lease, sock)),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                log::warn!("port {} is in use by another process: skipping it", lease.port());
+                lease.mark_unavailable();
+            }
+            Err(e) => return Err(format!("binding port {}: {e}", lease.port())),
+        }
     }
+    Err(format!("no bindable RTP port after {BIND_ATTEMPTS} attempts"))
 }
 
-#[derive(Debug, thiserror::Error)]
-enum SetupError {
-    /// Refused before anything was built (no port); the caller was hung up with congestion.
-    #[error("{0}")]
-    Rejected(String),
-    /// Failed part way: what was built is torn down.
-    #[error("{1}")]
-    Failed(Built, String),
-}
-
-struct SetupJob {
-    media_in_stasis: Arc<Notify>,
+/// Carries out a [`Teardown`] in its order: stop our media, hang up our externalMedia channel,
+/// destroy our bridge, hang up the caller. Every step runs even when an earlier one failed; the
+/// lease drops last.
+async fn teardown(
+    ari: AriClient,
+    media: MediaHandle,
     call_no: u64,
     caller_id: String,
-    caller_up: bool,
-    mode: CallMode,
-    cx: CallContext,
-}
-
-/// How long setup keeps trying to add a new externalMedia channel to the bridge (422).
-const ADD_DEADLINE: Duration = Duration::from_secs(2);
-/// Retry interval of that when the channel's StasisStart does not come.
-const ADD_RETRY: Duration = Duration::from_millis(100);
-
-/// How often setup tries another port when the leased one is held by another process.
-const BIND_ATTEMPTS: usize = 4;
-
-impl SetupJob {
-    async fn run(self) -> Result<Built, SetupError> {
-        let mut built = Built::default();
-        let external_host = if self.mode.leases_port() {
-            let (lease, socket) = match self.lease_and_bind().await {
-                Ok(v) => v,
-                Err(reason) => {
-                    if let Err(e) = self.cx.ari.hangup(&self.caller_id, HangupReason::Congestion).await {
-                        log::error!("hanging up rejected call {} failed: {e}", self.caller_id);
-                    }
-                    return Err(SetupError::Rejected(reason));
-                }
-            };
-            let host = host_port(&self.cx.settings.media_host, lease.port());
-            built.lease = Some(lease);
-            Some((host, socket))
-        } else {
-            None
-        };
-        match self.build(&mut built, external_host).await {
-            Ok(()) => Ok(built),
-            Err(e) => Err(SetupError::Failed(built, e)),
-        }
-    }
-
-    async fn lease_and_bind(&self) -> Result<(Lease, UdpSocket), String> {
-        for _ in 0..BIND_ATTEMPTS {
-            let lease = match self.cx.ports.send(AcquirePort).await {
-                Ok(Ok(lease)) => lease,
-                Ok(Err(e @ PoolError::Exhausted { .. })) => return Err(format!("no free RTP port: {e}")),
-                Ok(Err(e)) => return Err(format!("port pool: {e}")),
-                Err(e) => return Err(format!("port manager unreachable: {e}")),
-            };
-            match UdpSocket::bind((self.cx.settings.bind_ip, lease.port())) {
-                Ok(sock) => return Ok((lease, sock)),
-                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-                    log::warn!("port {} is in use by another process: skipping it", lease.port());
-                    lease.mark_unavailable();
-                }
-                Err(e) => return Err(format!("binding port {}: {e}", lease.port())),
-            }
-        }
-        Err(format!("no bindable RTP port after {BIND_ATTEMPTS} attempts"))
-    }
-
-    async fn build(&self, built: &mut Built, own: Option<(String, UdpSocket)>) -> Result<(), String> {
-        let em_id = external_media_id(self.cx.ari.app(), &self.caller_id);
-        let (host, socket) = match own {
-            Some((h, s)) => (h, Some(s)),
-            None => (self.cx.settings.echo_target.clone(), None),
-        };
-        let mut params = ExternalMediaParams::new(self.cx.ari.app().to_string(), host, "ulaw".to_string());
-        params.channel_id = Some(em_id.clone());
-        // Marked before the request: a request that timed out may still have created it, and
-        // deleting one that does not exist is harmless.
-        built.em_created = true;
-        let em = self.cx.ari.external_media(&params).await.map_err(|e| e.to_string())?;
-        let peer = em.unicast_rtp_local().ok_or_else(|| {
-            "externalMedia answer has no UNICASTRTP_LOCAL_ADDRESS/PORT channel variables".to_string()
-        })?;
-        built.peer = Some(peer);
-        if let Some(socket) = socket {
-            let spec = StreamSpec {
-                id: self.call_no,
-                mode: self.mode,
-                socket,
-                peer,
-                late_threshold: self.cx.settings.late_threshold,
-                probe_timeout: self.cx.settings.probe_timeout,
-                no_media_timeout: self.cx.settings.no_media_timeout,
-            };
-            self.cx.media
-                .add(spec)
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| format!("media engine refused the socket: {e}"))?;
-            built.stream_added = true;
-        }
-        let br = bridge_id(self.cx.ari.app(), &self.caller_id);
-        built.bridge_created = true;
-        self.cx.ari.create_bridge(&br, &br).await.map_err(|e| e.to_string())?;
-        self.add_to_bridge(&br, &em_id).await?;
-        if !self.caller_up {
-            self.cx.ari.answer(&self.caller_id).await.map_err(|e: AriError| e.to_string())?;
-        }
-        if self.mode == CallMode::SharedEcho {
-            // No socket of its own: the echo watches what arrives from this call's Asterisk
-            // address, so the no-media timeout and the link-down silence apply to it too.
-            built.shared_watched = true;
-            self.cx.media
-                .watch_shared(self.call_no, peer, self.cx.settings.no_media_timeout)
-                .await
-                .map_err(|e| e.to_string())?;
-        }
-        if self.mode == CallMode::Probe {
-            self.cx.media.start_probing(self.call_no).map_err(|e| e.to_string())?;
-        }
-        Ok(())
-    }
-}
-
-impl SetupJob {
-    /// Adds caller and externalMedia channel to the bridge. The externalMedia channel enters
-    /// Stasis asynchronously, around when its creation request returns; until it has,
-    /// Asterisk answers 422 "Channel not in Stasis application". Then this waits for the
-    /// channel's StasisStart (the supervisor signals `media_in_stasis`; a signal that came
-    /// earlier is kept) and tries again at once; if the event is slow to come, it tries again
-    /// every [`ADD_RETRY`] anyway, for up to [`ADD_DEADLINE`].
-    async fn add_to_bridge(&self, bridge: &str, em_id: &str) -> Result<(), String> {
-        let deadline = Instant::now() + ADD_DEADLINE;
-        loop {
-            match self.cx.ari.add_to_bridge(bridge, &[&self.caller_id, em_id]).await {
-                Ok(()) => return Ok(()),
-                Err(e) if e.status() == Some(422) && Instant::now() < deadline => {
-                    log::debug!("addChannel to {bridge} not yet possible ({e}); waiting for {em_id} to enter Stasis");
-                    let wait = ADD_RETRY.min(deadline.saturating_duration_since(Instant::now()));
-                    let _ = actix_rt::time::timeout(wait, self.media_in_stasis.notified()).await;
-                }
-                Err(e) => return Err(e.to_string()),
-            }
-        }
-    }
-}
-
-/// Undo what exists, in an order that leaves Asterisk clean: stop our media, hang up our
-/// externalMedia channel, destroy our bridge, hang up the caller. Every step runs even when
-/// an earlier one failed; the lease drops last, when `built` goes out of scope. `local`: only
-/// our side (media, port); Asterisk is left to the next reconciliation.
-async fn teardown(
-    ari: &AriClient,
-    media: &MediaHandle,
-    call_no: u64,
-    caller_id: &str,
-    built: Built,
-    local: bool,
+    plan: Teardown,
+    lease: Option<Lease>,
 ) -> Option<StreamReport> {
-    let report = if built.stream_added {
-        media.remove(call_no).await.ok().flatten()
-    } else {
-        None
-    };
-    if built.shared_watched {
+    let report = if plan.remove_stream { media.remove(call_no).await.ok().flatten() } else { None };
+    if plan.unwatch_shared {
         if let Ok(Some(r)) = media.unwatch_shared(call_no).await {
             log::info!("Call {caller_id} on the shared echo: {} packets from Asterisk", r.packets);
         }
     }
-    if local {
-        drop(built);
-        return report;
-    }
-    if built.em_created {
-        if let Err(e) = ari.hangup(&external_media_id(ari.app(), caller_id), HangupReason::Normal).await {
+    if plan.hangup_media {
+        if let Err(e) = ari.hangup(&external_media_id(ari.app(), &caller_id), HangupReason::Normal).await {
             log::error!("hanging up externalMedia channel of {caller_id} failed: {e}");
         }
     }
-    if built.bridge_created {
-        if let Err(e) = ari.destroy_bridge(&bridge_id(ari.app(), caller_id)).await {
+    if plan.destroy_bridge {
+        if let Err(e) = ari.destroy_bridge(&bridge_id(ari.app(), &caller_id)).await {
             log::error!("destroying bridge of {caller_id} failed: {e}");
         }
     }
-    if let Err(e) = ari.hangup(caller_id, HangupReason::Normal).await {
-        log::error!("hanging up caller {caller_id} failed: {e}");
+    if plan.hangup_caller {
+        if let Err(e) = ari.hangup(&caller_id, HangupReason::Normal).await {
+            log::error!("hanging up caller {caller_id} failed: {e}");
+        }
     }
-    drop(built);
+    drop(lease);
     report
 }

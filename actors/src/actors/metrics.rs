@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::latency::{LatencyHistogram, LatencySummary};
 use crate::media::{MediaFlush, ModeTotals, ReflectorCounters};
 use crate::mode::CallMode;
-use super::supervisor::ReconcileReport;
+use crate::reconcile::ReconcileReport;
 
 /// A call was accepted and is being set up.
 #[derive(Message)]

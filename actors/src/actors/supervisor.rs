@@ -4,14 +4,15 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use serde::Serialize;
-use tokio::sync::Notify;
 
-use super::channel::{CallContext, CallSettings, CallState, ChannelActor, EndCall, Gone, InjectPanic, ResourceGone};
+use super::channel::{
+    CallContext, CallOwner, CallSettings, CallState, CallUpdate, ChannelActor, ChannelDone, ChannelFailed, EndCall, Gone,
+    InjectPanic, MediaInStasis, ResourceGone,
+};
 use super::failure::{take_last_panic, FailureRecord};
 use crate::intensity::Intensity;
 use super::metrics::{CallEnded, CallOutcome, CallRejected, EndReason, MetricsActor, Reconciled};
@@ -21,32 +22,12 @@ use crate::ari::model::{Event, HangupReason};
 use crate::media::{IdleReason, MediaHandle};
 use crate::mode::CallMode;
 use crate::naming::{self, bridge_id, external_media_id};
-use crate::reconcile;
+use crate::reconcile::{self, ReconcileReport};
 
 /// An event from the ARI connection.
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
 pub struct AriEvent(pub Event);
-
-/// A ChannelActor's progress, for the registry.
-#[derive(Message, Debug)]
-#[rtype(result = "()")]
-pub struct CallUpdate {
-    pub caller_id: String,
-    pub state: CallState,
-    pub port: Option<u16>,
-    pub asterisk: Option<SocketAddr>,
-}
-
-/// A ChannelActor finished (torn down or rejected): forget the call.
-#[derive(Message, Debug)]
-#[rtype(result = "()")]
-pub struct ChannelDone {
-    pub caller_id: String,
-    /// Setup failed part way: a request that timed out may still be executed by Asterisk
-    /// later, creating what teardown already deleted; a reconciliation is scheduled.
-    pub setup_failed: bool,
-}
 
 /// The events WebSocket is (re)connected: compare what Asterisk holds for our app with our
 /// calls, end what is orphaned.
@@ -64,28 +45,6 @@ pub struct AriDisconnected {
     pub reason: String,
 }
 
-/// What one reconciliation found and did.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
-pub struct ReconcileReport {
-    /// Channels in our app that no live call owns (callers left by a crash or missed events,
-    /// and the far halves of Local channels originated into the app): hung up.
-    pub orphan_app_channels: usize,
-    /// Our externalMedia channels (`rtpvisor-em-*`) no live call owns: hung up.
-    pub orphan_media_channels: usize,
-    /// Our bridges (`rtpvisor-br-*`) no live call owns: destroyed.
-    pub orphan_bridges: usize,
-    /// Live calls whose caller Asterisk no longer has: ended.
-    pub vanished_calls: usize,
-    /// Deletes that failed (retried at the next reconciliation).
-    pub errors: usize,
-    /// Reading Asterisk's state (our app, every channel, every bridge).
-    pub fetch_ms: u64,
-    /// Channels and bridges Asterisk listed (ours and everyone else's).
-    pub listed: usize,
-    /// The whole run, the grace for unknown callers included.
-    pub took_ms: u64,
-}
-
 /// Interval of the background reconciliation.
 const PERIODIC_RECONCILE: Duration = Duration::from_secs(60);
 
@@ -99,17 +58,6 @@ const ORPHAN_GRACE: Duration = Duration::from_millis(1000);
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
 pub struct MediaIdle(pub u64, pub IdleReason);
-
-/// A ChannelActor ended without finishing its call (it panicked). Policy: no restart; the
-/// supervisor ends the call cleanly in Asterisk and counts the failure against the restart
-/// intensity.
-#[derive(Message, Debug)]
-#[rtype(result = "()")]
-pub struct ChannelFailed {
-    pub caller_id: String,
-    pub call_no: u64,
-    pub mode: CallMode,
-}
 
 /// Fault injection: make the ChannelActor of this call (channel id or call number) panic.
 /// Answers whether such a call exists.
@@ -181,9 +129,6 @@ struct Call {
     info: CallInfo,
     addr: Addr<ChannelActor>,
     started: Instant,
-    /// Signalled when the call's externalMedia channel enters Stasis: its setup may add it
-    /// to the bridge from then on (before, Asterisk answers addChannel with 422).
-    media_in_stasis: Arc<Notify>,
 }
 
 pub struct Supervisor {
@@ -286,7 +231,7 @@ impl Supervisor {
             if owner_live {
                 log::debug!("externalMedia channel {} entered Stasis (ours)", channel.id);
                 if let Some(call) = self.resources.get(&channel.id).and_then(|caller| self.calls.get(caller)) {
-                    call.media_in_stasis.notify_one();
+                    call.addr.do_send(MediaInStasis);
                 }
             } else {
                 // Created by a request Asterisk executed after its call had given up on it.
@@ -337,13 +282,14 @@ impl Supervisor {
             ports: self.ports.clone(),
             media: self.media.clone(),
             metrics: self.metrics.clone(),
-            supervisor: ctx.address(),
+            owner: CallOwner {
+                updates: ctx.address().recipient(),
+                done: ctx.address().recipient(),
+                failed: ctx.address().recipient(),
+            },
             settings: self.settings.clone(),
         };
-        let media_in_stasis = Arc::new(Notify::new());
-        let actor = ChannelActor::new(call_no, channel.id.clone(), channel.state.clone(), mode, cx)
-            .with_media_in_stasis(media_in_stasis.clone());
-        let addr = actor.start();
+        let addr = ChannelActor::new(call_no, channel.id.clone(), channel.state.clone(), mode, cx).start();
         let em = external_media_id(self.ari.app(), &channel.id);
         let br = bridge_id(self.ari.app(), &channel.id);
         self.resources.insert(em.clone(), channel.id.clone());
@@ -360,7 +306,7 @@ impl Supervisor {
             bridge: br,
             age_ms: 0,
         };
-        self.calls.insert(channel.id, Call { info, addr, started: Instant::now(), media_in_stasis });
+        self.calls.insert(channel.id, Call { info, addr, started: Instant::now() });
     }
 
     pub fn port_manager(&self) -> Addr<PortManager> {
