@@ -19,9 +19,17 @@
 #   * ARI over TLS, for tests/e2e_tls.rs: http_local.conf also enables Asterisk's TLS listener
 #     on 127.0.0.1:8089 with a certificate for IP 127.0.0.1 only (no DNS name: a URL with host
 #     `localhost` must fail verification), signed by a test CA. Both are made once with the
-#     openssl CLI under ROOT/var/lib/rtpvisor-tls (outside /etc/asterisk, which `start`
-#     replaces) and copied to /etc/asterisk/keys. `tls-ca` prints the CA file's host path. The
-#     container has neither: compose serves plain HTTP on its private network.
+#     openssl CLI under ROOT/var/lib/rtpvisor-test (outside /etc/asterisk, which `start`
+#     replaces) and copied to /etc/asterisk/keys. `tls-ca` prints the CA file's host path.
+#   * A second ARI user for tests/e2e_secrets.rs, `rtpvisor-secret-test`, appended to the
+#     chroot's ari.conf, with a random password made once (ROOT/var/lib/rtpvisor-test/
+#     ari-secret-test.password): distinctive enough to grep rtpvisor's logs for.
+#     `ari-test-user` prints the user and the password file's host path.
+#   The container has neither: compose serves plain HTTP on its private network, with the
+#   users of asterisk-conf/ari.conf only.
+#   An Asterisk already running without these (started by another checkout's copy of this
+#   script) gets them on `start` by `module reload http` / `module reload res_ari.so`: no
+#   restart, live calls and WebSockets stay.
 #   Nothing else differs.
 #
 # Exchanging files with sipp: sipp runs inside the chroot with its working directory at
@@ -55,8 +63,10 @@ PIDFILE="$ROOT/run/rtpvisor-asterisk.pid"       # PID of Asterisk, as seen from 
 CONSOLE_LOG="$ROOT/var/log/rtpvisor-asterisk.out" # Asterisk's stdout/stderr
 MESSAGES_LOG="$ROOT/var/log/asterisk/messages"    # logger.conf's file channel
 SIPP_CWD="/tmp/sipp"                               # inside the chroot
-TLS_DIR="$ROOT/var/lib/rtpvisor-tls"              # test CA and Asterisk's TLS certificate
+TLS_DIR="$ROOT/var/lib/rtpvisor-test"             # test CA, Asterisk's TLS certificate, test user
 TLS_PORT=8089
+SECRET_USER="rtpvisor-secret-test"
+SECRET_FILE="$TLS_DIR/ari-secret-test.password"
 
 log() { printf 'asterisk.sh: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -83,6 +93,7 @@ commands:
   sipp ARGS...  run sipp in the chroot, cwd $SIPP_CWD (ROOT$SIPP_CWD on the host)
   root          print ROOT
   tls-ca        print the path of the test CA (PEM) that signed the TLS listener's certificate
+  ari-test-user print the test ARI user and the path of its password file
   log [ARGS]    tail Asterisk's messages log (ARGS go to tail, default -n 60; e.g. log -f)
 
 sipp files: write scenarios/CSV into "\$(scripts/asterisk.sh root)$SIPP_CWD/" and pass them by
@@ -371,7 +382,7 @@ in_chroot_asterisk_rx() {
 
 # The test CA and Asterisk's certificate (IP 127.0.0.1 only), made once.
 make_tls_material() {
-    [[ -s $TLS_DIR/server.pem && -s $TLS_DIR/server.key && -s $TLS_DIR/ca.pem ]] && return 0
+    [[ -s $TLS_DIR/server.pem && -s $TLS_DIR/server.key && -s $TLS_DIR/ca.pem && -s $SECRET_FILE ]] && return 0
     command -v openssl >/dev/null || {
         log "installing openssl (apt-get)"
         DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssl >/dev/null || die "could not install openssl"
@@ -388,12 +399,34 @@ make_tls_material() {
         openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem \
             -days 3650 -extfile server.ext
         rm -f server.csr server.ext ca.srl
+        printf 'canary-%s\n' "$(openssl rand -hex 20)" >ari-secret-test.password
     ) >"$tmp.log" 2>&1 || { cat "$tmp.log" >&2; rm -rf "$tmp" "$tmp.log"; die "making the TLS test certificates failed"; }
     rm -f "$tmp.log"
     rm -rf "$TLS_DIR"
     mv -T "$tmp" "$TLS_DIR"
     chmod 755 "$TLS_DIR"
-    log "tls: made a test CA and a certificate for 127.0.0.1 in $TLS_DIR"
+    log "tls: made a test CA, a certificate for 127.0.0.1 and a test ARI password in $TLS_DIR"
+}
+
+# Appends the test ARI user to ETC/ari.conf.
+install_secret_user() {
+    local etc="$1"
+    make_tls_material
+    cat >>"$etc/ari.conf" <<EOF
+
+; Written by scripts/asterisk.sh for the host chroot only: a test user whose random password
+; ($SECRET_FILE) tests/e2e_secrets.rs looks for in rtpvisor's logs.
+[$SECRET_USER]
+type = user
+read_only = no
+password = $(head -n1 "$SECRET_FILE")
+password_format = plain
+EOF
+}
+
+secret_user_ok() {
+    [[ -s $SECRET_FILE ]] || return 1
+    curl -fsS --max-time 2 -u "$SECRET_USER:$(head -n1 "$SECRET_FILE")" "$ARI_URL" >/dev/null 2>&1
 }
 
 # Copies the certificate into ETC/keys and appends the TLS listener to ETC/http_local.conf.
@@ -437,6 +470,15 @@ ensure_tls_running() {
     log "warning: the TLS listener did not come up on 127.0.0.1:$TLS_PORT after reloading http"
 }
 
+ensure_secret_user_running() {
+    secret_user_ok && return 0
+    local etc="$ROOT/etc/asterisk"
+    grep -q "^\[$SECRET_USER\]" "$etc/ari.conf" 2>/dev/null || install_secret_user "$etc"
+    in_chroot_asterisk_rx 'module reload res_ari.so' >/dev/null || log "warning: 'module reload res_ari.so' failed"
+    secret_user_ok && log "start: test ARI user $SECRET_USER added (res_ari reloaded)" ||
+        log "warning: the test ARI user $SECRET_USER does not authenticate after reloading res_ari"
+}
+
 # ---------------------------------------------------------------------------------------------
 # start / stop
 
@@ -459,6 +501,7 @@ EOF
 bind=127.0.0.1:5060
 EOF
     install_tls "$etc"
+    install_secret_user "$etc"
     chown -R root:root "$etc"
     chmod -R u=rwX,go=rX "$etc"
     protect_tls_key
@@ -512,6 +555,7 @@ cmd_start() {
         if ari_ok; then
             log "start: Asterisk is already running and healthy (PID $pid, ARI answers)"
             ensure_tls_running
+            ensure_secret_user_running
             return 0
         fi
         die "start: Asterisk is already running (PID $pid) but ARI does not answer at $ARI_URL; try: $0 stop"
@@ -644,6 +688,7 @@ main() {
         sipp) cmd_sipp "$@" ;;
         root) printf '%s\n' "$ROOT" ;;
         tls-ca) printf '%s\n' "$TLS_DIR/ca.pem" ;;
+        ari-test-user) printf '%s %s\n' "$SECRET_USER" "$SECRET_FILE" ;;
         log) cmd_log "$@" ;;
         -h | --help | help) usage ;;
         "") usage >&2; exit 2 ;;

@@ -279,7 +279,7 @@ impl AriClient {
             .request(method, url)
             .query(&query)
             .map_err(|e| transport(format!("bad query: {e}")))?;
-        let mut resp = req.send().await.map_err(|e| transport(e.to_string()))?;
+        let mut resp = req.send().await.map_err(|e| transport(describe_send_error(&e)))?;
         let body = resp
             .body()
             .limit(8 * 1024 * 1024)
@@ -296,6 +296,31 @@ impl AriClient {
                 body: String::from_utf8_lossy(&body).trim().chars().take(300).collect(),
             })
         }
+    }
+}
+
+/// A failed request's text; a TLS failure says which check failed ([`tls::explain`]).
+pub fn describe_send_error(error: &awc::error::SendRequestError) -> String {
+    use awc::error::{ConnectError, SendRequestError};
+    if let SendRequestError::Connect(ConnectError::Io(io)) = error {
+        if let Some(tls) = io.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+            return format!("Failed to connect to host: {}", tls::explain(tls));
+        }
+    }
+    error.to_string()
+}
+
+/// A failed events WebSocket connect's text: TLS failures as above, a refused upgrade with its
+/// status (awc's own text leaves it out).
+pub fn describe_ws_error(error: &awc::error::WsClientError) -> String {
+    use awc::error::WsClientError;
+    match error {
+        WsClientError::SendRequest(e) => describe_send_error(e),
+        WsClientError::InvalidResponseStatus(status) if *status == StatusCode::UNAUTHORIZED => {
+            format!("ARI refused the WebSocket: {status} (check ari.user and ari.password)")
+        }
+        WsClientError::InvalidResponseStatus(status) => format!("ARI refused the WebSocket: {status}"),
+        other => other.to_string(),
     }
 }
 
@@ -369,6 +394,26 @@ mod tests {
         let rest = format!("{:?}", client.http.get("https://127.0.0.1:8089/ari/channels"));
         assert!(rest.contains("authorization"), "{rest}");
         assert!(!rest.contains(password) && !rest.contains(&encoded), "{rest}");
+    }
+
+    #[test]
+    fn connect_errors_explain_tls_and_refusals() {
+        use awc::error::{ConnectError, SendRequestError, WsClientError};
+        let io = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        );
+        let e = WsClientError::SendRequest(SendRequestError::Connect(ConnectError::Io(io)));
+        let text = describe_ws_error(&e);
+        assert!(text.starts_with("Failed to connect to host: TLS: Asterisk's certificate is not signed"), "{text}");
+        let e = WsClientError::InvalidResponseStatus(StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            describe_ws_error(&e),
+            "ARI refused the WebSocket: 401 Unauthorized (check ari.user and ari.password)"
+        );
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let e = SendRequestError::Connect(ConnectError::Io(refused));
+        assert_eq!(describe_send_error(&e), e.to_string(), "other errors keep their text");
     }
 
     #[test]

@@ -68,6 +68,27 @@ pub fn client_config(ca: Option<(&Path, Vec<CertificateDer<'static>>)>) -> Resul
     Ok(Arc::new(config))
 }
 
+/// What a TLS failure means, in words an operator can act on: which check Asterisk's
+/// certificate failed and which setting to look at. rustls's own text follows in parentheses.
+pub fn explain(error: &rustls::Error) -> String {
+    use rustls::{CertificateError as C, Error as E};
+    match error {
+        E::InvalidCertificate(C::UnknownIssuer) => format!(
+            "TLS: Asterisk's certificate is not signed by a trusted CA ({error}); set ari.ca_file to \
+             the CA that signed it"
+        ),
+        E::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => format!(
+            "TLS: Asterisk's certificate is not for the host in ari.url ({error}); use a host name \
+             or address the certificate names"
+        ),
+        E::InvalidCertificate(
+            C::Expired | C::ExpiredContext { .. } | C::NotValidYet | C::NotValidYetContext { .. },
+        ) => format!("TLS: Asterisk's certificate is outside its validity period ({error})"),
+        E::InvalidCertificate(_) => format!("TLS: Asterisk's certificate was refused ({error})"),
+        other => format!("TLS: {other}"),
+    }
+}
+
 /// The configuration for an optional CA file.
 pub fn client_config_for(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, TlsError> {
     match ca_file {
@@ -105,6 +126,19 @@ cZs2HdjlgtSnr/wyR7yvbuuaQ6bwr+2NHTJyKQIhAPbzHwzpJm2u64EmqyGOAXd/
         let empty = parse_ca_pem(b"just text\n", path).unwrap_err();
         assert!(matches!(empty, TlsError::Empty { .. }), "{empty}");
         assert!(empty.to_string().contains("\"ca.pem\" holds no certificate"), "{empty}");
+    }
+
+    #[test]
+    fn failures_say_what_to_check() {
+        use rustls::{CertificateError as C, Error as E};
+        let unknown = explain(&E::InvalidCertificate(C::UnknownIssuer));
+        assert!(unknown.starts_with("TLS: Asterisk's certificate is not signed by a trusted CA ("), "{unknown}");
+        assert!(unknown.contains("UnknownIssuer") && unknown.ends_with("set ari.ca_file to the CA that signed it"));
+        let name = explain(&E::InvalidCertificate(C::NotValidForName));
+        assert!(name.contains("not for the host in ari.url"), "{name}");
+        assert!(explain(&E::InvalidCertificate(C::Expired)).contains("validity period"));
+        assert!(explain(&E::InvalidCertificate(C::BadSignature)).contains("was refused"));
+        assert_eq!(explain(&E::DecryptError), "TLS: cannot decrypt peer's message");
     }
 
     #[test]
