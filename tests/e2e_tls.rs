@@ -8,12 +8,15 @@
 //! Beside other tests on the same Asterisk: own Stasis app, RTP ports 10700-10719, only its
 //! own calls are touched.
 mod common;
+#[path = "support/unready.rs"]
+mod unready;
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
+use unready::Unready;
 
 const APP: &str = "rtpvisor-tls";
 const TLS_ARI: &str = "https://127.0.0.1:8089/ari";
@@ -93,75 +96,6 @@ fn a_probe_call_over_https_and_wss() {
     assert!(log.contains("events WebSocket connected for app rtpvisor-tls"), "{log}");
 }
 
-/// rtpvisor started without waiting for readiness (it is not expected to get ready).
-struct Unready {
-    child: Child,
-    http: String,
-    log: std::path::PathBuf,
-}
-
-impl Unready {
-    fn start(name: &str, env: &[(&str, &str)]) -> Unready {
-        let http_port = free_tcp_port();
-        let dir = repo().join("target/test-logs");
-        std::fs::create_dir_all(&dir).unwrap();
-        let log = dir.join(format!("{name}.log"));
-        let file = std::fs::File::create(&log).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rtpvisor"));
-        cmd.env("RTPVISOR_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
-            .env("RTPVISOR_ECHO_ADDR", format!("127.0.0.1:{}", free_udp_port()))
-            .env("RTPVISOR_MEDIA_BIND_IP", "127.0.0.1")
-            .env("RTPVISOR_RTP_PORTS", "10710-10719")
-            .env("RTPVISOR_ARI_APP", APP)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().expect("starting rtpvisor");
-        Unready { child, http: format!("http://127.0.0.1:{http_port}"), log }
-    }
-
-    /// `/ready` (open without a token): status and body.
-    fn ready(&self) -> (u16, Value) {
-        match ureq::get(&format!("{}/ready", self.http)).timeout(Duration::from_secs(5)).call() {
-            Ok(r) => (r.status(), r.into_json().unwrap_or(Value::Null)),
-            Err(ureq::Error::Status(code, r)) => (code, r.into_json().unwrap_or(Value::Null)),
-            Err(_) => (0, Value::Null),
-        }
-    }
-
-    /// Waits until `/ready` reports a connect error; returns the status and body then.
-    fn wait_for_error(&self) -> (u16, Value) {
-        let start = Instant::now();
-        loop {
-            let (code, body) = self.ready();
-            if body["ari"]["last_error"].is_string() {
-                return (code, body);
-            }
-            assert!(start.elapsed() < Duration::from_secs(15), "no ARI error reported: {code} {body}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn stop(mut self) -> Option<i32> {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
-        let start = Instant::now();
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st.code();
-            }
-            if start.elapsed() > Duration::from_secs(10) {
-                let _ = self.child.kill();
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
 #[test]
 fn a_wrong_ca_or_host_name_is_a_clear_error_not_a_crash() {
     ensure_asterisk();
@@ -175,7 +109,8 @@ fn a_wrong_ca_or_host_name_is_a_clear_error_not_a_crash() {
         ("e2e_tls_wrong_host", "https://localhost:8089/ari".to_owned(), ca.clone(), "not valid for name \"localhost\""),
     ];
     for (name, url, ca_file, expected) in cases {
-        let svc = Unready::start(name, &[("RTPVISOR_ARI_URL", &url), ("RTPVISOR_ARI_CA_FILE", &ca_file)]);
+        let env = [("RTPVISOR_ARI_URL", url.as_str()), ("RTPVISOR_ARI_CA_FILE", &ca_file), ("RTPVISOR_ARI_APP", APP)];
+        let svc = Unready::start(name, &env);
         let (code, body) = svc.wait_for_error();
         eprintln!("{name}: /ready {code} {body}");
         assert_eq!(code, 503, "{name}: {body}");
