@@ -1832,6 +1832,9 @@ cZs2HdjlgtSnr/wyR7yvbuuaQ6bwr+2NHTJyKQIhAPbzHwzpJm2u64EmqyGOAXd/
         (Key::AriUser, "a:b", "':'"),
         (Key::AriApp, "my/app", "'/'"),
         (Key::AriApp, "my app", "' '"),
+        (Key::AriAllowDevPassword, "sure", "not a boolean"),
+        (Key::AriPasswordFile, "/nonexistent/ari-password", "cannot read it"),
+        (Key::AriCaFile, "/nonexistent/ca.pem", "cannot read the CA file"),
         (
             Key::MediaHost,
             "0.0.0.0",
@@ -1890,6 +1893,7 @@ cZs2HdjlgtSnr/wyR7yvbuuaQ6bwr+2NHTJyKQIhAPbzHwzpJm2u64EmqyGOAXd/
             "Asterisk must be able to send RTP to it",
         ),
         (Key::HttpAddr, "abc", "not an IP:port socket address"),
+        (Key::HttpTokenFile, "/nonexistent/api-token", "cannot read it"),
         (Key::ShutdownTimeoutMs, "600001", "outside 0..=600000"),
         (Key::AriRequestTimeoutMs, "0", "outside 1..=600000"),
         (Key::AriRequestTimeoutMs, "5s", "not a whole number"),
@@ -1904,10 +1908,6 @@ cZs2HdjlgtSnr/wyR7yvbuuaQ6bwr+2NHTJyKQIhAPbzHwzpJm2u64EmqyGOAXd/
         (Key::FaultInjection, "maybe", "not a boolean"),
         (Key::FaultInjection, "2", "not a boolean"),
         (Key::FaultInjection, "on", "not a boolean"),
-        (Key::AriAllowDevPassword, "sure", "not a boolean"),
-        (Key::AriPasswordFile, "/nonexistent/ari-password", "cannot read it"),
-        (Key::HttpTokenFile, "/nonexistent/api-token", "cannot read it"),
-        (Key::AriCaFile, "/nonexistent/ca.pem", "cannot read the CA file"),
     ];
 
     fn assert_one_line(message: &str) {
