@@ -477,7 +477,7 @@ pub struct Cli {
     pub ari_user: Option<String>,
     /// ARI password; prefer the env var or file, flags are visible in `ps` [default: rtpvisor] [env: RTPVISOR_ARI_PASSWORD]
     #[arg(long, value_name = "PASSWORD")]
-    pub ari_password: Option<String>,
+    pub ari_password: Option<CliSecret>,
     /// File holding the ARI password (e.g. a Docker secret), trailing newline dropped; excludes --ari-password [default: none] [env: RTPVISOR_ARI_PASSWORD_FILE]
     #[arg(long, value_name = "FILE")]
     pub ari_password_file: Option<String>,
@@ -540,7 +540,7 @@ pub struct Cli {
     pub http_addr: Option<String>,
     /// Bearer token required by every HTTP route but /health and /ready, at least 16 visible ASCII characters; prefer the env var or file [default: none] [env: RTPVISOR_HTTP_TOKEN]
     #[arg(long, value_name = "TOKEN")]
-    pub http_token: Option<String>,
+    pub http_token: Option<CliSecret>,
     /// File holding the HTTP API token (e.g. a Docker secret), trailing newline dropped; excludes --http-token [default: none] [env: RTPVISOR_HTTP_TOKEN_FILE]
     #[arg(long, value_name = "FILE")]
     pub http_token_file: Option<String>,
@@ -564,12 +564,41 @@ pub struct Cli {
     pub print_config: bool,
 }
 
+/// A secret given as a flag: `Debug` of the [`Cli`] shows [`REDACTED`] for it.
+#[derive(Clone)]
+pub struct CliSecret(SecretString);
+
+impl std::str::FromStr for CliSecret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Ok(CliSecret(SecretString::from(text.to_owned())))
+    }
+}
+
+impl PartialEq for CliSecret {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.expose_secret() == other.0.expose_secret()
+    }
+}
+
+impl fmt::Debug for CliSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(REDACTED)
+    }
+}
+
+/// The text of a secret flag, for the parser.
+fn exposed_flag(value: &Option<CliSecret>) -> Option<&str> {
+    value.as_ref().map(|s| s.0.expose_secret())
+}
+
 impl Cli {
     fn value(&self, key: Key) -> Option<&str> {
         let value = match key {
             Key::AriUrl => &self.ari_url,
             Key::AriUser => &self.ari_user,
-            Key::AriPassword => &self.ari_password,
+            Key::AriPassword => return exposed_flag(&self.ari_password),
             Key::AriPasswordFile => &self.ari_password_file,
             Key::AriAllowDevPassword => &self.ari_allow_dev_password,
             Key::AriCaFile => &self.ari_ca_file,
@@ -591,7 +620,7 @@ impl Cli {
             Key::EchoAddr => &self.echo_addr,
             Key::EchoHost => &self.echo_host,
             Key::HttpAddr => &self.http_addr,
-            Key::HttpToken => &self.http_token,
+            Key::HttpToken => return exposed_flag(&self.http_token),
             Key::HttpTokenFile => &self.http_token_file,
             Key::MaxRestarts => &self.max_restarts,
             Key::RestartWindowMs => &self.restart_window_ms,
@@ -2132,6 +2161,17 @@ cZs2HdjlgtSnr/wyR7yvbuuaQ6bwr+2NHTJyKQIhAPbzHwzpJm2u64EmqyGOAXd/
             error.to_string(),
             "invalid RTPVISOR_ARI_PASSWORD=(hidden): empty; unset the variable to use the default"
         );
+    }
+
+    #[test]
+    fn secret_flags_are_redacted_in_debug() {
+        let cli = Cli::try_parse_from(["rtpvisor", "--ari-password", "Zq9-flag-pw", "--http-token", "Zq9-flag-token-0123"])
+            .unwrap();
+        let shown = format!("{cli:?}");
+        assert!(!shown.contains("Zq9") && shown.contains("***"), "{shown}");
+        let config = Config::load(&cli, &no_env).unwrap();
+        assert_eq!(config.ari.password.expose(), "Zq9-flag-pw");
+        assert_eq!(config.http.token.unwrap().expose(), "Zq9-flag-token-0123");
     }
 
     #[test]
