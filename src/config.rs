@@ -844,6 +844,12 @@ impl Draft {
     /// source overrides: a broken variable left in a unit file should not wait to bite until the
     /// flag that hides it is removed.
     fn set(&mut self, key: Key, raw: &str, origin: Origin) -> Result<(), ConfigError> {
+        // A secret's origin keeps no copy of it (messages show `(hidden)` anyway).
+        let origin = match origin {
+            Origin::Env { .. } if is_secret(key) => Origin::Env { raw: String::new() },
+            Origin::Cli { .. } if is_secret(key) => Origin::Cli { raw: String::new() },
+            other => other,
+        };
         // An empty value is refused rather than read as "use the default": `RTPVISOR_RTP_PORTS=`
         // is far more often a broken template than a request for the default.
         let result = if raw.trim().is_empty() {
