@@ -18,7 +18,8 @@
 #   rtpvisor package (-p) and what it depends on are compiled; bench/ and the tests are not.
 # * The runtime stage is the same sid base (its layers are shared with the builder and the
 #   Asterisk image; the binary needs sid's glibc) plus the binary, run as the non-root user
-#   rtpvisor. No ca-certificates: the binary has no TLS support (ARI is plain http:// on the
+#   rtpvisor. No ca-certificates: for an https:// ARI the binary trusts Mozilla's roots,
+#   compiled in (webpki-roots), or the PEM file in ari.ca_file (ARI is plain http:// on the
 #   compose network). The release profile keeps line tables (debug = 1) for backtraces with
 #   file:line; objcopy compresses them (90 MB -> 26 MB binary), backtraces still resolve.
 # * The healthcheck (GET /ready) is in docker-compose.yml; `bash` (in every Debian image) can

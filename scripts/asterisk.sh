@@ -16,6 +16,20 @@
 #   * SIP transport bind address, same mechanism: pjsip.conf binds 0.0.0.0:5060 and includes
 #     `pjsip_local.conf`, which `start` writes with bind=127.0.0.1:5060 (the `caller` endpoint
 #     takes calls without authentication, so the host exposes it on loopback only).
+#   * ARI over TLS, for tests/e2e_tls.rs: http_local.conf also enables Asterisk's TLS listener
+#     on 127.0.0.1:8089 with a certificate for IP 127.0.0.1 only (no DNS name: a URL with host
+#     `localhost` must fail verification), signed by a test CA. Both are made once with the
+#     openssl CLI under ROOT/var/lib/rtpvisor-test (outside /etc/asterisk, which `start`
+#     replaces) and copied to /etc/asterisk/keys. `tls-ca` prints the CA file's host path.
+#   * A second ARI user for tests/e2e_secrets.rs, `rtpvisor-secret-test`, appended to the
+#     chroot's ari.conf, with a random password made once (ROOT/var/lib/rtpvisor-test/
+#     ari-secret-test.password): distinctive enough to grep rtpvisor's logs for.
+#     `ari-test-user` prints the user and the password file's host path.
+#   The container has neither: compose serves plain HTTP on its private network, with the
+#   users of asterisk-conf/ari.conf only.
+#   An Asterisk already running without these (started by another checkout's copy of this
+#   script) gets them on `start` by `module reload http` / `module reload res_ari.so`: no
+#   restart, live calls and WebSockets stay.
 #   Nothing else differs.
 #
 # Exchanging files with sipp: sipp runs inside the chroot with its working directory at
@@ -49,6 +63,10 @@ PIDFILE="$ROOT/run/rtpvisor-asterisk.pid"       # PID of Asterisk, as seen from 
 CONSOLE_LOG="$ROOT/var/log/rtpvisor-asterisk.out" # Asterisk's stdout/stderr
 MESSAGES_LOG="$ROOT/var/log/asterisk/messages"    # logger.conf's file channel
 SIPP_CWD="/tmp/sipp"                               # inside the chroot
+TLS_DIR="$ROOT/var/lib/rtpvisor-test"             # test CA, Asterisk's TLS certificate, test user
+TLS_PORT=8089
+SECRET_USER="rtpvisor-secret-test"
+SECRET_FILE="$TLS_DIR/ari-secret-test.password"
 
 log() { printf 'asterisk.sh: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -74,6 +92,8 @@ commands:
   cli CMD...    run asterisk -rx "CMD" in the chroot, e.g.: cli 'core show channels'
   sipp ARGS...  run sipp in the chroot, cwd $SIPP_CWD (ROOT$SIPP_CWD on the host)
   root          print ROOT
+  tls-ca        print the path of the test CA (PEM) that signed the TLS listener's certificate
+  ari-test-user print the test ARI user and the path of its password file
   log [ARGS]    tail Asterisk's messages log (ARGS go to tail, default -n 60; e.g. log -f)
 
 sipp files: write scenarios/CSV into "\$(scripts/asterisk.sh root)$SIPP_CWD/" and pass them by
@@ -358,6 +378,108 @@ in_chroot_asterisk_rx() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# TLS for ARI (tests only)
+
+# The test CA and Asterisk's certificate (IP 127.0.0.1 only), made once.
+make_tls_material() {
+    [[ -s $TLS_DIR/server.pem && -s $TLS_DIR/server.key && -s $TLS_DIR/ca.pem && -s $SECRET_FILE ]] && return 0
+    command -v openssl >/dev/null || {
+        log "installing openssl (apt-get)"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssl >/dev/null || die "could not install openssl"
+    }
+    local tmp
+    tmp="$(mktemp -d "$ROOT/var/lib/rtpvisor-tls.tmp.XXXXXX")"
+    (
+        cd "$tmp"
+        openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 3650 \
+            -subj "/CN=rtpvisor test CA" \
+            -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign"
+        openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj "/CN=127.0.0.1"
+        printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n' >server.ext
+        openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem \
+            -days 3650 -extfile server.ext
+        rm -f server.csr server.ext ca.srl
+        printf 'canary-%s\n' "$(openssl rand -hex 20)" >ari-secret-test.password
+    ) >"$tmp.log" 2>&1 || { cat "$tmp.log" >&2; rm -rf "$tmp" "$tmp.log"; die "making the TLS test certificates failed"; }
+    rm -f "$tmp.log"
+    rm -rf "$TLS_DIR"
+    mv -T "$tmp" "$TLS_DIR"
+    chmod 755 "$TLS_DIR"
+    log "tls: made a test CA, a certificate for 127.0.0.1 and a test ARI password in $TLS_DIR"
+}
+
+# Appends the test ARI user to ETC/ari.conf.
+install_secret_user() {
+    local etc="$1"
+    make_tls_material
+    cat >>"$etc/ari.conf" <<EOF
+
+; Written by scripts/asterisk.sh for the host chroot only: a test user whose random password
+; ($SECRET_FILE) tests/e2e_secrets.rs looks for in rtpvisor's logs.
+[$SECRET_USER]
+type = user
+read_only = no
+password = $(head -n1 "$SECRET_FILE")
+password_format = plain
+EOF
+}
+
+secret_user_ok() {
+    [[ -s $SECRET_FILE ]] || return 1
+    curl -fsS --max-time 2 -u "$SECRET_USER:$(head -n1 "$SECRET_FILE")" "$ARI_URL" >/dev/null 2>&1
+}
+
+# Copies the certificate into ETC/keys and appends the TLS listener to ETC/http_local.conf.
+install_tls() {
+    local etc="$1"
+    make_tls_material
+    mkdir -p "$etc/keys"
+    cp "$TLS_DIR/server.pem" "$etc/keys/asterisk.pem"
+    cp "$TLS_DIR/server.key" "$etc/keys/asterisk.key"
+    cat >>"$etc/http_local.conf" <<EOF
+; ARI over TLS for tests/e2e_tls.rs: a certificate for 127.0.0.1 signed by a test CA
+; ($TLS_DIR/ca.pem on the host). Host chroot only.
+tlsenable=yes
+tlsbindaddr=127.0.0.1:$TLS_PORT
+tlscertfile=/etc/asterisk/keys/asterisk.pem
+tlsprivatekey=/etc/asterisk/keys/asterisk.key
+EOF
+}
+
+# The key readable by Asterisk's user only (and root).
+protect_tls_key() {
+    chroot "$ROOT" /bin/sh -ec 'chown root:asterisk /etc/asterisk/keys/asterisk.key && chmod 640 /etc/asterisk/keys/asterisk.key'
+}
+
+# An Asterisk started from a configuration without the TLS listener (another checkout's
+# script) gets it added and `module reload http`: no restart, calls and WebSockets stay.
+ensure_tls_running() {
+    port_busy tcp "$TLS_PORT" && return 0
+    local etc="$ROOT/etc/asterisk"
+    if ! grep -q '^tlsenable=yes' "$etc/http_local.conf" 2>/dev/null; then
+        install_tls "$etc"
+        chmod -R u=rwX,go=rX "$etc/keys" "$etc/http_local.conf"
+        protect_tls_key
+    fi
+    in_chroot_asterisk_rx 'module reload http' >/dev/null || log "warning: 'module reload http' failed"
+    local i
+    for ((i = 0; i < 50; i++)); do
+        port_busy tcp "$TLS_PORT" && { log "start: TLS listener added on 127.0.0.1:$TLS_PORT (http reloaded)"; return 0; }
+        sleep 0.1
+    done
+    log "warning: the TLS listener did not come up on 127.0.0.1:$TLS_PORT after reloading http"
+}
+
+ensure_secret_user_running() {
+    secret_user_ok && return 0
+    local etc="$ROOT/etc/asterisk"
+    grep -q "^\[$SECRET_USER\]" "$etc/ari.conf" 2>/dev/null || install_secret_user "$etc"
+    in_chroot_asterisk_rx 'module reload res_ari.so' >/dev/null || log "warning: 'module reload res_ari.so' failed"
+    secret_user_ok && log "start: test ARI user $SECRET_USER added (res_ari reloaded)" ||
+        log "warning: the test ARI user $SECRET_USER does not authenticate after reloading res_ari"
+}
+
+# ---------------------------------------------------------------------------------------------
 # start / stop
 
 install_conf() {
@@ -378,8 +500,11 @@ EOF
 ; Included by pjsip.conf inside [transport-udp] (#tryinclude); the container binds 0.0.0.0.
 bind=127.0.0.1:5060
 EOF
+    install_tls "$etc"
+    install_secret_user "$etc"
     chown -R root:root "$etc"
     chmod -R u=rwX,go=rX "$etc"
+    protect_tls_key
 }
 
 # wait_exit PID TENTHS: wait up to TENTHS/10 s for PID to exit; fails if it still runs.
@@ -429,12 +554,15 @@ cmd_start() {
     if pid="$(our_pid)"; then
         if ari_ok; then
             log "start: Asterisk is already running and healthy (PID $pid, ARI answers)"
+            ensure_tls_running
+            ensure_secret_user_running
             return 0
         fi
         die "start: Asterisk is already running (PID $pid) but ARI does not answer at $ARI_URL; try: $0 stop"
     fi
 
     check_port_free tcp 8088
+    check_port_free tcp "$TLS_PORT"
     check_port_free udp 5060
 
     local t0
@@ -559,6 +687,8 @@ main() {
         cli) cmd_cli "$@" ;;
         sipp) cmd_sipp "$@" ;;
         root) printf '%s\n' "$ROOT" ;;
+        tls-ca) printf '%s\n' "$TLS_DIR/ca.pem" ;;
+        ari-test-user) printf '%s %s\n' "$SECRET_USER" "$SECRET_FILE" ;;
         log) cmd_log "$@" ;;
         -h | --help | help) usage ;;
         "") usage >&2; exit 2 ;;

@@ -13,6 +13,28 @@ use rtpvisor_actors::mode::CallMode;
 use rtpvisor_actors::ports::PortRange;
 
 use crate::config::Config;
+use crate::http::ApiAuth;
+
+/// Who may use the API, from `http.token` (or its file).
+pub fn api_auth(cfg: &Config) -> ApiAuth {
+    match &cfg.http.token {
+        Some(token) => ApiAuth::bearer(token.to_secret_string()),
+        None => ApiAuth::open(),
+    }
+}
+
+/// The warning to log at start, if any: an API without a token that other hosts can reach.
+pub fn open_api_warning(cfg: &Config) -> Option<String> {
+    let addr = cfg.http.addr;
+    if cfg.http.token.is_some() || addr.ip().is_loopback() {
+        return None;
+    }
+    Some(format!(
+        "the HTTP API on {addr} is reachable from other hosts and has no token: anyone who \
+         reaches it reads calls and metrics; set http.token or http.token_file \
+         (RTPVISOR_HTTP_TOKEN / RTPVISOR_HTTP_TOKEN_FILE), or bind http.addr to 127.0.0.1"
+    ))
+}
 
 /// Maps the validated configuration onto what the actor system takes.
 pub fn service_config(cfg: &Config) -> anyhow::Result<ServiceConfig> {
@@ -21,7 +43,8 @@ pub fn service_config(cfg: &Config) -> anyhow::Result<ServiceConfig> {
         ari: AriSettings {
             url: cfg.ari.url.trim_end_matches('/').to_string(),
             user: cfg.ari.user.clone(),
-            password: cfg.ari.password.clone(),
+            password: cfg.ari.password.to_secret_string(),
+            ca_file: cfg.ari.ca_file.as_ref().map(std::path::PathBuf::from),
             app: cfg.ari.app.clone(),
             request_timeout: Duration::from_millis(cfg.ari.request_timeout_ms),
         },
@@ -60,12 +83,18 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let svc_cfg = service_config(&cfg)?;
     failure::install_panic_hook();
     if cfg.faults.enabled {
-        log::warn!("fault injection is ENABLED (/faults/... routes): for tests only");
+        log::warn!("fault injection is ENABLED (/faults/... routes, behind the API token): for tests only");
+    }
+    if let Some(warning) = open_api_warning(&cfg) {
+        log::warn!("{warning}");
     }
     let service = Service::start(svc_cfg).await?;
     actix_rt::spawn(watchdog(service.clone()));
     let data = web::Data::new(service.clone());
-    let server = HttpServer::new(move || App::new().app_data(data.clone()).configure(crate::http::configure))
+    let auth = api_auth(&cfg);
+    let server = HttpServer::new(move || {
+        App::new().app_data(data.clone()).configure(crate::http::configure(auth.clone()))
+    })
         .workers(1)
         .disable_signals()
         .shutdown_timeout(2)
@@ -75,11 +104,17 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let handle = server.handle();
     let server_task = actix_rt::spawn(server);
     log::info!(
-        "rtpvisor {} serving HTTP on {}, ARI {} app {}",
+        "rtpvisor {} serving HTTP on {} ({}), ARI {} app {}{}",
         env!("CARGO_PKG_VERSION"),
         cfg.http.addr,
+        if cfg.http.token.is_some() { "token required" } else { "no token" },
         cfg.ari.url,
-        cfg.ari.app
+        cfg.ari.app,
+        match &cfg.ari.ca_file {
+            Some(path) if cfg.ari.url.starts_with("https://") => format!(" (TLS, CA file {path})"),
+            _ if cfg.ari.url.starts_with("https://") => " (TLS, Mozilla's roots)".to_owned(),
+            _ => String::new(),
+        }
     );
 
     let signal = wait_for_signal().await;
@@ -131,5 +166,35 @@ async fn wait_for_signal() -> &'static str {
     tokio::select! {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+
+    #[test]
+    fn an_open_api_off_loopback_is_warned_about() {
+        let mut cfg = Config::default();
+        let warning = open_api_warning(&cfg).expect("0.0.0.0 without a token");
+        assert!(warning.contains("0.0.0.0:9090") && warning.contains("http.token"), "{warning}");
+        cfg.http.addr = "127.0.0.1:9090".parse().unwrap();
+        assert_eq!(open_api_warning(&cfg), None);
+        cfg.http.addr = "[::1]:9090".parse().unwrap();
+        assert_eq!(open_api_warning(&cfg), None);
+        cfg.http.addr = "0.0.0.0:9090".parse().unwrap();
+        cfg.http.token = Some(Secret::new("0123456789abcdef"));
+        assert_eq!(open_api_warning(&cfg), None);
+    }
+
+    #[test]
+    fn service_settings_keep_the_password_secret() {
+        let mut cfg = Config::default();
+        cfg.ari.password = Secret::new("Zq9-distinctive-pw");
+        let settings = service_config(&cfg).unwrap();
+        assert_eq!(secrecy::ExposeSecret::expose_secret(&settings.ari.password), "Zq9-distinctive-pw");
+        let shown = format!("{settings:?}");
+        assert!(!shown.contains("Zq9"), "{shown}");
     }
 }

@@ -3,9 +3,14 @@
 //!
 //! This module owns the name of every setting in each source (file key, environment variable,
 //! flag), parsing and validation of the values, and the one-line errors that say which setting was
-//! bad and where the bad value came from. Its only IO is reading the config file in
-//! [`Config::load`]; it never reads the process environment itself (the caller passes a lookup),
-//! so tests inject their own environment.
+//! bad and where the bad value came from. Its only IO is reading files named by settings: the
+//! config file in [`Config::load`], and the secret and CA files (`ari.password_file`,
+//! `http.token_file`, `ari.ca_file`) once every source is merged; it never reads the process
+//! environment itself (the caller passes a lookup), so tests inject their own environment.
+//!
+//! Secrets (the ARI password, the API token) are held in [`Secret`] (a `secrecy::SecretString`):
+//! `Debug`, serialization (`--print-config`) and every error message show [`REDACTED`] or
+//! `(hidden)`, never the value.
 //!
 //! Every source goes through the same string parser per setting ([`Config::set`]), so a value is
 //! judged the same way wherever it was written and the messages are uniform.
@@ -14,10 +19,77 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Serialize, Serializer};
 
-/// What the password serializes as, so `--print-config` and `GET /config` never show it.
+/// What a secret serializes as, so `--print-config` never shows it.
 pub const REDACTED: &str = "***";
+
+/// The development password of `asterisk-conf/ari.conf`, refused toward a non-loopback ARI host
+/// unless `ari.allow_dev_password`.
+pub const DEV_PASSWORD: &str = "rtpvisor";
+
+/// Shortest API token accepted: a guessable token protects nothing.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// A secret setting (the ARI password, the API token). The value lives in a
+/// `secrecy::SecretString` (zeroed on drop); `Debug` and serialization show [`REDACTED`].
+/// Equality compares the values, for tests of the configuration.
+#[derive(Clone)]
+pub struct Secret {
+    value: SecretString,
+    /// Read from a `*_file` setting: then `--print-config` leaves the value out and shows the
+    /// file setting, so the printed configuration reads the same file back.
+    from_file: bool,
+}
+
+impl Secret {
+    pub fn new(value: &str) -> Self {
+        Secret { value: SecretString::from(value.to_owned()), from_file: false }
+    }
+
+    fn read_from_file(value: &str) -> Self {
+        Secret { value: SecretString::from(value.to_owned()), from_file: true }
+    }
+
+    /// The value, for the one place that must send it (an `Authorization` header, a compare).
+    pub fn expose(&self) -> &str {
+        self.value.expose_secret()
+    }
+
+    /// A copy in secrecy's own type, for the actor system's settings.
+    pub fn to_secret_string(&self) -> SecretString {
+        SecretString::from(self.expose().to_owned())
+    }
+
+    /// Whether the value came from a `*_file` setting.
+    pub fn is_from_file(&self) -> bool {
+        self.from_file
+    }
+}
+
+impl PartialEq for Secret {
+    fn eq(&self, other: &Self) -> bool {
+        self.expose() == other.expose() && self.from_file == other.from_file
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(REDACTED)
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(REDACTED)
+    }
+}
+
+/// A token read from its file is not printed (the file setting is).
+fn token_not_printed(token: &Option<Secret>) -> bool {
+    token.as_ref().is_none_or(Secret::is_from_file)
+}
 
 /// Upper bound for most millisecond settings. Anything longer is almost certainly a unit mistake
 /// (seconds typed as milliseconds times 1000), and would make shutdown or reconnects look hung.
@@ -122,16 +194,27 @@ pub struct Config {
 }
 
 /// Connection to Asterisk ARI.
-// Debug is written by hand (below) so logging a Config never prints the password.
-#[derive(Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AriConfig {
-    /// Base URL of ARI, `http://` or `https://`, without a trailing slash.
+    /// Base URL of ARI, `http://` or `https://`, without a trailing slash (and without
+    /// credentials: those are refused in a URL, which ends up in logs).
     pub url: String,
     /// ARI user (HTTP basic auth; cannot contain ':').
     pub user: String,
-    /// ARI password. Serialized as [`REDACTED`].
-    #[serde(serialize_with = "serialize_redacted")]
-    pub password: String,
+    /// ARI password, or the content of `password_file`. Serialized as [`REDACTED`], left out
+    /// when it came from the file.
+    #[serde(skip_serializing_if = "Secret::is_from_file")]
+    pub password: Secret,
+    /// File holding the ARI password (a Docker secret); its trailing newline is dropped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<String>,
+    /// Allow the development password toward a non-loopback ARI host (a private network that
+    /// only the two containers share, as in docker-compose.yml).
+    pub allow_dev_password: bool,
+    /// PEM file with the CA certificate(s) that signed Asterisk's TLS certificate (`https://`
+    /// only); unset: Mozilla's roots, compiled in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
     /// Stasis application name; it goes into the events URL and REST paths unescaped.
     pub app: String,
     /// First reconnect delay after the events WebSocket drops.
@@ -189,6 +272,13 @@ pub struct EchoConfig {
 pub struct HttpConfig {
     /// Where the HTTP API listens (port 0: the OS picks one, handy in tests).
     pub addr: SocketAddr,
+    /// Bearer token every route but `/health` and `/ready` requires; `None`: the API is open
+    /// (a warning at start when `addr` is not loopback). Serialized as [`REDACTED`].
+    #[serde(skip_serializing_if = "token_not_printed")]
+    pub token: Option<Secret>,
+    /// File holding the token (a Docker secret); its trailing newline is dropped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<String>,
 }
 
 /// Restart intensity, OTP style: how many actor failures (panics) are tolerated within a sliding
@@ -279,32 +369,15 @@ impl Serialize for PortRangeSetting {
     }
 }
 
-fn serialize_redacted<S: Serializer>(_secret: &str, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.serialize_str(REDACTED)
-}
-
-impl fmt::Debug for AriConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AriConfig")
-            .field("url", &self.url)
-            .field("user", &self.user)
-            .field("password", &REDACTED)
-            .field("app", &self.app)
-            .field("reconnect_min_ms", &self.reconnect_min_ms)
-            .field("reconnect_max_ms", &self.reconnect_max_ms)
-            .field("request_timeout_ms", &self.request_timeout_ms)
-            .field("ping_interval_ms", &self.ping_interval_ms)
-            .field("ping_timeout_ms", &self.ping_timeout_ms)
-            .finish()
-    }
-}
-
 impl Default for AriConfig {
     fn default() -> Self {
         AriConfig {
             url: "http://127.0.0.1:8088/ari".into(),
             user: "rtpvisor".into(),
-            password: "rtpvisor".into(),
+            password: Secret::new(DEV_PASSWORD),
+            password_file: None,
+            allow_dev_password: false,
+            ca_file: None,
             app: "rtpvisor".into(),
             reconnect_min_ms: 200,
             reconnect_max_ms: 5000,
@@ -348,6 +421,8 @@ impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             addr: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 9090)),
+            token: None,
+            token_file: None,
         }
     }
 }
@@ -402,7 +477,16 @@ pub struct Cli {
     pub ari_user: Option<String>,
     /// ARI password; prefer the env var or file, flags are visible in `ps` [default: rtpvisor] [env: RTPVISOR_ARI_PASSWORD]
     #[arg(long, value_name = "PASSWORD")]
-    pub ari_password: Option<String>,
+    pub ari_password: Option<CliSecret>,
+    /// File holding the ARI password (e.g. a Docker secret), trailing newline dropped; excludes --ari-password [default: none] [env: RTPVISOR_ARI_PASSWORD_FILE]
+    #[arg(long, value_name = "FILE")]
+    pub ari_password_file: Option<String>,
+    /// Allow the development password (rtpvisor) toward a non-loopback ARI host [default: false] [env: RTPVISOR_ARI_ALLOW_DEV_PASSWORD]
+    #[arg(long, value_name = "BOOL")]
+    pub ari_allow_dev_password: Option<String>,
+    /// PEM file of the CA that signed Asterisk's certificate, for https:// ARI [default: none] [env: RTPVISOR_ARI_CA_FILE]
+    #[arg(long, value_name = "FILE")]
+    pub ari_ca_file: Option<String>,
     /// Stasis application name [default: rtpvisor] [env: RTPVISOR_ARI_APP]
     #[arg(long, value_name = "NAME")]
     pub ari_app: Option<String>,
@@ -454,6 +538,12 @@ pub struct Cli {
     /// Listen address of the HTTP API, IP:PORT [default: 0.0.0.0:9090] [env: RTPVISOR_HTTP_ADDR]
     #[arg(long, value_name = "IP:PORT")]
     pub http_addr: Option<String>,
+    /// Bearer token required by every HTTP route but /health and /ready, at least 16 visible ASCII characters; prefer the env var or file [default: none] [env: RTPVISOR_HTTP_TOKEN]
+    #[arg(long, value_name = "TOKEN")]
+    pub http_token: Option<CliSecret>,
+    /// File holding the HTTP API token (e.g. a Docker secret), trailing newline dropped; excludes --http-token [default: none] [env: RTPVISOR_HTTP_TOKEN_FILE]
+    #[arg(long, value_name = "FILE")]
+    pub http_token_file: Option<String>,
     /// Actor failures (panics) tolerated within the restart window before the service escalates, 1-1000 [default: 5] [env: RTPVISOR_MAX_RESTARTS]
     #[arg(long, value_name = "N")]
     pub max_restarts: Option<String>,
@@ -474,12 +564,44 @@ pub struct Cli {
     pub print_config: bool,
 }
 
+/// A secret given as a flag: `Debug` of the [`Cli`] shows [`REDACTED`] for it.
+#[derive(Clone)]
+pub struct CliSecret(SecretString);
+
+impl std::str::FromStr for CliSecret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Ok(CliSecret(SecretString::from(text.to_owned())))
+    }
+}
+
+impl PartialEq for CliSecret {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.expose_secret() == other.0.expose_secret()
+    }
+}
+
+impl fmt::Debug for CliSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(REDACTED)
+    }
+}
+
+/// The text of a secret flag, for the parser.
+fn exposed_flag(value: &Option<CliSecret>) -> Option<&str> {
+    value.as_ref().map(|s| s.0.expose_secret())
+}
+
 impl Cli {
     fn value(&self, key: Key) -> Option<&str> {
         let value = match key {
             Key::AriUrl => &self.ari_url,
             Key::AriUser => &self.ari_user,
-            Key::AriPassword => &self.ari_password,
+            Key::AriPassword => return exposed_flag(&self.ari_password),
+            Key::AriPasswordFile => &self.ari_password_file,
+            Key::AriAllowDevPassword => &self.ari_allow_dev_password,
+            Key::AriCaFile => &self.ari_ca_file,
             Key::AriApp => &self.ari_app,
             Key::AriRequestTimeoutMs => &self.ari_request_timeout_ms,
             Key::MediaHost => &self.media_host,
@@ -498,6 +620,8 @@ impl Cli {
             Key::EchoAddr => &self.echo_addr,
             Key::EchoHost => &self.echo_host,
             Key::HttpAddr => &self.http_addr,
+            Key::HttpToken => return exposed_flag(&self.http_token),
+            Key::HttpTokenFile => &self.http_token_file,
             Key::MaxRestarts => &self.max_restarts,
             Key::RestartWindowMs => &self.restart_window_ms,
             Key::FaultInjection => &self.fault_injection,
@@ -514,6 +638,9 @@ enum Key {
     AriUrl,
     AriUser,
     AriPassword,
+    AriPasswordFile,
+    AriAllowDevPassword,
+    AriCaFile,
     AriApp,
     AriReconnectMinMs,
     AriReconnectMaxMs,
@@ -534,6 +661,8 @@ enum Key {
     EchoAddr,
     EchoHost,
     HttpAddr,
+    HttpToken,
+    HttpTokenFile,
     MaxRestarts,
     RestartWindowMs,
     FaultInjection,
@@ -589,6 +718,9 @@ const SPECS: &[Spec] = &[
     Spec { key: Key::AriUrl, path: "ari.url", env: Some("RTPVISOR_ARI_URL"), flag: Some("--ari-url"), kind: Kind::Str },
     Spec { key: Key::AriUser, path: "ari.user", env: Some("RTPVISOR_ARI_USER"), flag: Some("--ari-user"), kind: Kind::Str },
     Spec { key: Key::AriPassword, path: "ari.password", env: Some("RTPVISOR_ARI_PASSWORD"), flag: Some("--ari-password"), kind: Kind::Str },
+    Spec { key: Key::AriPasswordFile, path: "ari.password_file", env: Some("RTPVISOR_ARI_PASSWORD_FILE"), flag: Some("--ari-password-file"), kind: Kind::Str },
+    Spec { key: Key::AriAllowDevPassword, path: "ari.allow_dev_password", env: Some("RTPVISOR_ARI_ALLOW_DEV_PASSWORD"), flag: Some("--ari-allow-dev-password"), kind: Kind::Bool },
+    Spec { key: Key::AriCaFile, path: "ari.ca_file", env: Some("RTPVISOR_ARI_CA_FILE"), flag: Some("--ari-ca-file"), kind: Kind::Str },
     Spec { key: Key::AriApp, path: "ari.app", env: Some("RTPVISOR_ARI_APP"), flag: Some("--ari-app"), kind: Kind::Str },
     Spec { key: Key::AriReconnectMinMs, path: "ari.reconnect_min_ms", env: None, flag: None, kind: Kind::Int },
     Spec { key: Key::AriReconnectMaxMs, path: "ari.reconnect_max_ms", env: None, flag: None, kind: Kind::Int },
@@ -608,6 +740,8 @@ const SPECS: &[Spec] = &[
     Spec { key: Key::EchoAddr, path: "echo.addr", env: Some("RTPVISOR_ECHO_ADDR"), flag: Some("--echo-addr"), kind: Kind::Str },
     Spec { key: Key::EchoHost, path: "echo.host", env: Some("RTPVISOR_ECHO_HOST"), flag: Some("--echo-host"), kind: Kind::Str },
     Spec { key: Key::HttpAddr, path: "http.addr", env: Some("RTPVISOR_HTTP_ADDR"), flag: Some("--http-addr"), kind: Kind::Str },
+    Spec { key: Key::HttpToken, path: "http.token", env: Some("RTPVISOR_HTTP_TOKEN"), flag: Some("--http-token"), kind: Kind::Str },
+    Spec { key: Key::HttpTokenFile, path: "http.token_file", env: Some("RTPVISOR_HTTP_TOKEN_FILE"), flag: Some("--http-token-file"), kind: Kind::Str },
     Spec { key: Key::MaxRestarts, path: "supervision.max_restarts", env: Some("RTPVISOR_MAX_RESTARTS"), flag: Some("--max-restarts"), kind: Kind::Int },
     Spec { key: Key::RestartWindowMs, path: "supervision.window_ms", env: Some("RTPVISOR_RESTART_WINDOW_MS"), flag: Some("--restart-window-ms"), kind: Kind::Int },
     Spec { key: Key::MediaStallMs, path: "supervision.media_stall_ms", env: Some("RTPVISOR_MEDIA_STALL_MS"), flag: Some("--media-stall-ms"), kind: Kind::Int },
@@ -647,8 +781,10 @@ impl Origin {
     /// never shown.
     fn describe(&self, spec: &Spec, config: &Config) -> String {
         let shown = |raw: &str| {
-            if spec.key == Key::AriPassword {
+            if is_secret(spec.key) {
                 "(hidden)".to_owned()
+            } else if spec.key == Key::AriUrl {
+                format!("{:?}", hide_url_credentials(raw))
             } else {
                 format!("{raw:?}")
             }
@@ -708,6 +844,12 @@ impl Draft {
     /// source overrides: a broken variable left in a unit file should not wait to bite until the
     /// flag that hides it is removed.
     fn set(&mut self, key: Key, raw: &str, origin: Origin) -> Result<(), ConfigError> {
+        // A secret's origin keeps no copy of it (messages show `(hidden)` anyway).
+        let origin = match origin {
+            Origin::Env { .. } if is_secret(key) => Origin::Env { raw: String::new() },
+            Origin::Cli { .. } if is_secret(key) => Origin::Cli { raw: String::new() },
+            other => other,
+        };
         // An empty value is refused rather than read as "use the default": `RTPVISOR_RTP_PORTS=`
         // is far more often a broken template than a request for the default.
         let result = if raw.trim().is_empty() {
@@ -779,7 +921,7 @@ impl Draft {
             (kind, other) => {
                 let got = match other {
                     Value::Array(_) | Value::Table(_) => other.type_str().to_owned(),
-                    _ if spec.key == Key::AriPassword => other.type_str().to_owned(),
+                    _ if is_secret(spec.key) => other.type_str().to_owned(),
                     _ => format!("{} {other}", other.type_str()),
                 };
                 let reason = format!("expected {}, got {got}", kind.expected());
@@ -789,8 +931,9 @@ impl Draft {
         self.set(spec.key, &raw, origin)
     }
 
-    /// Checks between settings, after all sources are merged.
-    fn finish(self) -> Result<Config, ConfigError> {
+    /// Checks between settings, after all sources are merged, and the files they name.
+    fn finish(mut self) -> Result<Config, ConfigError> {
+        self.read_files()?;
         let config = &self.config;
         let (ports, echo_port) = (config.media.rtp_ports, config.echo.addr.port());
         // Both are UDP: a call leased the echo port would fail to bind or steal echo traffic.
@@ -817,7 +960,75 @@ impl Draft {
                 ),
             ));
         }
+        if ari.password.expose() == DEV_PASSWORD && !ari.allow_dev_password {
+            let host = url_host(&ari.url);
+            if !is_loopback_host(host) {
+                let why = format!(
+                    "the development ARI password is refused toward the non-loopback host {host}; \
+                     set Asterisk's real password (ari.password or ari.password_file), or \
+                     ari.allow_dev_password (RTPVISOR_ARI_ALLOW_DEV_PASSWORD) on a private network"
+                );
+                let password_key = if ari.password.is_from_file() { Key::AriPasswordFile } else { Key::AriPassword };
+                return Err(self.conflict(Key::AriUrl, why.clone(), password_key, why));
+            }
+        }
+        if config.faults.enabled && config.http.token.is_none() {
+            return Err(self.invalid(
+                Key::FaultInjection,
+                self.origin(Key::FaultInjection),
+                "the /faults routes need an API token: set http.token (RTPVISOR_HTTP_TOKEN) or \
+                 http.token_file (RTPVISOR_HTTP_TOKEN_FILE)"
+                    .into(),
+            ));
+        }
         Ok(self.config)
+    }
+
+    /// Reads the files named by `ari.password_file`, `http.token_file` and `ari.ca_file`. A
+    /// secret set both directly and by file is refused: which one was meant is not clear.
+    fn read_files(&mut self) -> Result<(), ConfigError> {
+        let both = |value: Key, file: Key| {
+            format!("set either {} or {}, not both", spec(value).path, spec(file).path)
+        };
+        if let Some(path) = self.config.ari.password_file.clone() {
+            if self.origin(Key::AriPassword) != &Origin::Default {
+                let why = both(Key::AriPassword, Key::AriPasswordFile);
+                return Err(self.conflict(Key::AriPasswordFile, why.clone(), Key::AriPassword, why));
+            }
+            let password = self.read_secret(Key::AriPasswordFile, &path, parse_password)?;
+            self.config.ari.password = Secret::read_from_file(&password);
+        }
+        if let Some(path) = self.config.http.token_file.clone() {
+            if self.origin(Key::HttpToken) != &Origin::Default {
+                let why = both(Key::HttpToken, Key::HttpTokenFile);
+                return Err(self.conflict(Key::HttpTokenFile, why.clone(), Key::HttpToken, why));
+            }
+            let token = self.read_secret(Key::HttpTokenFile, &path, parse_token)?;
+            self.config.http.token = Some(Secret::read_from_file(&token));
+        }
+        if let Some(path) = &self.config.ari.ca_file {
+            if let Err(e) = rtpvisor_actors::ari::tls::load_ca_file(std::path::Path::new(path)) {
+                return Err(self.invalid(Key::AriCaFile, self.origin(Key::AriCaFile), e.to_string()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The content of a secret file without its trailing newline, judged by `parse`; errors
+    /// never show the content.
+    fn read_secret(
+        &self,
+        key: Key,
+        path: &str,
+        parse: fn(&str) -> Result<String, String>,
+    ) -> Result<String, ConfigError> {
+        let fail = |reason: String| self.invalid(key, self.origin(key), reason);
+        let text = std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read it: {e}")))?;
+        let value = text.trim_end_matches(['\n', '\r']);
+        if value.is_empty() {
+            return Err(fail("the file is empty".into()));
+        }
+        parse(value).map_err(|reason| fail(format!("the file's content {reason}")))
     }
 
     /// Two settings that are fine alone but not together. The one from the higher-precedence
@@ -947,7 +1158,10 @@ impl Config {
         match key {
             Key::AriUrl => self.ari.url = parse_url(raw)?,
             Key::AriUser => self.ari.user = parse_user(raw)?,
-            Key::AriPassword => self.ari.password = raw.to_owned(),
+            Key::AriPassword => self.ari.password = Secret::new(&parse_password(raw)?),
+            Key::AriPasswordFile => self.ari.password_file = Some(parse_path(raw)?),
+            Key::AriAllowDevPassword => self.ari.allow_dev_password = parse_bool(raw)?,
+            Key::AriCaFile => self.ari.ca_file = Some(parse_path(raw)?),
             Key::AriApp => self.ari.app = parse_app(raw)?,
             Key::AriReconnectMinMs => {
                 self.ari.reconnect_min_ms = parse_ms(raw, 1..=MAX_DURATION_MS)?
@@ -992,6 +1206,8 @@ impl Config {
             }
             Key::EchoHost => self.echo.host = Some(parse_host(raw)?),
             Key::HttpAddr => self.http.addr = parse_socket_addr(raw)?,
+            Key::HttpToken => self.http.token = Some(Secret::new(&parse_token(raw)?)),
+            Key::HttpTokenFile => self.http.token_file = Some(parse_path(raw)?),
             Key::MaxRestarts => self.supervision.max_restarts = parse_max_restarts(raw)?,
             Key::RestartWindowMs => {
                 self.supervision.window_ms = parse_ms(raw, RESTART_WINDOW_RANGE_MS)?
@@ -1004,12 +1220,16 @@ impl Config {
         Ok(())
     }
 
-    /// The value of `key` in the text form the sources accept (password redacted).
+    /// The value of `key` in the text form the sources accept (secrets redacted; `none` for an
+    /// unset file or token).
     fn value_text(&self, key: Key) -> String {
         match key {
             Key::AriUrl => self.ari.url.clone(),
             Key::AriUser => self.ari.user.clone(),
             Key::AriPassword => REDACTED.to_owned(),
+            Key::AriPasswordFile => self.ari.password_file.clone().unwrap_or_else(|| "none".into()),
+            Key::AriAllowDevPassword => self.ari.allow_dev_password.to_string(),
+            Key::AriCaFile => self.ari.ca_file.clone().unwrap_or_else(|| "none".into()),
             Key::AriApp => self.ari.app.clone(),
             Key::AriReconnectMinMs => self.ari.reconnect_min_ms.to_string(),
             Key::AriReconnectMaxMs => self.ari.reconnect_max_ms.to_string(),
@@ -1034,6 +1254,11 @@ impl Config {
                 .clone()
                 .unwrap_or_else(|| "media.host".into()),
             Key::HttpAddr => self.http.addr.to_string(),
+            Key::HttpToken => match self.http.token {
+                Some(_) => REDACTED.to_owned(),
+                None => "none".into(),
+            },
+            Key::HttpTokenFile => self.http.token_file.clone().unwrap_or_else(|| "none".into()),
             Key::MaxRestarts => self.supervision.max_restarts.to_string(),
             Key::RestartWindowMs => self.supervision.window_ms.to_string(),
             Key::FaultInjection => self.faults.enabled.to_string(),
@@ -1053,8 +1278,86 @@ fn parse_url(raw: &str) -> Result<String, String> {
     if rest.is_empty() || rest.starts_with('/') {
         return Err("has no host after the scheme".into());
     }
+    // A URL is logged and shown in /ready; a password in it would be too.
+    if authority(rest).contains('@') {
+        return Err(
+            "must not contain credentials (user:password@): set ari.user and ari.password \
+             (or ari.password_file) instead"
+                .into(),
+        );
+    }
     // The ARI client appends paths like "/channels"; a trailing slash would double it.
     Ok(raw.trim_end_matches('/').to_owned())
+}
+
+/// The authority of a URL without its scheme: everything before the first '/', '?' or '#'.
+fn authority(rest: &str) -> &str {
+    rest.split(['/', '?', '#']).next().unwrap_or(rest)
+}
+
+/// `raw` with any `userinfo@` of its authority replaced by `***@`, for error messages.
+fn hide_url_credentials(raw: &str) -> String {
+    let (scheme, rest) = raw.split_once("://").unwrap_or(("", raw));
+    let auth = authority(rest);
+    match auth.rfind('@') {
+        Some(at) => {
+            let sep = if scheme.is_empty() { "" } else { "://" };
+            format!("{scheme}{sep}***{}", &rest[at..])
+        }
+        None => raw.to_owned(),
+    }
+}
+
+/// The host of a validated ARI URL (without port or IPv6 brackets).
+fn url_host(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let auth = authority(rest);
+    if let Some(v6) = auth.strip_prefix('[') {
+        return v6.split(']').next().unwrap_or(v6);
+    }
+    auth.rsplit_once(':').map_or(auth, |(host, _)| host)
+}
+
+/// Loopback: `localhost` or an address in 127.0.0.0/8 or ::1.
+fn is_loopback_host(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Settings whose values never appear in messages.
+fn is_secret(key: Key) -> bool {
+    matches!(key, Key::AriPassword | Key::HttpToken)
+}
+
+fn parse_password(raw: &str) -> Result<String, String> {
+    // It goes into a header (base64 keeps any byte safe), but a line break is a paste accident.
+    if raw.chars().any(char::is_control) {
+        return Err("must not contain control characters".into());
+    }
+    Ok(raw.to_owned())
+}
+
+/// RFC 6750 sends the token in a header: visible ASCII, no spaces; long enough not to guess.
+fn parse_token(raw: &str) -> Result<String, String> {
+    if !raw.chars().all(|c| c.is_ascii_graphic()) {
+        return Err("must be visible ASCII without spaces (it goes into an HTTP header)".into());
+    }
+    if raw.len() < MIN_TOKEN_LEN {
+        return Err(format!(
+            "must be at least {MIN_TOKEN_LEN} characters (e.g. `openssl rand -hex 32`)"
+        ));
+    }
+    if raw.len() > 4096 {
+        return Err("must be at most 4096 characters".into());
+    }
+    Ok(raw.to_owned())
+}
+
+fn parse_path(raw: &str) -> Result<String, String> {
+    if raw.chars().any(char::is_control) {
+        return Err("must not contain control characters".into());
+    }
+    Ok(raw.to_owned())
 }
 
 fn parse_user(raw: &str) -> Result<String, String> {
@@ -1254,16 +1557,70 @@ mod tests {
         }
     }
 
+    /// A file under a per-process temp directory with `text`, made once; its path lives for the
+    /// whole test run (samples of the `*_file` settings).
+    fn sample_file(name: &str, text: &str) -> &'static str {
+        use std::sync::Mutex;
+        static MADE: Mutex<Vec<(String, &'static str)>> = Mutex::new(Vec::new());
+        let mut made = MADE.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, path)) = made.iter().find(|(n, _)| n == name) {
+            return path;
+        }
+        let dir = std::env::temp_dir().join(format!("rtpvisor-config-samples-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        let path: &'static str = Box::leak(path.to_str().unwrap().to_owned().into_boxed_str());
+        made.push((name.to_owned(), path));
+        path
+    }
+
+    /// A CA certificate in PEM (a self-signed test CA).
+    const CA_PEM: &str = "-----BEGIN CERTIFICATE-----
+MIIBizCCATGgAwIBAgIUMuvBIkRvSsDi07Vt+PcJxZ599pswCgYIKoZIzj0EAwIw
+GzEZMBcGA1UEAwwQcnRwdmlzb3IgdGVzdCBDQTAeFw0yNjEyMDIxMzI4NDdaFw0z
+NjExMjkxMzI4NDdaMBsxGTAXBgNVBAMMEHJ0cHZpc29yIHRlc3QgQ0EwWTATBgcq
+hkjOPQIBBggqhkjOPQMBBwNCAAS3mlgfXIqWKGcyLAUEqvSc6r4Mxn7el7oPYiC/
+BDnn90oZevYq2kYDock1gDIwjG6s7C/JfYzKB2ln3p/apjkso1MwUTAdBgNVHQ4E
+FgQUyd82pGwNfgy2L1nsEIDpfSfXob4wHwYDVR0jBBgwFoAUyd82pGwNfgy2L1ns
+EIDpfSfXob4wDwYDVR0TAQH/BAUwAwEB/zAKBggqhkjOPQQDAgNIADBFAiB7rxp1
+cZs2HdjlgtSnr/wyR7yvbuuaQ6bwr+2NHTJyKQIhAPbzHwzpJm2u64EmqyGOAXd/
+0Poq4ECIJJ9Rhp2xyiMY
+-----END CERTIFICATE-----
+";
+
+    /// A valid API token for tests that need one (fault injection).
+    const TOKEN: &str = "test-token-0123456789abcdef";
+
+    /// Settings a sample of `key` needs beside it to be valid: fault injection needs a token.
+    fn companion_env(key: Key) -> Vec<(&'static str, &'static str)> {
+        match key {
+            Key::FaultInjection => vec![("RTPVISOR_HTTP_TOKEN", TOKEN)],
+            _ => Vec::new(),
+        }
+    }
+
     /// Three distinct valid values per setting (file, env, cli), in canonical text form.
     fn samples(key: Key) -> [&'static str; 3] {
         match key {
             Key::AriUrl => [
-                "http://a:8088/ari",
-                "https://b/ari",
+                "http://127.0.0.1:8088/ari",
+                "https://localhost/ari",
                 "http://[::1]:8088/ari",
             ],
             Key::AriUser => ["fileuser", "envuser", "cliuser"],
             Key::AriPassword => ["filepw", "envpw", "clipw"],
+            Key::AriPasswordFile => [
+                sample_file("pw1", "file-pw-1\n"),
+                sample_file("pw2", "file-pw-2"),
+                sample_file("pw3", "file-pw-3\r\n"),
+            ],
+            Key::AriAllowDevPassword => ["true", "false", "true"],
+            Key::AriCaFile => [
+                sample_file("ca1.pem", CA_PEM),
+                sample_file("ca2.pem", CA_PEM),
+                sample_file("ca3.pem", CA_PEM),
+            ],
             Key::AriApp => ["file-app", "env_app", "cli.app"],
             Key::AriReconnectMinMs => ["100", "150", "250"],
             Key::AriReconnectMaxMs => ["6000", "7000", "8000"],
@@ -1284,6 +1641,12 @@ mod tests {
             Key::EchoAddr => ["127.0.0.1:4001", "[::1]:4002", "0.0.0.0:4003"],
             Key::EchoHost => ["echo.example", "10.1.1.1", "fe80::1"],
             Key::HttpAddr => ["127.0.0.1:0", "[::]:9091", "0.0.0.0:80"],
+            Key::HttpToken => ["file-token-0123456789", "env-token-0123456789", "cli-token-0123456789"],
+            Key::HttpTokenFile => [
+                sample_file("token1", "file-token-1-0123456789\n"),
+                sample_file("token2", "file-token-2-0123456789"),
+                sample_file("token3", "file-token-3-0123456789\n"),
+            ],
             Key::MaxRestarts => ["1", "20", "1000"],
             Key::RestartWindowMs => ["100", "2500", "600000"],
             Key::FaultInjection => ["true", "false", "true"],
@@ -1298,7 +1661,7 @@ mod tests {
         assert_eq!(
             (
                 config.ari.user.as_str(),
-                config.ari.password.as_str(),
+                config.ari.password.expose(),
                 config.ari.app.as_str()
             ),
             ("rtpvisor", "rtpvisor", "rtpvisor")
@@ -1371,6 +1734,7 @@ mod tests {
             host = "10.0.0.6"
             [http]
             addr = "127.0.0.1:9999"
+            token = "0123456789abcdef"
             [supervision]
             max_restarts = 3
             window_ms = 1000
@@ -1411,7 +1775,11 @@ mod tests {
     fn every_setting_is_read_from_the_file() {
         for spec in SPECS {
             let [file, _, _] = samples(spec.key);
-            let config = Config::from_toml_str(&toml_line(spec.key, file), "t.toml")
+            let mut text = toml_line(spec.key, file);
+            if spec.key == Key::FaultInjection {
+                text = format!("[http]\ntoken = \"{TOKEN}\"\n{text}");
+            }
+            let config = Config::from_toml_str(&text, "t.toml")
                 .unwrap_or_else(|e| panic!("{}: {e}", spec.path));
             assert_eq!(
                 config.value_text(spec.key),
@@ -1422,9 +1790,9 @@ mod tests {
         }
     }
 
-    /// What `value_text` shows for a sample (the password is always redacted there).
+    /// What `value_text` shows for a sample (secrets are always redacted there).
     fn displayed(key: Key, sample: &str) -> String {
-        if key == Key::AriPassword {
+        if is_secret(key) {
             REDACTED.to_owned()
         } else {
             sample.to_owned()
@@ -1432,7 +1800,7 @@ mod tests {
     }
 
     fn password_of(config: &Config) -> &str {
-        &config.ari.password
+        config.ari.password.expose()
     }
 
     #[test]
@@ -1441,7 +1809,8 @@ mod tests {
             let [file_value, env_value, _] = samples(spec.key);
             let file = TempFile::new(spec.path, &toml_line(spec.key, file_value));
             let path = file.path();
-            let env = [(CONFIG_ENV, path.as_str()), (spec.env.unwrap(), env_value)];
+            let mut env = vec![(CONFIG_ENV, path.as_str()), (spec.env.unwrap(), env_value)];
+            env.extend(companion_env(spec.key));
             let config = Config::load(&Cli::default(), &env_of(&env))
                 .unwrap_or_else(|e| panic!("{}: {e}", spec.path));
             assert_eq!(
@@ -1460,7 +1829,8 @@ mod tests {
     fn each_flag_overrides_env() {
         for spec in SPECS.iter().filter(|spec| spec.flag.is_some()) {
             let [_, env_value, cli_value] = samples(spec.key);
-            let env = [(spec.env.unwrap(), env_value)];
+            let mut env = vec![(spec.env.unwrap(), env_value)];
+            env.extend(companion_env(spec.key));
             let config = Config::load(&cli_with(spec.key, cli_value), &env_of(&env))
                 .unwrap_or_else(|e| panic!("{}: {e}", spec.path));
             assert_eq!(
@@ -1497,6 +1867,9 @@ mod tests {
         (Key::AriUser, "a:b", "':'"),
         (Key::AriApp, "my/app", "'/'"),
         (Key::AriApp, "my app", "' '"),
+        (Key::AriAllowDevPassword, "sure", "not a boolean"),
+        (Key::AriPasswordFile, "/nonexistent/ari-password", "cannot read it"),
+        (Key::AriCaFile, "/nonexistent/ca.pem", "cannot read the CA file"),
         (
             Key::MediaHost,
             "0.0.0.0",
@@ -1555,6 +1928,7 @@ mod tests {
             "Asterisk must be able to send RTP to it",
         ),
         (Key::HttpAddr, "abc", "not an IP:port socket address"),
+        (Key::HttpTokenFile, "/nonexistent/api-token", "cannot read it"),
         (Key::ShutdownTimeoutMs, "600001", "outside 0..=600000"),
         (Key::AriRequestTimeoutMs, "0", "outside 1..=600000"),
         (Key::AriRequestTimeoutMs, "5s", "not a whole number"),
@@ -1796,6 +2170,243 @@ mod tests {
     }
 
     #[test]
+    fn secret_flags_are_redacted_in_debug() {
+        let cli = Cli::try_parse_from(["rtpvisor", "--ari-password", "Zq9-flag-pw", "--http-token", "Zq9-flag-token-0123"])
+            .unwrap();
+        let shown = format!("{cli:?}");
+        assert!(!shown.contains("Zq9") && shown.contains("***"), "{shown}");
+        let config = Config::load(&cli, &no_env).unwrap();
+        assert_eq!(config.ari.password.expose(), "Zq9-flag-pw");
+        assert_eq!(config.http.token.unwrap().expose(), "Zq9-flag-token-0123");
+    }
+
+    #[test]
+    fn fault_injection_needs_a_token() {
+        let message = Config::load(&Cli::default(), &env_of(&[("RTPVISOR_FAULT_INJECTION", "true")]))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            message,
+            "invalid RTPVISOR_FAULT_INJECTION=\"true\": the /faults routes need an API token: set \
+             http.token (RTPVISOR_HTTP_TOKEN) or http.token_file (RTPVISOR_HTTP_TOKEN_FILE)"
+        );
+        let message = Config::from_toml_str("[faults]\nenabled = true", "f.toml").unwrap_err().to_string();
+        assert!(message.starts_with("invalid faults.enabled in f.toml: the /faults routes need"), "{message}");
+        let file = sample_file("fault-token", "a-token-in-a-file-0123\n");
+        let pairs = [("RTPVISOR_FAULT_INJECTION", "yes"), ("RTPVISOR_HTTP_TOKEN_FILE", file)];
+        let env = env_of(&pairs);
+        let config = Config::load(&Cli::default(), &env).unwrap();
+        assert!(config.faults.enabled);
+        assert_eq!(config.http.token.as_ref().map(Secret::expose), Some("a-token-in-a-file-0123"));
+    }
+
+    #[test]
+    fn tokens_are_checked_and_never_shown() {
+        for (bad, reason) in [
+            ("short-token", "at least 16 characters"),
+            ("a token with spaces in it", "visible ASCII without spaces"),
+            ("tab\tseparated-token-0123", "visible ASCII"),
+            ("nön-ascii-token-0123456789", "visible ASCII"),
+        ] {
+            let message = Config::load(&Cli::default(), &env_of(&[("RTPVISOR_HTTP_TOKEN", bad)]))
+                .unwrap_err()
+                .to_string();
+            assert!(message.starts_with("invalid RTPVISOR_HTTP_TOKEN=(hidden): "), "{message}");
+            assert!(message.contains(reason) && !message.contains(bad), "{message}");
+            let message = Config::load(&cli_with(Key::HttpToken, bad), &no_env).unwrap_err().to_string();
+            assert!(message.starts_with("invalid --http-token (hidden): "), "{message}");
+            let file = sample_file(&format!("bad-token-{}", bad.len()), &format!("{bad}\n"));
+            let message = Config::load(&Cli::default(), &env_of(&[("RTPVISOR_HTTP_TOKEN_FILE", file)]))
+                .unwrap_err()
+                .to_string();
+            assert!(message.contains("the file's content must") && message.contains(reason), "{message}");
+            assert!(!message.contains(bad), "{message}");
+            let message = Config::from_toml_str(&toml_line(Key::HttpToken, bad), "f.toml").unwrap_err().to_string();
+            assert!(message.starts_with("invalid http.token in f.toml: ") && !message.contains(bad), "{message}");
+        }
+        let message = Config::from_toml_str("[http]\ntoken = 1234567890123456789", "f.toml").unwrap_err().to_string();
+        assert_eq!(message, "invalid http.token in f.toml: expected a string, got integer");
+    }
+
+    #[test]
+    fn secret_files_drop_the_trailing_newline_and_exclude_the_direct_setting() {
+        let pw = sample_file("pw-crlf", "p@ss word\r\n");
+        let token = sample_file("token-lf", "0123456789abcdef0123\n\n");
+        let pairs = [("RTPVISOR_ARI_PASSWORD_FILE", pw), ("RTPVISOR_HTTP_TOKEN_FILE", token)];
+        let env = env_of(&pairs);
+        let config = Config::load(&Cli::default(), &env).unwrap();
+        assert_eq!(config.ari.password.expose(), "p@ss word");
+        assert_eq!(config.http.token.as_ref().unwrap().expose(), "0123456789abcdef0123");
+        // Printed: the file settings, not the secrets.
+        let text = config.to_toml_redacted();
+        assert!(!text.contains("\npassword =") && !text.contains("\ntoken ="), "{text}");
+        assert!(text.contains(&format!("password_file = {pw:?}")), "{text}");
+        assert!(text.contains(&format!("token_file = {token:?}")), "{text}");
+        assert_eq!(Config::from_toml_str(&text, "printed").unwrap(), config, "reads the same files back");
+        // Both ways at once: refused, the later source blamed, no secret shown.
+        let pairs = [("RTPVISOR_ARI_PASSWORD_FILE", pw), ("RTPVISOR_ARI_PASSWORD", "direct-pw")];
+        let env = env_of(&pairs);
+        let message = Config::load(&Cli::default(), &env).unwrap_err().to_string();
+        assert!(message.contains("set either ari.password or ari.password_file, not both"), "{message}");
+        assert!(!message.contains("direct-pw") && !message.contains("p@ss"), "{message}");
+        let cli = cli_with(Key::HttpTokenFile, token);
+        let message = Config::load(&cli, &env_of(&[("RTPVISOR_HTTP_TOKEN", "0123456789abcdefXYZ")]))
+            .unwrap_err()
+            .to_string();
+        assert!(message.starts_with(&format!("invalid --http-token-file {token:?}: set either http.token")), "{message}");
+        // An empty file is no secret.
+        let empty = sample_file("empty", "\n");
+        let message = Config::load(&Cli::default(), &env_of(&[("RTPVISOR_ARI_PASSWORD_FILE", empty)]))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(message, format!("invalid RTPVISOR_ARI_PASSWORD_FILE={empty:?}: the file is empty"));
+    }
+
+    #[test]
+    fn credentials_in_the_ari_url_are_refused_without_showing_them() {
+        for url in ["http://rtpvisor:Zq9secret@pbx:8088/ari", "https://Zq9secret@127.0.0.1/ari"] {
+            let message = Config::load(&Cli::default(), &env_of(&[("RTPVISOR_ARI_URL", url)]))
+                .unwrap_err()
+                .to_string();
+            assert!(message.contains("must not contain credentials (user:password@)"), "{message}");
+            assert!(!message.contains("Zq9secret") && message.contains("***@"), "{message}");
+            let message = Config::load(&cli_with(Key::AriUrl, url), &no_env).unwrap_err().to_string();
+            assert!(!message.contains("Zq9secret"), "{message}");
+        }
+        // An '@' after the authority is no credential.
+        assert!(Config::load(&Cli::default(), &env_of(&[("RTPVISOR_ARI_URL", "http://127.0.0.1/ari?x=a@b")])).is_ok());
+        assert_eq!(hide_url_credentials("http://u:p@h/ari"), "http://***@h/ari");
+        assert_eq!(hide_url_credentials("http://h/ari"), "http://h/ari");
+    }
+
+    #[test]
+    fn the_development_password_stays_on_loopback_unless_allowed() {
+        let remote = [("RTPVISOR_ARI_URL", "http://asterisk:8088/ari")];
+        let message = Config::load(&Cli::default(), &env_of(&remote)).unwrap_err().to_string();
+        assert_eq!(
+            message,
+            "invalid RTPVISOR_ARI_URL=\"http://asterisk:8088/ari\": the development ARI password is \
+             refused toward the non-loopback host asterisk; set Asterisk's real password (ari.password \
+             or ari.password_file), or ari.allow_dev_password (RTPVISOR_ARI_ALLOW_DEV_PASSWORD) on a \
+             private network (set by ari.password = *** (built-in default))"
+        );
+        let allowed = [remote[0], ("RTPVISOR_ARI_ALLOW_DEV_PASSWORD", "true")];
+        assert!(Config::load(&Cli::default(), &env_of(&allowed)).is_ok());
+        let real = [remote[0], ("RTPVISOR_ARI_PASSWORD", "a-real-one")];
+        assert!(Config::load(&Cli::default(), &env_of(&real)).is_ok());
+        // A dev password set explicitly (here from a flag, the latest source) is the one blamed.
+        let cli = cli_with(Key::AriPassword, DEV_PASSWORD);
+        let message = Config::load(&cli, &env_of(&remote)).unwrap_err().to_string();
+        assert!(message.starts_with("invalid --ari-password (hidden): the development"), "{message}");
+        for url in ["http://127.0.0.1:8088/ari", "https://localhost/ari", "http://[::1]:8088/ari", "http://127.9.9.9/ari"] {
+            assert!(Config::load(&Cli::default(), &env_of(&[("RTPVISOR_ARI_URL", url)])).is_ok(), "{url}");
+        }
+        for (url, host) in [
+            ("http://pbx:8088/ari", "pbx"),
+            ("https://[fe80::1]:8089/ari", "fe80::1"),
+            ("http://10.0.0.1/ari", "10.0.0.1"),
+            ("http://h", "h"),
+        ] {
+            assert_eq!(url_host(url), host);
+            assert!(!is_loopback_host(host));
+        }
+    }
+
+    #[test]
+    fn a_ca_file_must_hold_a_certificate() {
+        let not_pem = sample_file("not-a-ca.pem", "hello\n");
+        let message = Config::load(&Cli::default(), &env_of(&[("RTPVISOR_ARI_CA_FILE", not_pem)]))
+            .unwrap_err()
+            .to_string();
+        assert!(message.starts_with(&format!("invalid RTPVISOR_ARI_CA_FILE={not_pem:?}: ")), "{message}");
+        assert!(message.contains("holds no certificate"), "{message}");
+        let ca = sample_file("ca-ok.pem", CA_PEM);
+        let config = Config::load(&Cli::default(), &env_of(&[("RTPVISOR_ARI_CA_FILE", ca)])).unwrap();
+        assert_eq!(config.ari.ca_file.as_deref(), Some(ca));
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Text that is often a valid value of some setting, and often not.
+        fn text() -> impl Strategy<Value = String> {
+            prop_oneof![
+                any::<String>(),
+                "[0-9]{1,8}",
+                "-?[0-9]{0,6}(\\.[0-9]{0,4})?",
+                "[0-9]{1,5}-[0-9]{1,5}",
+                "(true|false|yes|no|TRUE|1|0|on)",
+                "(echo|probe|shared-echo|loop)",
+                "[a-z0-9.-]{1,24}",
+                "(http|https|ftp)://[a-z0-9.@:]{0,16}(:[0-9]{1,5})?(/ari/?)?",
+                "[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}(:[0-9]{1,5})?",
+                "\\[[0-9a-f:]{2,12}\\](:[0-9]{1,5})?",
+                "[!-~]{10,40}",
+            ]
+        }
+
+        /// Settings that name files: loading them reads whatever path the text names.
+        fn names_a_file(key: Key) -> bool {
+            matches!(key, Key::AriPasswordFile | Key::HttpTokenFile | Key::AriCaFile)
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+            /// Any text for any setting: a value or a one-line reason, never a panic, whether
+            /// parsed alone or loaded from the environment, a flag or a file.
+            #[test]
+            fn any_text_never_panics(index in 0..SPECS.len(), raw in text()) {
+                let spec = &SPECS[index];
+                let mut config = Config::default();
+                if let Err(reason) = config.set(spec.key, &raw) {
+                    prop_assert!(!reason.contains('\n'), "{reason}");
+                }
+                if !names_a_file(spec.key) {
+                    if let Some(var) = spec.env {
+                        if let Err(e) = Config::load(&Cli::default(), &env_of(&[(var, raw.as_str())])) {
+                            let message = e.to_string();
+                            prop_assert!(!message.contains('\n'), "{message}");
+                        }
+                    }
+                    let _ = Config::from_toml_str(&toml_line(spec.key, &raw), "f.toml");
+                    if spec.flag.is_some() && !raw.starts_with('-') {
+                        let flag = spec.flag.unwrap();
+                        if let Ok(cli) = Cli::try_parse_from(["rtpvisor", &format!("{flag}={raw}")]) {
+                            let _ = Config::load(&cli, &no_env);
+                        }
+                    }
+                }
+            }
+
+            /// A value a setting accepts reads back the same from its text form.
+            #[test]
+            fn valid_values_round_trip_through_value_text(index in 0..SPECS.len(), raw in text()) {
+                let key = SPECS[index].key;
+                let mut config = Config::default();
+                if !is_secret(key) && config.set(key, &raw).is_ok() {
+                    let text = config.value_text(key);
+                    let mut again = Config::default();
+                    prop_assert_eq!(again.set(key, &text), Ok(()), "{:?} {:?} -> {:?}", key, raw, text);
+                    prop_assert_eq!(&again, &config, "{:?} {:?} -> {:?}", key, raw, text);
+                    prop_assert_eq!(again.value_text(key), text);
+                }
+            }
+
+            /// A refused token is never in the message.
+            #[test]
+            fn refused_tokens_are_not_shown(a in "[a-zA-Z0-9]{12,20}", b in "[a-zA-Z0-9]{12,20}") {
+                let token = format!("{a} {b}");
+                let message = Config::load(&Cli::default(), &env_of(&[("RTPVISOR_HTTP_TOKEN", token.as_str())]))
+                    .unwrap_err()
+                    .to_string();
+                prop_assert!(!message.contains(&a) && !message.contains(&b), "{}", message);
+            }
+        }
+    }
+
+    #[test]
     fn unknown_keys_are_named_with_their_table() {
         let cases = [
             ("[media]\nrtp_port = \"1-2\"", "unknown key media.rtp_port in f.toml; known keys here: host, bind_ip, rtp_ports"),
@@ -1885,19 +2496,24 @@ mod tests {
     #[test]
     fn password_is_redacted_in_serialization_and_debug() {
         let mut config = Config::default();
-        config.ari.password = "s3cret-pw".into();
+        config.ari.password = Secret::new("s3cret-pw");
+        config.http.token = Some(Secret::new("s3cret-token-0123456789"));
         let text = config.to_toml_redacted();
         assert!(text.contains("password = \"***\""), "{text}");
-        assert!(!text.contains("s3cret-pw"), "{text}");
-        assert!(!format!("{config:?}").contains("s3cret-pw"));
-        assert!(!format!("{:#?}", config.ari).contains("s3cret-pw"));
+        assert!(text.contains("token = \"***\""), "{text}");
+        for shown in [text, format!("{config:?}"), format!("{config:#?}"), format!("{:#?}", config.ari)] {
+            assert!(!shown.contains("s3cret"), "{shown}");
+        }
     }
 
     #[test]
     fn print_config_parses_back_to_the_same_config() {
         let mut config = Config::default();
+        // A secret set both directly and by file is refused: the direct ones here, the files
+        // in the next test.
         let sample_cli: Vec<String> = SPECS
             .iter()
+            .filter(|spec| !matches!(spec.key, Key::AriPasswordFile | Key::HttpTokenFile))
             .filter_map(|spec| Some(format!("{}={}", spec.flag?, samples(spec.key)[2])))
             .collect();
         let cli =
@@ -1905,11 +2521,17 @@ mod tests {
         for changed in [config.clone(), Config::load(&cli, &no_env).unwrap()] {
             config = changed;
             let text = config.to_toml_redacted();
-            let parsed =
-                Config::from_toml_str(&text, "printed").unwrap_or_else(|e| panic!("{e}\n{text}"));
-            assert_eq!(parsed.ari.password, REDACTED);
+            // A redacted token is too short to load: put a real one where it stands.
+            let reloadable = text.replace("token = \"***\"", &format!("token = \"{TOKEN}\""));
+            let parsed = Config::from_toml_str(&reloadable, "printed")
+                .unwrap_or_else(|e| panic!("{e}\n{text}"));
+            assert_eq!(parsed.ari.password.expose(), REDACTED);
             let mut expected = config.clone();
-            expected.ari.password = REDACTED.into();
+            expected.ari.password = Secret::new(REDACTED);
+            if expected.http.token.is_some() {
+                assert!(text.contains("token = \"***\""), "{text}");
+                expected.http.token = Some(Secret::new(TOKEN));
+            }
             assert_eq!(parsed, expected, "{text}");
         }
         assert_eq!(
@@ -1936,7 +2558,7 @@ mod tests {
             let help =
                 flag_help(spec.flag.unwrap()).unwrap_or_else(|| panic!("{} missing", spec.path));
             let default = match spec.key {
-                Key::AriPassword => "rtpvisor".to_owned(),
+                Key::AriPassword => DEV_PASSWORD.to_owned(),
                 key => defaults.value_text(key),
             };
             assert!(help.contains(&format!("[default: {default}]")), "{help}");
@@ -1982,11 +2604,11 @@ mod tests {
             ("0", false),
             ("NO", false),
         ] {
-            let pairs = [("RTPVISOR_FAULT_INJECTION", raw)];
+            let pairs = [("RTPVISOR_FAULT_INJECTION", raw), ("RTPVISOR_HTTP_TOKEN", TOKEN)];
             let config = Config::load(&Cli::default(), &env_of(&pairs)).unwrap();
             assert_eq!(config.faults.enabled, expected, "env {raw:?}");
             let cli = Cli::try_parse_from(["rtpvisor", "--fault-injection", raw]).unwrap();
-            let config = Config::load(&cli, &no_env).unwrap();
+            let config = Config::load(&cli, &env_of(&pairs[1..])).unwrap();
             assert_eq!(config.faults.enabled, expected, "flag {raw:?}");
         }
         // The flag takes a value; bare `--fault-injection` is a usage error, not "true".

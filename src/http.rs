@@ -1,8 +1,22 @@
 //! The HTTP API (actix-web): metrics (JSON and Prometheus), live calls, the port pool, the
 //! supervision tree, health and readiness. Handlers talk to the typed [`Service`] handle only.
+//!
+//! Authentication is decided here once, for a whole scope: with a token configured
+//! ([`ApiAuth::bearer`]) every route but `/health` and `/ready` sits behind a middleware that
+//! wants `Authorization: Bearer <token>` (compared in constant time) and answers 401 with
+//! `WWW-Authenticate: Bearer realm="rtpvisor"` otherwise. The probes stay open so that an
+//! orchestrator's health check needs no secret. The token is never logged.
 
+use std::sync::Arc;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::middleware::{from_fn, Next};
 use actix_web::{http::StatusCode, web, HttpResponse, ResponseError};
 use rtpvisor_actors::actors::Service;
+use secrecy::{ExposeSecret, SecretString};
+use subtle::ConstantTimeEq;
 
 use crate::prometheus;
 
@@ -17,6 +31,64 @@ pub enum ApiError {
     FaultsDisabled,
     #[error("{0}")]
     Internal(String),
+    #[error("this route needs an API token: Authorization: Bearer <http.token>")]
+    Unauthorized,
+}
+
+/// The challenge of a 401 (RFC 6750 section 3).
+pub const CHALLENGE: &str = "Bearer realm=\"rtpvisor\"";
+
+/// Who may use the protected routes: holders of the token, or anyone when none is configured.
+#[derive(Clone)]
+pub struct ApiAuth {
+    /// `None`: the API is open (the operator was warned at start if it is reachable from
+    /// outside this host).
+    token: Option<Arc<SecretString>>,
+}
+
+impl ApiAuth {
+    /// No token: every route is open.
+    pub fn open() -> Self {
+        ApiAuth { token: None }
+    }
+
+    /// Every route but `/health` and `/ready` needs `token`.
+    pub fn bearer(token: SecretString) -> Self {
+        ApiAuth { token: Some(Arc::new(token)) }
+    }
+
+    /// Whether a request with this `Authorization` header may pass.
+    pub fn allows(&self, authorization: Option<&HeaderValue>) -> bool {
+        match &self.token {
+            None => true,
+            Some(token) => {
+                authorization.is_some_and(|value| bearer_matches(token.expose_secret(), value.as_bytes()))
+            }
+        }
+    }
+}
+
+/// `Authorization: Bearer <token>`: the scheme is case-insensitive (RFC 7235 section 2.1), the
+/// token compared in constant time (its length may show; its content does not).
+fn bearer_matches(expected: &str, header: &[u8]) -> bool {
+    const SCHEME: &[u8] = b"bearer ";
+    if header.len() <= SCHEME.len() || !header[..SCHEME.len()].eq_ignore_ascii_case(SCHEME) {
+        return false;
+    }
+    let given = header[SCHEME.len()..].trim_ascii();
+    bool::from(given.ct_eq(expected.as_bytes()))
+}
+
+/// The middleware of the protected scope.
+async fn require_token(
+    auth: ApiAuth,
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    if auth.allows(req.headers().get(header::AUTHORIZATION)) {
+        return next.call(req).await.map(ServiceResponse::map_into_left_body);
+    }
+    Ok(req.error_response(ApiError::Unauthorized).map_into_right_body())
 }
 
 impl ResponseError for ApiError {
@@ -25,29 +97,39 @@ impl ResponseError for ApiError {
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::NotFound(_) | ApiError::FaultsDisabled => StatusCode::NOT_FOUND,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
         }
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status_code()).json(serde_json::json!({ "error": self.to_string() }))
+        let mut response = HttpResponse::build(self.status_code());
+        if let ApiError::Unauthorized = self {
+            response.insert_header((header::WWW_AUTHENTICATE, CHALLENGE));
+        }
+        response.json(serde_json::json!({ "error": self.to_string() }))
     }
 }
 
-/// Registers every route; the caller provides `web::Data<Service>`. The `/faults/...` routes
-/// answer 404 unless fault injection is enabled in the configuration.
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/faults/channels/{id}/panic", web::post().to(fault_channel_panic))
-        .route("/faults/supervisor/panic", web::post().to(fault_supervisor_panic))
-        .route("/faults/media/stall", web::post().to(fault_media_stall))
-        .route("/faults/media/panic", web::post().to(fault_media_panic));
-    cfg.route("/metrics", web::get().to(metrics))
-        .route("/metrics/prometheus", web::get().to(metrics_prometheus))
-        .route("/channels", web::get().to(channels))
-        .route("/channels/{id}", web::get().to(channel))
-        .route("/ports", web::get().to(ports))
-        .route("/actors", web::get().to(actors))
-        .route("/health", web::get().to(health))
-        .route("/ready", web::get().to(ready));
+/// Registers every route; the caller provides `web::Data<Service>`. `/health` and `/ready` are
+/// open; everything else (unknown paths included) is in one scope guarded by `auth`. The
+/// `/faults/...` routes answer 404 unless fault injection is enabled in the configuration.
+pub fn configure(auth: ApiAuth) -> impl FnOnce(&mut web::ServiceConfig) {
+    move |cfg| {
+        cfg.route("/health", web::get().to(health)).route("/ready", web::get().to(ready));
+        let guarded = web::scope("")
+            .wrap(from_fn(move |req, next| require_token(auth.clone(), req, next)))
+            .route("/faults/channels/{id}/panic", web::post().to(fault_channel_panic))
+            .route("/faults/supervisor/panic", web::post().to(fault_supervisor_panic))
+            .route("/faults/media/stall", web::post().to(fault_media_stall))
+            .route("/faults/media/panic", web::post().to(fault_media_panic))
+            .route("/metrics", web::get().to(metrics))
+            .route("/metrics/prometheus", web::get().to(metrics_prometheus))
+            .route("/channels", web::get().to(channels))
+            .route("/channels/{id}", web::get().to(channel))
+            .route("/ports", web::get().to(ports))
+            .route("/actors", web::get().to(actors));
+        cfg.service(guarded);
+    }
 }
 
 async fn fault_channel_panic(svc: web::Data<Service>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
@@ -199,8 +281,116 @@ mod tests {
 
     macro_rules! app {
         ($service:expr) => {
-            test::init_service(App::new().app_data(web::Data::new($service.clone())).configure(configure)).await
+            app!($service, ApiAuth::open())
         };
+        ($service:expr, $auth:expr) => {
+            test::init_service(App::new().app_data(web::Data::new($service.clone())).configure(configure($auth)))
+                .await
+        };
+    }
+
+    const TOKEN: &str = "an-api-token-0123456789";
+
+    /// A request to `path` with `authorization` as its header (none when `None`).
+    fn request(method: &str, path: &str, authorization: Option<&str>) -> test::TestRequest {
+        let req = match method {
+            "POST" => test::TestRequest::post(),
+            _ => test::TestRequest::get(),
+        };
+        let req = req.uri(path);
+        match authorization {
+            Some(value) => req.insert_header((header::AUTHORIZATION, value)),
+            None => req,
+        }
+    }
+
+    #[actix_web::test]
+    async fn bearer_header_forms() {
+        assert!(bearer_matches(TOKEN, format!("Bearer {TOKEN}").as_bytes()));
+        assert!(bearer_matches(TOKEN, format!("bearer {TOKEN}").as_bytes()), "scheme is case-insensitive");
+        assert!(bearer_matches(TOKEN, format!("BEARER  {TOKEN} ").as_bytes()), "surrounding blanks");
+        for wrong in [
+            String::new(),
+            "Bearer".into(),
+            "Bearer ".into(),
+            TOKEN.into(),
+            format!("Basic {TOKEN}"),
+            format!("Bearer {}", &TOKEN[1..]),
+            format!("Bearer {TOKEN}x"),
+            format!("Bearer {}", TOKEN.to_uppercase()),
+            format!("Bearer{TOKEN}"),
+        ] {
+            assert!(!bearer_matches(TOKEN, wrong.as_bytes()), "{wrong:?}");
+        }
+        assert!(ApiAuth::open().allows(None));
+        let auth = ApiAuth::bearer(SecretString::from(TOKEN.to_owned()));
+        assert!(!auth.allows(None));
+        assert!(auth.allows(Some(&HeaderValue::from_str(&format!("Bearer {TOKEN}")).unwrap())));
+    }
+
+    #[actix_web::test]
+    async fn with_a_token_only_health_and_ready_are_open() {
+        let service = start_service().await;
+        let app = app!(service, ApiAuth::bearer(SecretString::from(TOKEN.to_owned())));
+        // The probes answer without a token.
+        let resp = test::call_service(&app, request("GET", "/health", None).to_request()).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        let resp = test::call_service(&app, request("GET", "/ready", None).to_request()).await;
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE, "open, and not ready (no ARI)");
+
+        let good = format!("Bearer {TOKEN}");
+        let wrong = format!("Bearer {TOKEN}-not");
+        let basic = format!("Basic {TOKEN}");
+        let protected = [
+            ("GET", "/metrics"),
+            ("GET", "/metrics/prometheus"),
+            ("GET", "/channels"),
+            ("GET", "/channels/x"),
+            ("GET", "/ports"),
+            ("GET", "/actors"),
+            ("POST", "/faults/supervisor/panic"),
+            ("POST", "/faults/channels/x/panic"),
+            ("POST", "/faults/media/stall"),
+            ("POST", "/faults/media/panic"),
+            ("GET", "/no-such-route"),
+        ];
+        for (method, path) in protected {
+            for header in [None, Some(wrong.as_str()), Some(basic.as_str()), Some(TOKEN)] {
+                let resp = test::call_service(&app, request(method, path, header).to_request()).await;
+                assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{method} {path} with {header:?}");
+                let challenge = resp.headers().get(header::WWW_AUTHENTICATE).map(|v| v.to_str().unwrap().to_owned());
+                assert_eq!(challenge.as_deref(), Some(CHALLENGE), "{method} {path}");
+                let body = String::from_utf8(test::read_body(resp).await.to_vec()).unwrap();
+                assert!(!body.contains(TOKEN), "{body}");
+            }
+        }
+        // With the token: the routes themselves answer (faults are disabled here: 404).
+        for (method, path, status) in [
+            ("GET", "/metrics", StatusCode::OK),
+            ("GET", "/metrics/prometheus", StatusCode::OK),
+            ("GET", "/channels", StatusCode::OK),
+            ("GET", "/channels/x", StatusCode::NOT_FOUND),
+            ("GET", "/ports", StatusCode::OK),
+            ("GET", "/actors", StatusCode::OK),
+            ("POST", "/faults/supervisor/panic", StatusCode::NOT_FOUND),
+            ("GET", "/no-such-route", StatusCode::NOT_FOUND),
+            ("GET", "/health", StatusCode::OK),
+        ] {
+            let resp = test::call_service(&app, request(method, path, Some(&good)).to_request()).await;
+            assert_eq!(resp.status(), status, "{method} {path}");
+        }
+        stop_service(&service).await;
+    }
+
+    #[actix_web::test]
+    async fn without_a_token_every_route_is_open() {
+        let service = start_service().await;
+        let app = app!(service);
+        for path in ["/metrics", "/ports", "/actors", "/health"] {
+            let resp = test::call_service(&app, request("GET", path, None).to_request()).await;
+            assert_eq!(resp.status(), StatusCode::OK, "{path}");
+        }
+        stop_service(&service).await;
     }
 
     #[actix_web::test]

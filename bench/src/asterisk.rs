@@ -106,7 +106,8 @@ fn ari_settings() -> AriSettings {
     AriSettings {
         url: ARI_URL.into(),
         user: std::env::var("RTPVISOR_ARI_USER").unwrap_or_else(|_| "rtpvisor".into()),
-        password: std::env::var("RTPVISOR_ARI_PASSWORD").unwrap_or_else(|_| "rtpvisor".into()),
+        password: std::env::var("RTPVISOR_ARI_PASSWORD").unwrap_or_else(|_| "rtpvisor".into()).into(),
+        ca_file: None,
         app: APP.into(),
         request_timeout: Duration::from_secs(10),
     }
@@ -117,7 +118,7 @@ fn run_calls(opts: AsteriskOpts) -> anyhow::Result<AsteriskResult> {
     let svc = ServiceUnderTest::start(&SvcSettings {
         ari_url: s.url.clone(),
         ari_user: s.user.clone(),
-        ari_password: s.password.clone(),
+        ari_password: secrecy::ExposeSecret::expose_secret(&s.password).to_owned(),
         app: APP.into(),
         rtp_ports: PORTS,
         default_mode: CallMode::Probe,
@@ -255,7 +256,7 @@ impl AriThread {
         let (tx, mut rx) = mpsc::unbounded_channel::<AriCmd>();
         let join = thread::Builder::new().name("bench-ari".into()).spawn(move || {
             actix_rt::System::new().block_on(async move {
-                let ari = AriClient::new(settings);
+                let ari = AriClient::new(settings).expect("no CA file: nothing that can fail");
                 while let Some(cmd) = rx.recv().await {
                     match cmd {
                         AriCmd::Originate(ids, reply) => {

@@ -69,7 +69,7 @@ impl ServiceUnderTest {
         let mut c = Config::default();
         c.ari.url = s.ari_url.clone();
         c.ari.user = s.ari_user.clone();
-        c.ari.password = s.ari_password.clone();
+        c.ari.password = rtpvisor::config::Secret::new(&s.ari_password);
         c.ari.app = s.app.clone();
         c.ari.reconnect_max_ms = 2000;
         c.media.host = "127.0.0.1".into();

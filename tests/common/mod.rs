@@ -192,6 +192,13 @@ pub fn assert_all_released(svc: &Rtpvisor, what: &str) {
     });
 }
 
+/// 32 hex digits from the std hasher's per-process random keys.
+pub fn random_token() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let part = || std::collections::hash_map::RandomState::new().build_hasher().finish();
+    format!("{:016x}{:016x}", part(), part())
+}
+
 pub fn free_tcp_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -204,6 +211,9 @@ pub fn free_udp_port() -> u16 {
 pub struct Rtpvisor {
     child: Option<Child>,
     pub http: String,
+    /// The API token of this run (`RTPVISOR_HTTP_TOKEN`, random unless a test sets its own);
+    /// every helper request sends it.
+    pub token: String,
     pub echo_port: u16,
     pub log: PathBuf,
 }
@@ -227,8 +237,10 @@ impl Rtpvisor {
         std::fs::create_dir_all(&dir).unwrap();
         let log = dir.join(format!("{name}.log"));
         let file = std::fs::File::create(&log).unwrap();
+        let token = opts.env.iter().find(|(k, _)| k == "RTPVISOR_HTTP_TOKEN").map_or_else(random_token, |(_, v)| v.clone());
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_rtpvisor"));
-        cmd.env("RTPVISOR_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
+        cmd.env("RTPVISOR_HTTP_TOKEN", &token)
+            .env("RTPVISOR_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
             .env("RTPVISOR_ECHO_ADDR", format!("127.0.0.1:{echo_port}"))
             .env("RTPVISOR_MEDIA_HOST", "127.0.0.1")
             .env("RTPVISOR_MEDIA_BIND_IP", "127.0.0.1")
@@ -242,7 +254,7 @@ impl Rtpvisor {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("starting rtpvisor");
-        let svc = Rtpvisor { child: Some(child), http: format!("http://127.0.0.1:{http_port}"), echo_port, log };
+        let svc = Rtpvisor { child: Some(child), http: format!("http://127.0.0.1:{http_port}"), token, echo_port, log };
         let start = Instant::now();
         wait_until("rtpvisor is ready", Duration::from_secs(20), || svc.get_status("/ready").0 == 200);
         eprintln!("rtpvisor ready in {} ms (log {})", start.elapsed().as_millis(), svc.log.display());
@@ -250,7 +262,7 @@ impl Rtpvisor {
     }
 
     pub fn get_status(&self, path: &str) -> (u16, Value) {
-        match agent().get(&format!("{}{}", self.http, path)).call() {
+        match self.api("GET", path).call() {
             Ok(r) => {
                 let code = r.status();
                 (code, into_json(Ok(r)).unwrap_or(Value::Null))
@@ -268,7 +280,7 @@ impl Rtpvisor {
 
     /// POST without a body; returns the status and the JSON answer.
     pub fn post(&self, path: &str) -> (u16, Value) {
-        match agent().post(&format!("{}{}", self.http, path)).call() {
+        match self.api("POST", path).call() {
             Ok(r) => {
                 let code = r.status();
                 (code, into_json(Ok(r)).unwrap_or(Value::Null))
@@ -293,7 +305,12 @@ impl Rtpvisor {
     }
 
     pub fn get_text(&self, path: &str) -> String {
-        agent().get(&format!("{}{}", self.http, path)).call().unwrap().into_string().unwrap()
+        self.api("GET", path).call().unwrap().into_string().unwrap()
+    }
+
+    /// A request to the API with this run's token.
+    pub fn api(&self, method: &str, path: &str) -> ureq::Request {
+        agent().request(method, &format!("{}{}", self.http, path)).set("Authorization", &format!("Bearer {}", self.token))
     }
 
     pub fn metrics(&self) -> Value {

@@ -114,7 +114,7 @@ impl AriConnection {
                 );
             }
             Err(e) => {
-                let error = e.to_string();
+                let error = crate::ari::client::describe_ws_error(&e);
                 if let Some(wait) = act.state.connect_failed(generation, error.clone()) {
                     act.last_failure = Some(FailureRecord::now(format!("connect failed: {error}")));
                     log::warn!("[AriConnection] connecting the events WebSocket failed: {error}");

@@ -65,6 +65,8 @@ pub enum StartError {
     Media(std::io::Error),
     #[error("an actor did not answer during startup: {0}")]
     Mailbox(#[from] MailboxError),
+    #[error("ARI TLS: {0}")]
+    Tls(#[from] crate::ari::tls::TlsError),
 }
 
 /// The running service; cheap to clone, `Send`.
@@ -181,7 +183,7 @@ impl Service {
             .map_err(|e| StartError::Media(std::io::Error::other(e)))?
             .map_err(StartError::Media)?;
         let echo = EchoActor::new(echo_bound).start();
-        let ari = AriClient::new(cfg.ari.clone());
+        let ari = AriClient::new(cfg.ari.clone())?;
         let sup = Supervisor::new(
             ari.clone(),
             PortManager::new(cfg.rtp_ports, cfg.quarantine),

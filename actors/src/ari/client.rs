@@ -16,22 +16,38 @@
 //! - GET and DELETE (idempotent) are sent once more after a transport error; a POST is not
 //!   (it may have been executed). Seen in the benchmark before these: 10 of 100 teardowns
 //!   at shutdown failed that way and left their channels in Asterisk.
+//!
+//! Credentials: the password lives in a [`SecretString`] and goes on the wire only inside the
+//! `Authorization` header, which is built here once and marked sensitive, so that the `Debug`
+//! of a request or header map (awc, actix-http and our own logs at any level) prints
+//! `Sensitive` instead of it. It never goes into a URL (no `api_key=` query).
+//! `https://` URLs use rustls with the trust of [`super::tls`].
 
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Duration;
 
+use awc::http::header::{HeaderValue, AUTHORIZATION};
 use awc::http::{Method, StatusCode};
+use base64::Engine as _;
+use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
+
+use super::tls::{self, TlsError};
 
 use super::model::{Application, AsteriskInfo, Bridge, Channel, ExternalMediaParams, HangupReason};
 
-/// Where ARI is and who we are to it.
+/// Where ARI is and who we are to it. `Debug` shows the password as `[REDACTED]`.
 #[derive(Debug, Clone)]
 pub struct AriSettings {
     /// Base URL including `/ari`, without a trailing slash, e.g. `http://127.0.0.1:8088/ari`.
     pub url: String,
     pub user: String,
-    pub password: String,
+    /// A secret type, not a `String`: no `Debug`, log line or error can show it by accident.
+    pub password: SecretString,
+    /// PEM file of the CA that signed Asterisk's certificate (`https://` only); `None`: Mozilla's
+    /// roots.
+    pub ca_file: Option<PathBuf>,
     /// The Stasis application name our dialplan sends calls to.
     pub app: String,
     /// Bound on every REST request: a hung Asterisk must not hang a call's setup forever.
@@ -80,14 +96,32 @@ pub const MAX_IN_FLIGHT: usize = 64;
 /// How long an idle pooled connection is kept (under Asterisk's 15 s `session_keep_alive`).
 pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
 
+/// `Authorization: Basic base64(user:password)` (RFC 7617), marked sensitive: `Debug` of the
+/// value, and of any header map or request holding it, prints `Sensitive`.
+pub fn basic_authorization(user: &str, password: &SecretString) -> HeaderValue {
+    let pair = secrecy::SecretString::from(format!("{user}:{}", password.expose_secret()));
+    let encoded = base64::engine::general_purpose::STANDARD.encode(pair.expose_secret());
+    let mut value = HeaderValue::from_str(&format!("Basic {encoded}"))
+        .expect("base64 text is a valid header value");
+    value.set_sensitive(true);
+    value
+}
+
 impl AriClient {
-    pub fn new(settings: AriSettings) -> Self {
+    /// Fails only when `settings.ca_file` cannot be read or holds no usable certificate.
+    pub fn new(settings: AriSettings) -> Result<Self, TlsError> {
+        let tls = tls::client_config_for(settings.ca_file.as_deref())?;
+        let connector = awc::Connector::new()
+            .rustls_0_23(tls)
+            .limit(MAX_IN_FLIGHT)
+            .conn_keep_alive(KEEP_ALIVE);
+        // A default header goes on every request, the WebSocket upgrade included.
         let http = awc::Client::builder()
-            .connector(awc::Connector::new().limit(MAX_IN_FLIGHT).conn_keep_alive(KEEP_ALIVE))
+            .connector(connector)
             .timeout(settings.request_timeout)
-            .basic_auth(&settings.user, Some(&settings.password))
+            .add_default_header((AUTHORIZATION, basic_authorization(&settings.user, &settings.password)))
             .finish();
-        AriClient { http, settings, in_flight: Rc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)) }
+        Ok(AriClient { http, settings, in_flight: Rc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)) })
     }
 
     pub fn settings(&self) -> &AriSettings {
@@ -106,10 +140,7 @@ impl AriClient {
             ws_url(&self.settings.url),
             self.settings.app
         );
-        self.http
-            .ws(url)
-            .basic_auth(&self.settings.user, Some(&self.settings.password))
-            .max_frame_size(4 * 1024 * 1024)
+        self.http.ws(url).max_frame_size(4 * 1024 * 1024)
     }
 
     pub async fn asterisk_info(&self) -> Result<AsteriskInfo, AriError> {
@@ -248,7 +279,7 @@ impl AriClient {
             .request(method, url)
             .query(&query)
             .map_err(|e| transport(format!("bad query: {e}")))?;
-        let mut resp = req.send().await.map_err(|e| transport(e.to_string()))?;
+        let mut resp = req.send().await.map_err(|e| transport(describe_send_error(&e)))?;
         let body = resp
             .body()
             .limit(8 * 1024 * 1024)
@@ -265,6 +296,31 @@ impl AriClient {
                 body: String::from_utf8_lossy(&body).trim().chars().take(300).collect(),
             })
         }
+    }
+}
+
+/// A failed request's text; a TLS failure says which check failed ([`tls::explain`]).
+pub fn describe_send_error(error: &awc::error::SendRequestError) -> String {
+    use awc::error::{ConnectError, SendRequestError};
+    if let SendRequestError::Connect(ConnectError::Io(io)) = error {
+        if let Some(tls) = io.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+            return format!("Failed to connect to host: {}", tls::explain(tls));
+        }
+    }
+    error.to_string()
+}
+
+/// A failed events WebSocket connect's text: TLS failures as above, a refused upgrade with its
+/// status (awc's own text leaves it out).
+pub fn describe_ws_error(error: &awc::error::WsClientError) -> String {
+    use awc::error::WsClientError;
+    match error {
+        WsClientError::SendRequest(e) => describe_send_error(e),
+        WsClientError::InvalidResponseStatus(status) if *status == StatusCode::UNAUTHORIZED => {
+            format!("ARI refused the WebSocket: {status} (check ari.user and ari.password)")
+        }
+        WsClientError::InvalidResponseStatus(status) => format!("ARI refused the WebSocket: {status}"),
+        other => other.to_string(),
     }
 }
 
@@ -297,6 +353,67 @@ mod tests {
     fn ws_url_maps_schemes() {
         assert_eq!(ws_url("http://127.0.0.1:8088/ari"), "ws://127.0.0.1:8088/ari");
         assert_eq!(ws_url("https://pbx/ari"), "wss://pbx/ari");
+    }
+
+    fn settings(password: &str) -> AriSettings {
+        AriSettings {
+            url: "https://127.0.0.1:8089/ari".into(),
+            user: "rtpvisor".into(),
+            password: SecretString::from(password.to_owned()),
+            ca_file: None,
+            app: "a".into(),
+            request_timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn the_password_never_shows_in_debug() {
+        let password = "Zq9-distinctive-pw";
+        let encoded = base64::engine::general_purpose::STANDARD.encode(format!("rtpvisor:{password}"));
+        let s = settings(password);
+        let header = basic_authorization(&s.user, &s.password);
+        assert_eq!(header.to_str().unwrap(), format!("Basic {encoded}"), "RFC 7617");
+        assert!(header.is_sensitive());
+        let mut map = awc::http::header::HeaderMap::new();
+        map.insert(AUTHORIZATION, header);
+        for shown in [format!("{s:?}"), format!("{s:#?}"), format!("{map:?}")] {
+            assert!(!shown.contains(password) && !shown.contains(&encoded), "{shown}");
+        }
+    }
+
+    #[actix_rt::test]
+    async fn requests_carry_the_header_without_showing_it() {
+        let password = "Zq9-distinctive-pw";
+        let encoded = base64::engine::general_purpose::STANDARD.encode(format!("rtpvisor:{password}"));
+        let client = AriClient::new(settings(password)).unwrap();
+        let ws = client.events_request();
+        let shown = format!("{ws:?}");
+        assert!(shown.contains("authorization"), "the upgrade carries the header: {shown}");
+        assert!(!shown.contains(password) && !shown.contains(&encoded), "{shown}");
+        assert!(shown.contains("wss://127.0.0.1:8089/ari/events?app=a"), "{shown}");
+        let rest = format!("{:?}", client.http.get("https://127.0.0.1:8089/ari/channels"));
+        assert!(rest.contains("authorization"), "{rest}");
+        assert!(!rest.contains(password) && !rest.contains(&encoded), "{rest}");
+    }
+
+    #[test]
+    fn connect_errors_explain_tls_and_refusals() {
+        use awc::error::{ConnectError, SendRequestError, WsClientError};
+        let io = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        );
+        let e = WsClientError::SendRequest(SendRequestError::Connect(ConnectError::Io(io)));
+        let text = describe_ws_error(&e);
+        assert!(text.starts_with("Failed to connect to host: TLS: Asterisk's certificate is not signed"), "{text}");
+        let e = WsClientError::InvalidResponseStatus(StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            describe_ws_error(&e),
+            "ARI refused the WebSocket: 401 Unauthorized (check ari.user and ari.password)"
+        );
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let e = SendRequestError::Connect(ConnectError::Io(refused));
+        assert_eq!(describe_send_error(&e), e.to_string(), "other errors keep their text");
     }
 
     #[test]
