@@ -21,7 +21,7 @@ use rtpvisor_actors::actors::port_manager::{AcquirePort, PortManager};
 use rtpvisor_actors::latency::LatencyHistogram;
 use rtpvisor_actors::media::{EngineOptions, MediaHandle};
 use rtpvisor_actors::ports::{PortPool, PortRange};
-use rtpvisor_actors::probe::{ProbeStream, PACKET_LEN};
+use rtpvisor_actors::probe::{ProbeSecret, ProbeStream, PACKET_LEN};
 use rtpvisor_actors::rtp::{write_packet, RtpHeader, RtpPacket, HEADER_LEN};
 use rtpvisor_actors::stats::ReceiveStats;
 
@@ -182,7 +182,7 @@ fn probe(c: &mut Criterion) {
     // Write the next probe and match it coming back: the probe mode's per-packet work.
     g.bench_function("write_and_match", |b| {
         let t0 = Instant::now();
-        let mut p = ProbeStream::new(7, 7, Duration::from_secs(2), Duration::from_millis(20), t0);
+        let mut p = ProbeStream::new(7, ProbeSecret::from_bits(1, 2), 7, Duration::from_secs(2), Duration::from_millis(20), t0);
         let mut buf = [0u8; PACKET_LEN];
         let mut now = t0;
         b.iter(|| {

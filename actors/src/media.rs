@@ -45,7 +45,7 @@ use tokio::sync::oneshot;
 use crate::echo_guard::{EchoDrops, EchoGuard, GuardSettings, Verdict};
 use crate::latency::{LatencyHistogram, LatencySummary};
 use crate::mode::CallMode;
-use crate::probe::{ProbeOutcome, ProbeSnapshot, ProbeStream, PACKET_LEN};
+use crate::probe::{ProbeOutcome, ProbeSecret, ProbeSnapshot, ProbeStream, PACKET_LEN};
 use crate::rtp::RtpPacket;
 use crate::stats::{ArrivalKind, ReceiveSnapshot, ReceiveStats};
 use crate::sys::{self, Batch, ClockPair, Family, TimestampingOn};
@@ -933,6 +933,9 @@ impl Engine {
         if self.by_id.contains_key(&spec.id) {
             return Err(io::Error::new(io::ErrorKind::AlreadyExists, "stream id in use"));
         }
+        // Drawn per stream, so a return cannot be forged from what `/channels` shows; kept by
+        // `start_probing`'s rebuild. Before anything is registered: a failure leaves nothing.
+        let secret = ProbeSecret::random().map_err(|e| io::Error::other(format!("no random probe secret: {e}")))?;
         spec.socket.set_nonblocking(true)?;
         // Every socket read through `call_rx` must stamp (see `sys::Batch`); a probe's round trip
         // and an echo packet's delay then end when the packet arrived, not when we read it.
@@ -953,6 +956,7 @@ impl Engine {
             CallMode::Probe => Work::Probe {
                 probe: Box::new(ProbeStream::new(
                     spec.id as u32,
+                    secret,
                     0x5256_0000 ^ spec.id as u32,
                     spec.probe_timeout,
                     spec.late_threshold,
@@ -1003,7 +1007,7 @@ impl Engine {
                 let now = Instant::now();
                 silence.expected_since = Some(now);
                 // Re-anchored at the start so the schedule begins now, not at setup time.
-                **probe = ProbeStream::new(id as u32, 0x5256_0000 ^ id as u32, *timeout, *late, now);
+                **probe = ProbeStream::new(id as u32, probe.secret(), 0x5256_0000 ^ id as u32, *timeout, *late, now);
                 self.due.push(Reverse((now, slot, id)));
             }
         }
