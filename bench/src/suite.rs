@@ -244,6 +244,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         md.push_str("### Echo\n\n");
         md.push_str(&report::table(&ECHO_HEAD, &t, true));
         md.push('\n');
+        for line in limits_ratios(e) {
+            println!("{line}");
+            md.push_str(&format!("- {line}\n"));
+        }
     }
     if let Some(a) = &asterisk_out {
         let text = asterisk_text(a);
@@ -341,6 +345,27 @@ fn echo_table(e: &[EchoResult]) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// The echo with its limits on against off, per load: echoes/s and CPU per echo.
+fn limits_ratios(e: &[EchoResult]) -> Vec<String> {
+    let mut out = Vec::new();
+    for off in e.iter().filter(|r| r.system == "rtpvisor-echo") {
+        let same_load = |r: &&EchoResult| r.system == "rtpvisor-echo-limits" && load_name(&r.load) == load_name(&off.load);
+        if let Some(on) = e.iter().find(same_load) {
+            out.push(format!(
+                "echo limits on/off, {}: {:.0} vs {:.0} echoes/s = {:.3}x; CPU per echo {:.2} vs {:.2} us = {:.3}x",
+                load_name(&off.load),
+                on.echoes_per_s,
+                off.echoes_per_s,
+                on.echoes_per_s / off.echoes_per_s.max(1.0),
+                on.echo_cpu_us_per_echo,
+                off.echo_cpu_us_per_echo,
+                on.echo_cpu_us_per_echo / off.echo_cpu_us_per_echo.max(1e-9),
+            ));
+        }
+    }
+    out
+}
+
 fn echo_targets(e: &[EchoResult]) -> Vec<Target> {
     let sat = |sys: &str| e.iter().find(|r| r.system == sys && matches!(r.load, Load::Saturate { .. }));
     let mut t = Vec::new();
@@ -352,6 +377,15 @@ fn echo_targets(e: &[EchoResult]) -> Vec<Target> {
                 format!("{:.0} echoes/s", s.echoes_per_s),
                 Some(s.echoes_per_s >= 300_000.0),
             ));
+            if let Some(g) = sat("rtpvisor-echo-limits") {
+                let r = g.echoes_per_s / s.echoes_per_s.max(1.0);
+                t.push(Target::new(
+                    "echo.limits_cost",
+                    "echo: limits on cost at most 5 % of its throughput at saturation",
+                    format!("{:.0} vs {:.0} echoes/s (on/off) = {r:.3}x", g.echoes_per_s, s.echoes_per_s),
+                    Some(r >= 0.95),
+                ));
+            }
             let r = s.echoes_per_s / b.echoes_per_s.max(1.0);
             t.push(Target::new(
                 "echo.vs_blocking",
