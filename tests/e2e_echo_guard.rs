@@ -10,8 +10,9 @@
 //! 2. a flood from an allowed source at 2,000/s for ~2 s is cut to 200/s + the burst (within
 //!    15 %), while another allowed source under its rate gets every datagram back, and
 //!    `rate_limited` grows by exactly what the flood lost (so no call's datagram was cut);
-//! 3. oversized datagrams get nothing back (`too_large`);
-//! and the calls lose nothing: probe loss 0, the shared-echo calls' media keeps its pace.
+//! 3. oversized datagrams get nothing back (`too_large`).
+//!
+//! And the calls lose nothing: probe loss 0, the shared-echo calls' media keeps its pace.
 //!
 //! Shares the real Asterisk with other tests running at the same time: its own Stasis app
 //! (`rtpvisor-guard`), ports 10800-10809, touches only its own channels, never restarts or
