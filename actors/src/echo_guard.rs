@@ -75,7 +75,10 @@ impl Cidr {
     /// Whether `ip` is in this network. An IPv4-mapped IPv6 address (`::ffff:10.1.2.3`, what a
     /// dual-stack `[::]` socket reports for IPv4 senders) is matched as the IPv4 address it is.
     pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = canonical(ip);
+        self.contains_canonical(canonical(ip))
+    }
+
+    fn contains_canonical(&self, ip: IpAddr) -> bool {
         match (self.net, ip) {
             (IpAddr::V4(n), IpAddr::V4(a)) => bits4(a) & mask4(self.prefix) == bits4(n),
             (IpAddr::V6(n), IpAddr::V6(a)) => u128::from(a) & mask6(self.prefix) == u128::from(n),
@@ -147,7 +150,8 @@ impl AllowList {
     }
 
     pub fn contains(&self, ip: IpAddr) -> bool {
-        self.nets.iter().any(|n| n.contains(ip))
+        let ip = canonical(ip);
+        self.nets.iter().any(|n| n.contains_canonical(ip))
     }
 
     /// Both families entirely: the list filters nothing.
