@@ -536,6 +536,41 @@ mod tests {
     }
 
     #[test]
+    fn skipped_datagrams_are_not_sent_back_and_truncation_is_flagged() {
+        let echo = UdpSocket::bind("127.0.0.1:0").unwrap();
+        echo.set_nonblocking(true).unwrap();
+        let to = echo.local_addr().unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        client.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        client.send_to(&[1u8; 10], to).unwrap();
+        client.send_to(&[2u8; MAX_DATAGRAM + 500], to).unwrap();
+        client.send_to(&[3u8; 30], to).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        let mut batch: Batch<8> = Batch::new(false);
+        assert_eq!(batch.recv(&echo, Family::V4).unwrap(), 3);
+        let big = batch.get(1).unwrap();
+        assert!(big.truncated, "longer than the buffer");
+        assert_eq!(big.data.len(), MAX_DATAGRAM, "only what fits");
+        assert!(!batch.get(0).unwrap().truncated && !batch.get(2).unwrap().truncated);
+        batch.skip(1);
+        batch.skip(99); // out of range: ignored
+        assert!(batch.get(1).unwrap().skipped);
+        assert_eq!(batch.bytes(), 40, "skipped ones are not counted");
+        assert_eq!(batch.send_back(&echo), 0, "a skipped datagram is no failure");
+        let mut buf = [0u8; 4096];
+        let (n, _) = client.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], &[1u8; 10]);
+        let (n, _) = client.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], &[3u8; 30]);
+        assert!(client.recv_from(&mut buf).is_err(), "nothing else came back");
+        // The next read starts with nothing skipped.
+        client.send_to(&[4u8; 5], to).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(batch.recv(&echo, Family::V4).unwrap(), 1);
+        assert!(!batch.get(0).unwrap().skipped);
+    }
+
+    #[test]
     fn send_back_reflects_each_datagram_to_its_sender_ipv4_and_ipv6() {
         for any in ["127.0.0.1:0", "[::1]:0"] {
             let Ok(echo) = UdpSocket::bind(any) else { continue }; // no IPv6 here
