@@ -198,8 +198,8 @@ pub struct StreamReport {
     pub latency: LatencySummary,
 }
 
-/// A shared-echo call the engine watches: what Asterisk sent to the shared echo socket from
-/// that call's address (every such datagram is reflected as it came).
+/// A shared-echo call the engine watches: what the shared echo reflected for that call's
+/// address (datagrams the echo's limits dropped are not counted).
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct SharedReport {
     pub id: StreamId,

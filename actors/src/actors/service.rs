@@ -105,7 +105,7 @@ pub struct ChannelView {
     pub call: CallInfo,
     /// The call's own stream (echo, probe); null for shared-echo.
     pub media: Option<StreamReport>,
-    /// Shared-echo: what the echo received from this call's Asterisk address.
+    /// Shared-echo: what the echo reflected for this call's Asterisk address.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shared_echo: Option<SharedReport>,
 }
