@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use actix_web::{web, App, HttpServer};
 use rtpvisor_actors::actors::channel::CallSettings;
+use rtpvisor_actors::echo_guard::GuardSettings;
 use rtpvisor_actors::naming::host_port;
 use rtpvisor_actors::actors::{failure, Service, ServiceConfig};
 use rtpvisor_actors::ari::client::AriSettings;
@@ -60,6 +61,12 @@ pub fn service_config(cfg: &Config) -> anyhow::Result<ServiceConfig> {
             .map_err(|e| anyhow::anyhow!("invalid media.rtp_ports: {e}"))?,
         quarantine: Duration::from_millis(cfg.media.quarantine_ms),
         echo_addr: cfg.echo.addr,
+        echo_guard: GuardSettings {
+            allow: cfg.echo.allow.clone(),
+            rate_pps: cfg.echo.rate_pps,
+            burst: cfg.echo.burst,
+            max_bytes: cfg.echo.max_bytes as usize,
+        },
         default_mode: cfg
             .media
             .default_mode

@@ -20,6 +20,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use secrecy::{ExposeSecret, SecretString};
+use rtpvisor_actors::echo_guard::AllowList;
 use serde::{Serialize, Serializer};
 
 /// What a secret serializes as, so `--print-config` never shows it.
@@ -116,6 +117,15 @@ const RESTART_WINDOW_RANGE_MS: std::ops::RangeInclusive<u64> = 100..=MAX_DURATIO
 /// Media modes a call can run in; `media.default_mode` must be one of them.
 /// Bound of the media engine's stall detection (and of every request to it).
 const MEDIA_STALL_RANGE_MS: std::ops::RangeInclusive<u64> = 500..=60_000;
+
+/// Per-source echo rate: 0 turns the limit off; ten million datagrams a second is beyond
+/// what one thread reflects, so more is a typo.
+const ECHO_RATE_RANGE: std::ops::RangeInclusive<u64> = 0..=10_000_000;
+/// The token bucket holds at least one datagram, or nothing could ever be answered.
+const ECHO_BURST_RANGE: std::ops::RangeInclusive<u64> = 1..=10_000_000;
+/// The echo reads at most `sys::MAX_DATAGRAM` bytes of a datagram; a limit above that could
+/// not be told from a truncated one.
+const ECHO_MAX_BYTES_RANGE: std::ops::RangeInclusive<u64> = 1..=rtpvisor_actors::sys::MAX_DATAGRAM as u64;
 
 pub const MEDIA_MODES: [&str; 3] = ["echo", "probe", "shared-echo"];
 
@@ -265,6 +275,16 @@ pub struct EchoConfig {
     /// (see [`Config::echo_host`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+    /// Source networks the echo answers (CIDRs, comma-separated); anyone else gets nothing,
+    /// so the echo cannot be used to reflect spoofed traffic at a third party.
+    #[serde(serialize_with = "serialize_display")]
+    pub allow: AllowList,
+    /// Datagrams per second answered per source address and port; 0 turns the limit off.
+    pub rate_pps: u32,
+    /// Datagrams a source may send at once above its rate (the token bucket's size).
+    pub burst: u32,
+    /// Largest datagram answered, bytes.
+    pub max_bytes: u32,
 }
 
 /// The HTTP API listener.
@@ -369,6 +389,10 @@ impl Serialize for PortRangeSetting {
     }
 }
 
+fn serialize_display<T: fmt::Display, S: Serializer>(value: &T, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(value)
+}
+
 impl Default for AriConfig {
     fn default() -> Self {
         AriConfig {
@@ -413,6 +437,14 @@ impl Default for EchoConfig {
         EchoConfig {
             addr: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 4000)),
             host: None,
+            // This host only: the other defaults (ari.url, media.host) assume Asterisk runs
+            // here too; a deployment that moves Asterisk names its network (compose does).
+            allow: AllowList::loopback(),
+            // A call sends 50 packets/s: four times that, and two seconds' worth at once.
+            rate_pps: 200,
+            burst: 400,
+            // An Ethernet MTU: RTP of a call is far smaller; more is not media.
+            max_bytes: 1500,
         }
     }
 }
@@ -535,6 +567,18 @@ pub struct Cli {
     /// Address Asterisk uses to reach the echo port [default: media.host] [env: RTPVISOR_ECHO_HOST]
     #[arg(long, value_name = "HOST")]
     pub echo_host: Option<String>,
+    /// Source networks the echo answers, comma-separated CIDRs (IPv4 and IPv6) [default: 127.0.0.0/8,::1/128] [env: RTPVISOR_ECHO_ALLOW]
+    #[arg(long, value_name = "CIDR,...")]
+    pub echo_allow: Option<String>,
+    /// Datagrams per second the echo answers per source (address and port), 0-10000000; 0 is no limit [default: 200] [env: RTPVISOR_ECHO_RATE_PPS]
+    #[arg(long, value_name = "PPS")]
+    pub echo_rate_pps: Option<String>,
+    /// Datagrams a source may send at once above its rate, 1-10000000 [default: 400] [env: RTPVISOR_ECHO_BURST]
+    #[arg(long, value_name = "N")]
+    pub echo_burst: Option<String>,
+    /// Largest datagram the echo answers, 1-2048 bytes [default: 1500] [env: RTPVISOR_ECHO_MAX_BYTES]
+    #[arg(long, value_name = "BYTES")]
+    pub echo_max_bytes: Option<String>,
     /// Listen address of the HTTP API, IP:PORT [default: 0.0.0.0:9090] [env: RTPVISOR_HTTP_ADDR]
     #[arg(long, value_name = "IP:PORT")]
     pub http_addr: Option<String>,
@@ -619,6 +663,10 @@ impl Cli {
             Key::DefaultMode => &self.default_mode,
             Key::EchoAddr => &self.echo_addr,
             Key::EchoHost => &self.echo_host,
+            Key::EchoAllow => &self.echo_allow,
+            Key::EchoRatePps => &self.echo_rate_pps,
+            Key::EchoBurst => &self.echo_burst,
+            Key::EchoMaxBytes => &self.echo_max_bytes,
             Key::HttpAddr => &self.http_addr,
             Key::HttpToken => return exposed_flag(&self.http_token),
             Key::HttpTokenFile => &self.http_token_file,
@@ -660,6 +708,10 @@ enum Key {
     DefaultMode,
     EchoAddr,
     EchoHost,
+    EchoAllow,
+    EchoRatePps,
+    EchoBurst,
+    EchoMaxBytes,
     HttpAddr,
     HttpToken,
     HttpTokenFile,
@@ -739,6 +791,10 @@ const SPECS: &[Spec] = &[
     Spec { key: Key::DefaultMode, path: "media.default_mode", env: Some("RTPVISOR_DEFAULT_MODE"), flag: Some("--default-mode"), kind: Kind::Str },
     Spec { key: Key::EchoAddr, path: "echo.addr", env: Some("RTPVISOR_ECHO_ADDR"), flag: Some("--echo-addr"), kind: Kind::Str },
     Spec { key: Key::EchoHost, path: "echo.host", env: Some("RTPVISOR_ECHO_HOST"), flag: Some("--echo-host"), kind: Kind::Str },
+    Spec { key: Key::EchoAllow, path: "echo.allow", env: Some("RTPVISOR_ECHO_ALLOW"), flag: Some("--echo-allow"), kind: Kind::Str },
+    Spec { key: Key::EchoRatePps, path: "echo.rate_pps", env: Some("RTPVISOR_ECHO_RATE_PPS"), flag: Some("--echo-rate-pps"), kind: Kind::Int },
+    Spec { key: Key::EchoBurst, path: "echo.burst", env: Some("RTPVISOR_ECHO_BURST"), flag: Some("--echo-burst"), kind: Kind::Int },
+    Spec { key: Key::EchoMaxBytes, path: "echo.max_bytes", env: Some("RTPVISOR_ECHO_MAX_BYTES"), flag: Some("--echo-max-bytes"), kind: Kind::Int },
     Spec { key: Key::HttpAddr, path: "http.addr", env: Some("RTPVISOR_HTTP_ADDR"), flag: Some("--http-addr"), kind: Kind::Str },
     Spec { key: Key::HttpToken, path: "http.token", env: Some("RTPVISOR_HTTP_TOKEN"), flag: Some("--http-token"), kind: Kind::Str },
     Spec { key: Key::HttpTokenFile, path: "http.token_file", env: Some("RTPVISOR_HTTP_TOKEN_FILE"), flag: Some("--http-token-file"), kind: Kind::Str },
@@ -1205,6 +1261,10 @@ impl Config {
                 self.echo.addr = addr;
             }
             Key::EchoHost => self.echo.host = Some(parse_host(raw)?),
+            Key::EchoAllow => self.echo.allow = raw.parse().map_err(|e| format!("{e}"))?,
+            Key::EchoRatePps => self.echo.rate_pps = parse_count(raw, ECHO_RATE_RANGE, "datagrams per second")?,
+            Key::EchoBurst => self.echo.burst = parse_count(raw, ECHO_BURST_RANGE, "datagrams")?,
+            Key::EchoMaxBytes => self.echo.max_bytes = parse_count(raw, ECHO_MAX_BYTES_RANGE, "bytes")?,
             Key::HttpAddr => self.http.addr = parse_socket_addr(raw)?,
             Key::HttpToken => self.http.token = Some(Secret::new(&parse_token(raw)?)),
             Key::HttpTokenFile => self.http.token_file = Some(parse_path(raw)?),
@@ -1253,6 +1313,10 @@ impl Config {
                 .host
                 .clone()
                 .unwrap_or_else(|| "media.host".into()),
+            Key::EchoAllow => self.echo.allow.to_string(),
+            Key::EchoRatePps => self.echo.rate_pps.to_string(),
+            Key::EchoBurst => self.echo.burst.to_string(),
+            Key::EchoMaxBytes => self.echo.max_bytes.to_string(),
             Key::HttpAddr => self.http.addr.to_string(),
             Key::HttpToken => match self.http.token {
                 Some(_) => REDACTED.to_owned(),
@@ -1448,6 +1512,20 @@ fn parse_max_restarts(raw: &str) -> Result<u32, String> {
     Ok(u32::try_from(value).expect("range fits in u32"))
 }
 
+/// A whole number of `unit` within `range` (which fits u32).
+fn parse_count(raw: &str, range: std::ops::RangeInclusive<u64>, unit: &str) -> Result<u32, String> {
+    let raw = raw.trim();
+    if raw.starts_with('-') {
+        return Err("must not be negative".into());
+    }
+    // Parsed wide so an out-of-range number gets the range message, not "not a number".
+    let value: u64 = raw.parse().map_err(|_| format!("not a whole number of {unit}"))?;
+    if !range.contains(&value) {
+        return Err(format!("{value} is outside {}..={}", range.start(), range.end()));
+    }
+    Ok(u32::try_from(value).expect("ranges fit in u32"))
+}
+
 fn parse_max_calls(raw: &str) -> Result<u32, String> {
     let n: u32 = raw.trim().parse().map_err(|_| "not a whole number of calls".to_owned())?;
     if n > 65_536 {
@@ -1640,6 +1718,10 @@ cZs2HdjlgtSnr/wyR7yvbuuaQ6bwr+2NHTJyKQIhAPbzHwzpJm2u64EmqyGOAXd/
             Key::DefaultMode => ["probe", "shared-echo", "echo"],
             Key::EchoAddr => ["127.0.0.1:4001", "[::1]:4002", "0.0.0.0:4003"],
             Key::EchoHost => ["echo.example", "10.1.1.1", "fe80::1"],
+            Key::EchoAllow => ["127.0.0.0/8,::1/128,172.31.250.0/24", "10.0.0.0/8", "0.0.0.0/0,::/0"],
+            Key::EchoRatePps => ["0", "50", "10000000"],
+            Key::EchoBurst => ["1", "100", "10000000"],
+            Key::EchoMaxBytes => ["1", "172", "2048"],
             Key::HttpAddr => ["127.0.0.1:0", "[::]:9091", "0.0.0.0:80"],
             Key::HttpToken => ["file-token-0123456789", "env-token-0123456789", "cli-token-0123456789"],
             Key::HttpTokenFile => [
@@ -1692,6 +1774,8 @@ cZs2HdjlgtSnr/wyR7yvbuuaQ6bwr+2NHTJyKQIhAPbzHwzpJm2u64EmqyGOAXd/
         assert_eq!(config.media.default_mode, "echo");
         assert_eq!(config.echo.addr.to_string(), "0.0.0.0:4000");
         assert_eq!(config.echo.host, None);
+        assert_eq!(config.echo.allow.to_string(), "127.0.0.0/8,::1/128");
+        assert_eq!((config.echo.rate_pps, config.echo.burst, config.echo.max_bytes), (200, 400, 1500));
         assert_eq!(config.http.addr.to_string(), "0.0.0.0:9090");
         assert_eq!(
             config.supervision,
@@ -1927,6 +2011,16 @@ cZs2HdjlgtSnr/wyR7yvbuuaQ6bwr+2NHTJyKQIhAPbzHwzpJm2u64EmqyGOAXd/
             "0.0.0.0",
             "Asterisk must be able to send RTP to it",
         ),
+        (Key::EchoAllow, "10.0.0.1/8", "10.0.0.1/8 has host bits set; the network is 10.0.0.0/8"),
+        (Key::EchoAllow, "10.0.0.0/8,lan", "\"lan\" is not an IP address or CIDR"),
+        (Key::EchoAllow, "::/200", "prefix length /200 is too long"),
+        (Key::EchoAllow, ",", "the list is empty"),
+        (Key::EchoRatePps, "10000001", "10000001 is outside 0..=10000000"),
+        (Key::EchoRatePps, "-1", "must not be negative"),
+        (Key::EchoRatePps, "fast", "not a whole number of datagrams per second"),
+        (Key::EchoBurst, "0", "0 is outside 1..=10000000"),
+        (Key::EchoMaxBytes, "0", "0 is outside 1..=2048"),
+        (Key::EchoMaxBytes, "9000", "9000 is outside 1..=2048"),
         (Key::HttpAddr, "abc", "not an IP:port socket address"),
         (Key::HttpTokenFile, "/nonexistent/api-token", "cannot read it"),
         (Key::ShutdownTimeoutMs, "600001", "outside 0..=600000"),

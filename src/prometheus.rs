@@ -120,6 +120,10 @@ pub fn render(m: &MetricsSnapshot, ports: &PoolSnapshot) -> String {
     sample(&mut o, "rtpvisor_echo_bytes_total", "", m.echo.bytes as f64);
     family(&mut o, "rtpvisor_echo_send_errors_total", "counter", "Shared echo send or receive errors.");
     sample(&mut o, "rtpvisor_echo_send_errors_total", "", m.echo.send_errors as f64);
+    family(&mut o, "rtpvisor_echo_dropped_total", "counter", "Datagrams the shared echo did not answer, by reason (echo.allow, echo.rate_pps, echo.max_bytes).");
+    sample(&mut o, "rtpvisor_echo_dropped_total", "reason=\"not_allowed\"", m.echo.dropped.not_allowed as f64);
+    sample(&mut o, "rtpvisor_echo_dropped_total", "reason=\"rate_limited\"", m.echo.dropped.rate_limited as f64);
+    sample(&mut o, "rtpvisor_echo_dropped_total", "reason=\"too_large\"", m.echo.dropped.too_large as f64);
 
     family(&mut o, "rtpvisor_ari_events_total", "counter", "ARI events received, by outcome.");
     sample(&mut o, "rtpvisor_ari_events_total", "outcome=\"handled\"", m.ari.events.saturating_sub(m.ari.unknown + m.ari.malformed) as f64);
@@ -155,6 +159,7 @@ pub(crate) mod tests {
 
     use rtpvisor_actors::actors::metrics::{AriEventCounts, DroppedCounters, EndedCounters, ModesMetrics};
     use rtpvisor_actors::latency::LatencySummary;
+    use rtpvisor_actors::echo_guard::EchoDrops;
     use rtpvisor_actors::media::ReflectorCounters;
     use rtpvisor_actors::ports::PortRange;
 
@@ -407,7 +412,12 @@ pub(crate) mod tests {
                 probe,
                 shared_echo: mode(300, LatencySummary::default()),
             },
-            echo: ReflectorCounters { packets: 500, bytes: 86_000, send_errors: 3 },
+            echo: ReflectorCounters {
+                packets: 500,
+                bytes: 86_000,
+                send_errors: 3,
+                dropped: EchoDrops { not_allowed: 31, rate_limited: 32, too_large: 33 },
+            },
             dropped: DroppedCounters { foreign_source: 21, malformed: 22, media_loop: 23 },
             ari: AriEventCounts { events: 90, unknown: 5, malformed: 2 },
             reconcile: Default::default(),
@@ -480,6 +490,9 @@ pub(crate) mod tests {
             "rtpvisor_echo_packets_total 500",
             "rtpvisor_echo_bytes_total 86000",
             "rtpvisor_echo_send_errors_total 3",
+            "rtpvisor_echo_dropped_total{reason=\"not_allowed\"} 31",
+            "rtpvisor_echo_dropped_total{reason=\"rate_limited\"} 32",
+            "rtpvisor_echo_dropped_total{reason=\"too_large\"} 33",
             // Handled = all events minus unknown and malformed ones.
             "rtpvisor_ari_events_total{outcome=\"handled\"} 83",
             "rtpvisor_ari_events_total{outcome=\"unknown_type\"} 5",

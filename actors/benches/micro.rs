@@ -18,12 +18,14 @@ use std::time::{Duration, Instant};
 use actix::Actor;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use rtpvisor_actors::actors::port_manager::{AcquirePort, PortManager};
+use rtpvisor_actors::echo_guard::{EchoGuard, GuardSettings};
 use rtpvisor_actors::latency::LatencyHistogram;
 use rtpvisor_actors::media::{EngineOptions, MediaHandle};
 use rtpvisor_actors::ports::{PortPool, PortRange};
-use rtpvisor_actors::probe::{ProbeStream, PACKET_LEN};
+use rtpvisor_actors::probe::{ProbeSecret, ProbeStream, PACKET_LEN};
 use rtpvisor_actors::rtp::{write_packet, RtpHeader, RtpPacket, HEADER_LEN};
 use rtpvisor_actors::stats::ReceiveStats;
+use rtpvisor_actors::sys::MAX_DATAGRAM;
 
 /// Counts every allocation of the process, so a bench can tell how many an operation makes.
 struct Counting;
@@ -182,7 +184,7 @@ fn probe(c: &mut Criterion) {
     // Write the next probe and match it coming back: the probe mode's per-packet work.
     g.bench_function("write_and_match", |b| {
         let t0 = Instant::now();
-        let mut p = ProbeStream::new(7, 7, Duration::from_secs(2), Duration::from_millis(20), t0);
+        let mut p = ProbeStream::new(7, ProbeSecret::from_bits(1, 2), 7, Duration::from_secs(2), Duration::from_millis(20), t0);
         let mut buf = [0u8; PACKET_LEN];
         let mut now = t0;
         b.iter(|| {
@@ -254,12 +256,16 @@ const PER_CLIENT: usize = 4;
 
 impl Reflector {
     fn start(watched: usize, hits: bool) -> Reflector {
+        Self::with(watched, hits, GuardSettings::off(MAX_DATAGRAM))
+    }
+
+    fn with(watched: usize, hits: bool, guard: GuardSettings) -> Reflector {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         let (media, join) = MediaHandle::start(Box::new(|_| {}), Box::new(|_, _| {}), EngineOptions::default())
             .expect("media engine");
         let echo = std::net::UdpSocket::bind("127.0.0.1:0").expect("echo socket");
         let echo_addr = echo.local_addr().expect("bound");
-        rt.block_on(media.set_reflector(echo)).expect("engine").expect("reflector");
+        rt.block_on(media.set_reflector(echo, guard)).expect("engine").expect("reflector");
         let clients: Vec<std::net::UdpSocket> = (0..CLIENTS)
             .map(|_| {
                 let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("client");
@@ -327,6 +333,39 @@ fn shared_echo(c: &mut Criterion) {
         let r = Reflector::start(watched, hits);
         g.bench_function(name, |b| b.iter(|| r.round(black_box(&pkt), &mut buf)));
     }
+    // Limits on (allow-list, size, a rate no client reaches): what the guard adds per round.
+    let r = Reflector::with(0, false, bench_limits());
+    g.bench_function("0_watches_limits_on", |b| b.iter(|| r.round(black_box(&pkt), &mut buf)));
+    g.finish();
+
+    // The guard's decision alone, per datagram: an allowed source with a bucket, one of
+    // 1,000 sources taking turns (the table's set scan), and a refused one.
+    let mut guard = EchoGuard::new(bench_limits(), 42, Instant::now());
+    let t0 = Instant::now();
+    let one = std::net::SocketAddr::from(([127, 0, 0, 1], 31000));
+    let outsider = std::net::SocketAddr::from(([203, 0, 113, 9], 31000));
+    let many: Vec<std::net::SocketAddr> = (0..1000u16).map(|i| std::net::SocketAddr::from(([127, 0, 0, 1], 20000 + i))).collect();
+    let allocs = allocs_per_op(100_000, |i| {
+        black_box(guard.check(many[(i % 1000) as usize], 172, false, t0 + Duration::from_nanos(i * 100)));
+    });
+    println!("allocations per echo guard check: {allocs}");
+    assert_eq!(allocs, 0.0, "EchoGuard::check must not allocate");
+    let mut g = c.benchmark_group("echo_guard");
+    g.throughput(Throughput::Elements(1));
+    let mut i = 0u64;
+    g.bench_function("check_one_source", |b| {
+        b.iter(|| {
+            i += 1;
+            guard.check(black_box(one), 172, false, t0 + Duration::from_nanos(i * 100))
+        })
+    });
+    g.bench_function("check_1000_sources", |b| {
+        b.iter(|| {
+            i += 1;
+            guard.check(black_box(many[(i % 1000) as usize]), 172, false, t0 + Duration::from_nanos(i * 100))
+        })
+    });
+    g.bench_function("check_not_allowed", |b| b.iter(|| guard.check(black_box(outsider), 172, false, t0)));
     g.finish();
 
     // The lookup each datagram pays when something is watched.
@@ -338,6 +377,16 @@ fn shared_echo(c: &mut Criterion) {
     g.bench_function("hashmap_100_hit", |b| b.iter(|| map.get(black_box(&hit)).copied()));
     g.bench_function("hashmap_100_miss", |b| b.iter(|| map.get(black_box(&miss)).copied()));
     g.finish();
+}
+
+/// A deployment's limits with a rate no bench client reaches: every check runs, none drops.
+fn bench_limits() -> GuardSettings {
+    GuardSettings {
+        allow: "10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fd00::/8,127.0.0.1/32".parse().expect("constant CIDRs"),
+        rate_pps: 10_000_000,
+        burst: 10_000_000,
+        max_bytes: 1500,
+    }
 }
 
 fn all(c: &mut Criterion) {

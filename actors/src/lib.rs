@@ -9,6 +9,8 @@
 //! - [`stats`]: receive statistics: extended sequence numbers, loss, duplicates, reordering,
 //!   RFC 3550 A.8 interarrival jitter, delay against the stream's schedule, late packets.
 //! - [`probe`]: probe streams: what a probe packet carries and how its round trip is matched.
+//! - [`echo_guard`]: the shared echo's safeguards: allow-list (CIDRs), per-source token
+//!   buckets in a fixed table, size limit; drops counted by reason.
 //! - [`mode`]: the call modes (echo, probe, shared-echo).
 //! - [`call`]: the call procedure (setup steps, waits and retries, teardown) as a state machine.
 //! - [`intensity`]: restart intensity (at most N failures in T), OTP style.
@@ -34,6 +36,7 @@
 pub mod actors;
 pub mod call;
 pub mod ari;
+pub mod echo_guard;
 pub mod intensity;
 pub mod latency;
 pub mod media;

@@ -42,9 +42,10 @@ use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token, Waker};
 use tokio::sync::oneshot;
 
+use crate::echo_guard::{EchoDrops, EchoGuard, GuardSettings, Verdict};
 use crate::latency::{LatencyHistogram, LatencySummary};
 use crate::mode::CallMode;
-use crate::probe::{ProbeOutcome, ProbeSnapshot, ProbeStream, PACKET_LEN};
+use crate::probe::{ProbeOutcome, ProbeSecret, ProbeSnapshot, ProbeStream, PACKET_LEN};
 use crate::rtp::RtpPacket;
 use crate::stats::{ArrivalKind, ReceiveSnapshot, ReceiveStats};
 use crate::sys::{self, Batch, ClockPair, Family, TimestampingOn};
@@ -154,12 +155,17 @@ pub struct StreamSpec {
     pub no_media_timeout: Duration,
 }
 
-/// Counters of the shared echo socket (UDP 4000).
+/// Counters of the shared echo socket (UDP 4000). Every datagram read is either reflected
+/// (`packets`) or dropped (`dropped`, by reason).
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
 pub struct ReflectorCounters {
+    /// Datagrams reflected.
     pub packets: u64,
+    /// Bytes reflected.
     pub bytes: u64,
     pub send_errors: u64,
+    /// Datagrams not answered, by reason (see [`crate::echo_guard`]).
+    pub dropped: EchoDrops,
 }
 
 /// One stream as it stands: what the HTTP API shows for a call, and the final report.
@@ -192,8 +198,8 @@ pub struct StreamReport {
     pub latency: LatencySummary,
 }
 
-/// A shared-echo call the engine watches: what Asterisk sent to the shared echo socket from
-/// that call's address (every such datagram is reflected as it came).
+/// A shared-echo call the engine watches: what the shared echo reflected for that call's
+/// address (datagrams the echo's limits dropped are not counted).
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct SharedReport {
     pub id: StreamId,
@@ -307,7 +313,7 @@ enum Command {
     StartProbing(StreamId),
     Remove(StreamId, oneshot::Sender<Option<StreamReport>>),
     Snapshot(oneshot::Sender<MediaSnapshot>),
-    SetReflector(std::net::UdpSocket, oneshot::Sender<io::Result<()>>),
+    SetReflector(std::net::UdpSocket, GuardSettings, oneshot::Sender<io::Result<()>>),
     Watch { id: StreamId, peer: SocketAddr, no_media_timeout: Duration, reply: oneshot::Sender<()> },
     Unwatch(StreamId, oneshot::Sender<Option<SharedReport>>),
     LinkDown(Option<Duration>),
@@ -474,9 +480,10 @@ impl MediaHandle {
         self.request(Command::Snapshot).await
     }
 
-    /// Gives the engine the shared echo socket (UDP 4000).
-    pub async fn set_reflector(&self, socket: std::net::UdpSocket) -> Result<io::Result<()>, EngineError> {
-        self.request(|tx| Command::SetReflector(socket, tx)).await
+    /// Gives the engine the shared echo socket (UDP 4000) and the limits it answers within
+    /// ([`crate::echo_guard`]).
+    pub async fn set_reflector(&self, socket: std::net::UdpSocket, guard: GuardSettings) -> Result<io::Result<()>, EngineError> {
+        self.request(|tx| Command::SetReflector(socket, guard, tx)).await
     }
 
     /// Watches a shared-echo call: datagrams reaching the shared echo socket from `peer`
@@ -777,6 +784,12 @@ struct Engine {
     due: BinaryHeap<Reverse<(Instant, usize, StreamId)>>,
     reflector: Option<(UdpSocket, Family)>,
     reflector_counters: ReflectorCounters,
+    /// The shared echo's limits; None when they filter nothing (the reflector then skips the
+    /// per-datagram checks entirely).
+    guard: Option<EchoGuard>,
+    /// Drops by reason at the last log line about them, and when it was written: at most one
+    /// line a minute, so a flood cannot flood the log too.
+    drops_logged: (EchoDrops, Option<Instant>),
     /// Watched shared-echo calls, in no order (removal swaps the last one in).
     watches: Vec<Watch>,
     /// Index into `watches` by peer: the shared echo's per-datagram lookup (a hash lookup of
@@ -811,6 +824,8 @@ impl Engine {
             due: BinaryHeap::new(),
             reflector: None,
             reflector_counters: ReflectorCounters::default(),
+            guard: None,
+            drops_logged: (EchoDrops::default(), None),
             watches: Vec::new(),
             watch_by_peer: HashMap::new(),
             link_down: None,
@@ -885,8 +900,8 @@ impl Engine {
                         shared: self.watches.iter().map(|w| w.report(now)).collect(),
                     });
                 }
-                Command::SetReflector(sock, reply) => {
-                    let _ = reply.send(self.set_reflector(sock));
+                Command::SetReflector(sock, guard, reply) => {
+                    let _ = reply.send(self.set_reflector(sock, guard));
                 }
                 Command::Watch { id, peer, no_media_timeout, reply } => {
                     self.watch(id, peer, no_media_timeout);
@@ -918,6 +933,9 @@ impl Engine {
         if self.by_id.contains_key(&spec.id) {
             return Err(io::Error::new(io::ErrorKind::AlreadyExists, "stream id in use"));
         }
+        // Drawn per stream, so a return cannot be forged from what `/channels` shows; kept by
+        // `start_probing`'s rebuild. Before anything is registered: a failure leaves nothing.
+        let secret = ProbeSecret::random().map_err(|e| io::Error::other(format!("no random probe secret: {e}")))?;
         spec.socket.set_nonblocking(true)?;
         // Every socket read through `call_rx` must stamp (see `sys::Batch`); a probe's round trip
         // and an echo packet's delay then end when the packet arrived, not when we read it.
@@ -938,6 +956,7 @@ impl Engine {
             CallMode::Probe => Work::Probe {
                 probe: Box::new(ProbeStream::new(
                     spec.id as u32,
+                    secret,
                     0x5256_0000 ^ spec.id as u32,
                     spec.probe_timeout,
                     spec.late_threshold,
@@ -988,7 +1007,7 @@ impl Engine {
                 let now = Instant::now();
                 silence.expected_since = Some(now);
                 // Re-anchored at the start so the schedule begins now, not at setup time.
-                **probe = ProbeStream::new(id as u32, 0x5256_0000 ^ id as u32, *timeout, *late, now);
+                **probe = ProbeStream::new(id as u32, probe.secret(), 0x5256_0000 ^ id as u32, *timeout, *late, now);
                 self.due.push(Reverse((now, slot, id)));
             }
         }
@@ -1024,8 +1043,16 @@ impl Engine {
         }
     }
 
-    fn set_reflector(&mut self, sock: std::net::UdpSocket) -> io::Result<()> {
+    fn set_reflector(&mut self, sock: std::net::UdpSocket, guard: GuardSettings) -> io::Result<()> {
         sock.set_nonblocking(true)?;
+        self.guard = if guard.is_off(sys::MAX_DATAGRAM) {
+            log::warn!("[Media] the shared echo answers every source at any rate: no allow-list, no rate limit");
+            None
+        } else {
+            // The table's hash seed: unknown outside, so nobody can pick sources that share a set.
+            let seed = getrandom::u64().map_err(|e| io::Error::other(format!("no random seed for the echo's table: {e}")))?;
+            Some(EchoGuard::new(guard, seed, Instant::now()))
+        };
         let family = Family::of(&sock.local_addr()?);
         let mut socket = UdpSocket::from_std(sock);
         if let Some((mut old, _)) = self.reflector.take() {
@@ -1038,6 +1065,14 @@ impl Engine {
 
     fn watch(&mut self, id: StreamId, peer: SocketAddr, no_media_timeout: Duration) {
         self.unwatch(id);
+        if let Some(g) = &self.guard {
+            if !g.settings().allow.contains(peer.ip()) {
+                log::warn!(
+                    "[Media] shared-echo call {id}: Asterisk sends from {peer}, outside echo.allow ({}): its media will not be reflected",
+                    g.settings().allow
+                );
+            }
+        }
         if let Some(&i) = self.watch_by_peer.get(&peer) {
             let old = self.watches[i].id;
             log::warn!("[Media] shared-echo peer {peer} moves from call {old} to call {id}");
@@ -1072,8 +1107,9 @@ impl Engine {
         }
     }
 
-    /// Shared echo: every datagram goes back to its sender as it came, stateless; read with
-    /// recvmmsg and sent back with sendmmsg, [`REFLECT_BATCH`] at a time. Datagrams from a
+    /// Shared echo: every datagram the guard accepts goes back to its sender as it came;
+    /// read with recvmmsg and sent back with sendmmsg, [`REFLECT_BATCH`] at a time, the
+    /// refused ones left out of the batch and counted by reason. Reflected datagrams from a
     /// watched peer are also counted for its call.
     fn reflect(&mut self) {
         let Some((sock, family)) = &self.reflector else { return };
@@ -1089,7 +1125,21 @@ impl Engine {
                     continue;
                 }
             };
-            c.packets += n as u64;
+            let mut dropped = 0;
+            if let Some(guard) = &mut self.guard {
+                // One clock read per batch: a flood is read in many batches within one
+                // wake-up, and the buckets must refill between them.
+                let now = Instant::now();
+                for i in 0..n {
+                    let Some(d) = self.reflect_batch.get(i) else { break };
+                    if let Verdict::Drop(_) = guard.check(d.from, d.data.len(), d.truncated, now) {
+                        self.reflect_batch.skip(i);
+                        dropped += 1;
+                    }
+                }
+                c.dropped = guard.drops();
+            }
+            c.packets += (n - dropped) as u64;
             c.bytes += self.reflect_batch.bytes();
             c.send_errors += self.reflect_batch.send_back(sock);
             // Only now the senders' addresses are built, and only when someone is watched.
@@ -1098,6 +1148,9 @@ impl Engine {
                 let at = self.clock.instant;
                 for i in 0..n {
                     let Some(d) = self.reflect_batch.get(i) else { break };
+                    if d.skipped {
+                        continue;
+                    }
                     if let Some(&w) = self.watch_by_peer.get(&d.from) {
                         let w = &mut self.watches[w];
                         w.packets += 1;
@@ -1197,7 +1250,26 @@ impl Engine {
                 self.delta_dirty[i] = false;
             }
         }
+        self.log_echo_drops(now);
         (self.sink)(MediaFlush { latency_delta, live, ended, reflector: self.reflector_counters });
+    }
+
+    /// At most once a minute, what the echo refused since the last such line.
+    fn log_echo_drops(&mut self, now: Instant) {
+        let Some(guard) = &mut self.guard else { return };
+        let (before, at) = self.drops_logged;
+        let d = guard.drops();
+        if d == before || at.is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(60)) {
+            return;
+        }
+        let last = guard.take_last_refused().map(|a| format!(" (last refused source {a})")).unwrap_or_default();
+        log::warn!(
+            "[Media] the shared echo dropped {} datagram(s) from sources outside echo.allow{last}, {} over echo.rate_pps, {} over echo.max_bytes",
+            d.not_allowed - before.not_allowed,
+            d.rate_limited - before.rate_limited,
+            d.too_large - before.too_large,
+        );
+        self.drops_logged = (d, Some(now));
     }
 }
 
@@ -1476,7 +1548,7 @@ mod tests {
         let h = Harness::new();
         let echo = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let echo_addr = echo.local_addr().unwrap();
-        block_on(h.media.set_reflector(echo)).unwrap().unwrap();
+        block_on(h.media.set_reflector(echo, GuardSettings::default())).unwrap().unwrap();
         let a = udp();
         let mut buf = [0u8; 2048];
         for size in [1usize, 172, 1400] {
@@ -1617,7 +1689,7 @@ mod tests {
         assert_eq!(block_on(h.media.snapshot()), Err(EngineError::Timeout(Duration::from_millis(150))));
         assert_eq!(block_on(h.media.remove(1)), Err(EngineError::Timeout(Duration::from_millis(150))));
         let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        assert!(matches!(block_on(h.media.set_reflector(sock)), Err(EngineError::Timeout(_))));
+        assert!(matches!(block_on(h.media.set_reflector(sock, GuardSettings::default())), Err(EngineError::Timeout(_))));
         assert!(matches!(
             block_on(h.media.watch_shared(9, "127.0.0.1:9".parse().unwrap(), Duration::ZERO)),
             Err(EngineError::Timeout(_))
@@ -1743,7 +1815,7 @@ mod tests {
         let h = Harness::new();
         let echo = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let echo_addr = echo.local_addr().unwrap();
-        block_on(h.media.set_reflector(echo)).unwrap().unwrap();
+        block_on(h.media.set_reflector(echo, GuardSettings::default())).unwrap().unwrap();
         let (a, b, c) = (udp(), udp(), udp());
         block_on(h.media.watch_shared(10, a.local_addr().unwrap(), Duration::ZERO)).unwrap();
         block_on(h.media.watch_shared(11, b.local_addr().unwrap(), Duration::ZERO)).unwrap();
@@ -1782,11 +1854,61 @@ mod tests {
     }
 
     #[test]
+    fn the_echo_answers_only_within_its_limits_and_counts_every_drop() {
+        let h = Harness::new();
+        let echo = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let echo_addr = echo.local_addr().unwrap();
+        let settings = GuardSettings { allow: "127.0.0.1/32".parse().unwrap(), rate_pps: 10, burst: 3, max_bytes: 1500 };
+        block_on(h.media.set_reflector(echo, settings)).unwrap().unwrap();
+        let stranger = std::net::UdpSocket::bind("127.0.0.2:0").expect("127.0.0.2 is loopback on Linux");
+        stranger.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        let (big, small) = (udp(), udp());
+        let mut buf = [0u8; 4096];
+        stranger.send_to(b"spoofed", echo_addr).unwrap();
+        assert!(stranger.recv_from(&mut buf).is_err(), "outside the allow-list: nothing back");
+        // Too large, and larger than the socket reads (truncated): nothing back, whatever fits.
+        big.send_to(&[7u8; 1501], echo_addr).unwrap();
+        big.send_to(&[7u8; 3000], echo_addr).unwrap();
+        assert!(big.recv_from(&mut buf).is_err(), "too large: nothing back");
+        big.send_to(&[9u8; 1500], echo_addr).unwrap();
+        let (n, _) = big.recv_from(&mut buf).expect("1500 bytes is within the limit");
+        assert_eq!(&buf[..n], &[9u8; 1500][..], "as it came, no byte more");
+        // A burst of 3: three answered at once, the rest of a quick volley dropped.
+        for i in 0..8u8 {
+            small.send_to(&[i; 20], echo_addr).unwrap();
+        }
+        let mut back = Vec::new();
+        while let Ok((n, _)) = small.recv_from(&mut buf) {
+            back.push(buf[..n].to_vec());
+        }
+        assert_eq!(back, vec![vec![0u8; 20], vec![1u8; 20], vec![2u8; 20]]);
+        thread::sleep(Duration::from_millis(350)); // the flush carries the counters
+        let f = h.flushes.try_iter().last().expect("a flush");
+        assert_eq!(f.reflector.packets, 4);
+        assert_eq!(f.reflector.bytes, 1500 + 60);
+        assert_eq!(f.reflector.dropped, EchoDrops { not_allowed: 1, rate_limited: 5, too_large: 2 });
+    }
+
+    #[test]
+    fn settings_that_filter_nothing_skip_the_guard() {
+        let h = Harness::new();
+        let echo = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let echo_addr = echo.local_addr().unwrap();
+        block_on(h.media.set_reflector(echo, GuardSettings::off(sys::MAX_DATAGRAM))).unwrap().unwrap();
+        let c = udp();
+        let mut buf = [0u8; 4096];
+        for _ in 0..500 {
+            c.send_to(&[1u8; 2000], echo_addr).unwrap();
+            c.recv_from(&mut buf).expect("every one answered");
+        }
+    }
+
+    #[test]
     fn a_silent_shared_call_is_reported_idle_once() {
         let h = Harness::new();
         let echo = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let echo_addr = echo.local_addr().unwrap();
-        block_on(h.media.set_reflector(echo)).unwrap().unwrap();
+        block_on(h.media.set_reflector(echo, GuardSettings::default())).unwrap().unwrap();
         let talker = udp();
         let silent = udp();
         block_on(h.media.watch_shared(20, talker.local_addr().unwrap(), Duration::from_millis(300))).unwrap();
@@ -1805,7 +1927,7 @@ mod tests {
         let h = Harness::new();
         let echo = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let echo_addr = echo.local_addr().unwrap();
-        block_on(h.media.set_reflector(echo)).unwrap().unwrap();
+        block_on(h.media.set_reflector(echo, GuardSettings::default())).unwrap().unwrap();
         let talker = udp();
         let talker_call = udp();
         let talker_addr = talker_call.local_addr().unwrap();

@@ -4,21 +4,27 @@
 //! through Asterisk; the far end echoes it back and we measure each packet's round trip.
 //! Asterisk rewrites sequence numbers and SSRC (and clears the marker) but passes the payload
 //! byte-identical, so a returned packet is recognised by its payload alone. No IO here: the
-//! caller sends and receives, and passes the time in as `Instant`s.
+//! caller sends and receives, passes the time in as `Instant`s, and draws each stream's
+//! [`ProbeSecret`] from the OS.
 //!
 //! # Payload layout (160 bytes, big-endian)
 //!
 //! ```text
 //! offset  len  field
 //!      0    4  magic b"RVPB" (RtpVisor ProBe)
-//!      4    4  tag: the stream's per-call value
+//!      4    4  tag: the stream's per-call value (public: the call number)
 //!      8    8  probe index: 0, 1, 2, ... within the stream
-//!     16  144  filler: a pattern derived from tag and index (see `filler_byte`)
+//!     16    8  auth: SipHash-2-4 of (tag, index) keyed with the stream's secret
+//!     24  136  filler: a pattern derived from auth (see `filler_byte`)
 //! ```
 //!
-//! The filler keeps the audio from being a constant (any byte is a valid PCMU sample, so it
-//! plays as noise), and it is checked on return: a packet whose filler does not match was
-//! corrupted or forged and counts as foreign.
+//! Why the secret: magic, tag and index are public or guessable (the tag is the call number
+//! `/channels` shows, indexes count up at 50 a second), so without it anyone who can send to
+//! a call's port from Asterisk's address could forge returns and fake a healthy round trip.
+//! The secret is 128 random bits drawn per stream, kept out of every API, log and `Debug`;
+//! a payload whose auth does not match is `foreign`. The filler keeps the audio from being a
+//! constant (any byte is a valid PCMU sample, so it plays as noise) and is checked too, so a
+//! corrupted probe is foreign as well.
 
 use std::time::{Duration, Instant};
 
@@ -44,7 +50,50 @@ pub const MAX_BEHIND: u32 = 5;
 
 const TAG_AT: usize = 4;
 const INDEX_AT: usize = 8;
-const FILLER_AT: usize = 16;
+const AUTH_AT: usize = 16;
+const FILLER_AT: usize = 24;
+
+/// A stream's key for the probes' auth field. Drawn at random per stream by the caller
+/// ([`ProbeSecret::random`]); never shown: its `Debug` is redacted and it has no accessor.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct ProbeSecret([u64; 2]);
+
+impl ProbeSecret {
+    /// A key from these bits (tests; the engine uses [`ProbeSecret::random`]).
+    pub fn from_bits(k0: u64, k1: u64) -> ProbeSecret {
+        ProbeSecret([k0, k1])
+    }
+
+    /// 128 bits from the OS's random source (`getrandom(2)`: one syscall, no file).
+    pub fn random() -> Result<ProbeSecret, getrandom::Error> {
+        Ok(ProbeSecret([getrandom::u64()?, getrandom::u64()?]))
+    }
+
+    /// The auth field of probe `id`: SipHash-2-4 keyed with the secret, a PRF made for short
+    /// inputs. std keeps it as `SipHasher`, deprecated only because `HashMap` moved on to an
+    /// unnamed hasher, not for a weakness; its output is fixed by the algorithm.
+    fn auth(&self, id: ProbeId) -> u64 {
+        use std::hash::Hasher;
+        #[allow(deprecated)]
+        let mut h = std::hash::SipHasher::new_with_keys(self.0[0], self.0[1]);
+        h.write(&id.tag.to_be_bytes());
+        h.write(&id.index.to_be_bytes());
+        h.finish()
+    }
+
+    /// Deterministic start values for sequence number and timestamp (RFC 3550 wants them
+    /// unpredictable).
+    fn start_values(&self) -> (u16, u32) {
+        let z = self.auth(ProbeId { tag: 0, index: u64::MAX });
+        (z as u16, (z >> 32) as u32)
+    }
+}
+
+impl std::fmt::Debug for ProbeSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProbeSecret(***)")
+    }
+}
 
 /// What an arriving payload turned out to be.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -60,7 +109,8 @@ pub enum ProbeOutcome {
     Duplicate,
     /// One of ours that came back after being counted lost (or older than the ring remembers).
     Expired,
-    /// Not a probe of this stream: wrong length, magic, tag or filler, or an index never sent.
+    /// Not a probe of this stream: wrong length, magic, tag, auth or filler, or an index
+    /// never sent.
     Foreign,
 }
 
@@ -81,7 +131,7 @@ pub struct ProbeSnapshot {
     pub duplicates: u64,
     /// Probes that came back after being counted lost.
     pub expired_returns: u64,
-    /// Payloads that were not probes of this stream.
+    /// Payloads that were not probes of this stream (forged ones included: no valid auth).
     pub foreign: u64,
 }
 
@@ -121,6 +171,8 @@ struct Slot {
 pub struct ProbeStream {
     /// Identifies this stream inside payloads, so two calls' probes never match each other.
     tag: u32,
+    /// Keys each probe's auth field: without it nobody can make a payload we accept.
+    secret: ProbeSecret,
     ssrc: u32,
     /// Clamped to [`MAX_TIMEOUT`] so the ring still remembers a probe until it times out.
     timeout: Duration,
@@ -137,11 +189,13 @@ pub struct ProbeStream {
 }
 
 impl ProbeStream {
-    /// `tag` identifies this stream inside payloads (a per-call value); `ssrc` goes in the
-    /// header. Probes not back within `timeout` (clamped to [`MAX_TIMEOUT`]) are lost; a round
-    /// trip above `late_threshold` is late. The first packet is due at `start`.
+    /// `tag` identifies this stream inside payloads (a per-call value); `secret` keys every
+    /// probe's auth field (draw it at random per stream); `ssrc` goes in the header. Probes
+    /// not back within `timeout` (clamped to [`MAX_TIMEOUT`]) are lost; a round trip above
+    /// `late_threshold` is late. The first packet is due at `start`.
     pub fn new(
         tag: u32,
+        secret: ProbeSecret,
         ssrc: u32,
         timeout: Duration,
         late_threshold: Duration,
@@ -152,17 +206,18 @@ impl ProbeStream {
             sent_at: start,
             state: SlotState::Empty,
         };
+        let (seq, rtp_ts) = secret.start_values();
         ProbeStream {
             tag,
+            secret,
             ssrc,
             timeout: timeout.min(MAX_TIMEOUT),
             late_threshold,
             next_due: start,
             next_index: 0,
-            // RFC 3550 wants unpredictable initial values; the tag is per call, which is
-            // enough to keep two calls' streams apart.
-            seq: (tag ^ (tag >> 16)) as u16,
-            rtp_ts: tag.rotate_left(16),
+            // RFC 3550 wants unpredictable initial values: from the secret.
+            seq,
+            rtp_ts,
             oldest_open: 0,
             ring: vec![empty; RING_SLOTS].into_boxed_slice(),
             snap: ProbeSnapshot::default(),
@@ -172,6 +227,11 @@ impl ProbeStream {
     /// The tag written into every payload.
     pub fn tag(&self) -> u32 {
         self.tag
+    }
+
+    /// The key of the auth field (to rebuild the stream with the same one).
+    pub fn secret(&self) -> ProbeSecret {
+        self.secret
     }
 
     /// The SSRC written into every header.
@@ -215,6 +275,7 @@ impl ProbeStream {
                 tag: self.tag,
                 index,
             },
+            &self.secret,
             &mut buf[n..PACKET_LEN],
         );
 
@@ -244,7 +305,7 @@ impl ProbeStream {
 
     /// A packet arrived: look at its RTP payload.
     pub fn on_payload(&mut self, payload: &[u8], now: Instant) -> ProbeOutcome {
-        let id = match decode_payload(payload) {
+        let id = match decode_payload(payload, &self.secret) {
             Some(id) if id.tag == self.tag && id.index < self.next_index => id,
             _ => {
                 self.snap.foreign += 1;
@@ -325,7 +386,7 @@ impl ProbeStream {
 }
 
 impl std::fmt::Debug for ProbeStream {
-    /// Everything but the 512 ring slots.
+    /// Everything but the 512 ring slots and the secret.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ProbeStream")
             .field("tag", &self.tag)
@@ -339,47 +400,52 @@ impl std::fmt::Debug for ProbeStream {
     }
 }
 
-/// Writes the payload of probe `id` into `out` (at least [`PAYLOAD_LEN`] bytes; only the first
-/// [`PAYLOAD_LEN`] are written).
+/// Writes the payload of probe `id` of the stream keyed by `secret` into `out` (at least
+/// [`PAYLOAD_LEN`] bytes; only the first [`PAYLOAD_LEN`] are written).
 ///
 /// # Panics
 ///
 /// If `out` is shorter than [`PAYLOAD_LEN`].
-pub fn encode_payload(id: ProbeId, out: &mut [u8]) {
+pub fn encode_payload(id: ProbeId, secret: &ProbeSecret, out: &mut [u8]) {
     let out = &mut out[..PAYLOAD_LEN];
     out[..TAG_AT].copy_from_slice(&MAGIC);
     out[TAG_AT..INDEX_AT].copy_from_slice(&id.tag.to_be_bytes());
-    out[INDEX_AT..FILLER_AT].copy_from_slice(&id.index.to_be_bytes());
-    let seed = filler_seed(id);
+    out[INDEX_AT..AUTH_AT].copy_from_slice(&id.index.to_be_bytes());
+    let auth = secret.auth(id);
+    out[AUTH_AT..FILLER_AT].copy_from_slice(&auth.to_be_bytes());
     for (i, b) in out[FILLER_AT..].iter_mut().enumerate() {
-        *b = filler_byte(seed, i);
+        *b = filler_byte(auth, i);
     }
 }
 
-/// Decodes a probe payload of any stream: `None` unless it is exactly [`PAYLOAD_LEN`] bytes
-/// with the magic and the filler its tag and index call for.
-pub fn decode_payload(payload: &[u8]) -> Option<ProbeId> {
+/// Decodes a probe payload of the stream keyed by `secret`: `None` unless it is exactly
+/// [`PAYLOAD_LEN`] bytes with the magic, the auth only that secret gives its tag and index,
+/// and the filler that auth calls for.
+pub fn decode_payload(payload: &[u8], secret: &ProbeSecret) -> Option<ProbeId> {
+    let id = peek_id(payload)?;
+    let payload: &[u8; PAYLOAD_LEN] = payload.try_into().ok()?;
+    let auth = u64::from_be_bytes(payload[AUTH_AT..FILLER_AT].try_into().ok()?);
+    if auth != secret.auth(id) {
+        return None;
+    }
+    let filler_ok = payload[FILLER_AT..]
+        .iter()
+        .enumerate()
+        .all(|(i, &b)| b == filler_byte(auth, i));
+    filler_ok.then_some(id)
+}
+
+/// What a payload *claims* to be: tag and index of anything [`PAYLOAD_LEN`] bytes long with
+/// the magic, verified by nothing. For tools that pair probes seen on the wire (a capture
+/// has no secret); never to count a return.
+pub fn peek_id(payload: &[u8]) -> Option<ProbeId> {
     let payload: &[u8; PAYLOAD_LEN] = payload.try_into().ok()?;
     if payload[..TAG_AT] != MAGIC {
         return None;
     }
     let tag = u32::from_be_bytes(payload[TAG_AT..INDEX_AT].try_into().ok()?);
-    let index = u64::from_be_bytes(payload[INDEX_AT..FILLER_AT].try_into().ok()?);
-    let id = ProbeId { tag, index };
-    let seed = filler_seed(id);
-    let filler_ok = payload[FILLER_AT..]
-        .iter()
-        .enumerate()
-        .all(|(i, &b)| b == filler_byte(seed, i));
-    filler_ok.then_some(id)
-}
-
-/// A 64-bit mix (SplitMix64's finaliser) of tag and index, so neighbouring probes differ.
-fn filler_seed(id: ProbeId) -> u64 {
-    let mut z = id.index ^ (u64::from(id.tag) << 32) ^ 0x9e37_79b9_7f4a_7c15;
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+    let index = u64::from_be_bytes(payload[INDEX_AT..AUTH_AT].try_into().ok()?);
+    Some(ProbeId { tag, index })
 }
 
 /// Filler byte `i`: one byte of the seed, varied by position so the pattern does not repeat
@@ -399,13 +465,14 @@ mod tests {
 
     const TAG: u32 = 0xcafe_f00d;
     const SSRC: u32 = 0x1122_3344;
+    const KEY: ProbeSecret = ProbeSecret([0x0706_0504_0302_0100, 0x0f0e_0d0c_0b0a_0908]);
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
     }
 
     fn stream(t0: Instant) -> ProbeStream {
-        ProbeStream::new(TAG, SSRC, ms(2000), ms(300), t0)
+        ProbeStream::new(TAG, KEY, SSRC, ms(2000), ms(300), t0)
     }
 
     /// Sends one probe at `now`, returning the payload as it would come back.
@@ -441,7 +508,7 @@ mod tests {
         assert_eq!(p.payload[4..8], TAG.to_be_bytes());
         assert_eq!(p.payload[8..16], 0u64.to_be_bytes());
         assert_eq!(
-            decode_payload(p.payload),
+            decode_payload(p.payload, &KEY),
             Some(ProbeId { tag: TAG, index: 0 })
         );
     }
@@ -467,9 +534,9 @@ mod tests {
     #[test]
     fn sequence_and_timestamp_wrap() {
         // A tag whose derived start values sit just below the wrap.
-        let tag = 0xfffe_0000; // first seq = 0xfffe (tag ^ tag >> 16)
         let t0 = Instant::now();
-        let mut s = ProbeStream::new(tag, 1, ms(1000), ms(100), t0);
+        let mut s = ProbeStream::new(TAG, KEY, 1, ms(1000), ms(100), t0);
+        s.seq = 0xfffe;
         s.rtp_ts = u32::MAX - 159;
         let mut seqs = [0u16; 4];
         let mut tss = [0u32; 4];
@@ -489,9 +556,9 @@ mod tests {
         let mut a = [0u8; PAYLOAD_LEN];
         let mut b = [0u8; PAYLOAD_LEN];
         let mut c = [0u8; PAYLOAD_LEN];
-        encode_payload(ProbeId { tag: 1, index: 0 }, &mut a);
-        encode_payload(ProbeId { tag: 1, index: 1 }, &mut b);
-        encode_payload(ProbeId { tag: 2, index: 0 }, &mut c);
+        encode_payload(ProbeId { tag: 1, index: 0 }, &KEY, &mut a);
+        encode_payload(ProbeId { tag: 1, index: 1 }, &KEY, &mut b);
+        encode_payload(ProbeId { tag: 2, index: 0 }, &KEY, &mut c);
         assert_ne!(a[FILLER_AT..], b[FILLER_AT..]);
         assert_ne!(a[FILLER_AT..], c[FILLER_AT..]);
         // Not a constant: many distinct byte values.
@@ -509,23 +576,93 @@ mod tests {
             tag: TAG,
             index: 12345,
         };
-        encode_payload(id, &mut p);
-        assert_eq!(decode_payload(&p), Some(id));
-        assert_eq!(decode_payload(&p[..159]), None, "short");
+        encode_payload(id, &KEY, &mut p);
+        assert_eq!(decode_payload(&p, &KEY), Some(id));
+        assert_eq!(decode_payload(&p[..159], &KEY), None, "short");
         let mut long = [0u8; PAYLOAD_LEN + 1];
         long[..PAYLOAD_LEN].copy_from_slice(&p);
-        assert_eq!(decode_payload(&long), None, "long");
-        assert_eq!(decode_payload(&[]), None, "empty");
+        assert_eq!(decode_payload(&long, &KEY), None, "long");
+        assert_eq!(decode_payload(&[], &KEY), None, "empty");
         let mut bad = p;
         bad[0] = b'X';
-        assert_eq!(decode_payload(&bad), None, "magic");
+        assert_eq!(decode_payload(&bad, &KEY), None, "magic");
         let mut bad = p;
         bad[159] ^= 1;
-        assert_eq!(decode_payload(&bad), None, "filler");
+        assert_eq!(decode_payload(&bad, &KEY), None, "filler");
         let mut bad = p;
         bad[15] ^= 1; // another index: its filler no longer matches
-        assert_eq!(decode_payload(&bad), None, "index");
-        assert_eq!(decode_payload(&[0xff; PAYLOAD_LEN]), None, "PCMU silence");
+        assert_eq!(decode_payload(&bad, &KEY), None, "index");
+        assert_eq!(decode_payload(&[0xff; PAYLOAD_LEN], &KEY), None, "PCMU silence");
+    }
+
+    /// What anyone could build before probes carried a secret: magic, the call's tag, an
+    /// index, and a filler derived from those alone.
+    fn forged_from_public_data(tag: u32, index: u64) -> [u8; PAYLOAD_LEN] {
+        let mut p = [0u8; PAYLOAD_LEN];
+        p[..4].copy_from_slice(&MAGIC);
+        p[4..8].copy_from_slice(&tag.to_be_bytes());
+        p[8..16].copy_from_slice(&index.to_be_bytes());
+        for (i, b) in p[16..].iter_mut().enumerate() {
+            *b = filler_byte(index ^ u64::from(tag), i);
+        }
+        p
+    }
+
+    #[test]
+    fn returns_without_the_secret_are_foreign() {
+        let t0 = Instant::now();
+        let mut s = stream(t0);
+        let real = send(&mut s, t0);
+        send(&mut s, t0 + ms(20));
+        for index in 0..4 {
+            assert_eq!(s.on_payload(&forged_from_public_data(TAG, index), t0 + ms(30)), ProbeOutcome::Foreign);
+        }
+        // The same probe made with another key (another call's, or a guess).
+        let mut other_key = [0u8; PAYLOAD_LEN];
+        encode_payload(ProbeId { tag: TAG, index: 1 }, &ProbeSecret::from_bits(1, 2), &mut other_key);
+        assert_eq!(s.on_payload(&other_key, t0 + ms(30)), ProbeOutcome::Foreign);
+        // A real probe with its auth changed, or its index moved to a neighbour's.
+        let mut bad = real;
+        bad[AUTH_AT] ^= 0x80;
+        assert_eq!(s.on_payload(&bad, t0 + ms(30)), ProbeOutcome::Foreign);
+        let mut moved = real;
+        moved[15] = 1;
+        assert_eq!(s.on_payload(&moved, t0 + ms(30)), ProbeOutcome::Foreign);
+        let n = s.snapshot();
+        assert_eq!((n.returned, n.foreign, n.in_flight), (0, 7, 2));
+        assert!(matches!(s.on_payload(&real, t0 + ms(40)), ProbeOutcome::Returned { .. }));
+        // On the wire anyone can read what a probe claims, and nothing more.
+        assert_eq!(peek_id(&real), Some(ProbeId { tag: TAG, index: 0 }));
+        assert_eq!(peek_id(&forged_from_public_data(TAG, 3)), Some(ProbeId { tag: TAG, index: 3 }));
+    }
+
+    #[test]
+    fn the_secret_never_shows() {
+        let key = ProbeSecret::from_bits(0xdead_beef_dead_beef, 0x1234_5678_9abc_def0);
+        let s = ProbeStream::new(TAG, key, SSRC, ms(2000), ms(300), Instant::now());
+        for text in [format!("{key:?}"), format!("{s:?}"), format!("{s:#?}")] {
+            for needle in ["deadbeef", "3735928559", "16045690984503098046", "123456789abcdef0", "1311768467463790320"] {
+                assert!(!text.to_lowercase().contains(needle), "{text}");
+            }
+        }
+        assert_eq!(format!("{key:?}"), "ProbeSecret(***)");
+        let a = ProbeSecret::random().unwrap();
+        let b = ProbeSecret::random().unwrap();
+        assert_ne!(a, b, "128 random bits twice");
+    }
+
+    #[test]
+    fn start_values_come_from_the_secret() {
+        let t0 = Instant::now();
+        let first = |k: ProbeSecret| {
+            let mut s = ProbeStream::new(TAG, k, SSRC, ms(2000), ms(300), t0);
+            let mut buf = [0u8; PACKET_LEN];
+            s.write_next(t0, &mut buf);
+            let h = RtpPacket::parse(&buf).unwrap().header;
+            (h.sequence, h.timestamp)
+        };
+        assert_eq!(first(KEY), first(KEY));
+        assert_ne!(first(KEY), first(ProbeSecret::from_bits(5, 6)));
     }
 
     #[test]
@@ -612,11 +749,12 @@ mod tests {
                 tag: TAG + 1,
                 index: 0,
             },
+            &KEY,
             &mut other,
         );
         assert_eq!(s.on_payload(&other, t0), ProbeOutcome::Foreign, "other tag");
         let mut future = [0u8; PAYLOAD_LEN];
-        encode_payload(ProbeId { tag: TAG, index: 1 }, &mut future);
+        encode_payload(ProbeId { tag: TAG, index: 1 }, &KEY, &mut future);
         assert_eq!(
             s.on_payload(&future, t0),
             ProbeOutcome::Foreign,
@@ -675,7 +813,7 @@ mod tests {
     #[test]
     fn older_than_the_ring_is_expired() {
         let t0 = Instant::now();
-        let mut s = ProbeStream::new(TAG, SSRC, ms(500), ms(300), t0);
+        let mut s = ProbeStream::new(TAG, KEY, SSRC, ms(500), ms(300), t0);
         let first = send(&mut s, t0);
         let mut t = t0;
         for _ in 0..RING_SLOTS {
@@ -710,10 +848,10 @@ mod tests {
     #[test]
     fn timeout_is_clamped_to_the_ring() {
         let t0 = Instant::now();
-        let s = ProbeStream::new(TAG, SSRC, Duration::from_secs(3600), ms(300), t0);
+        let s = ProbeStream::new(TAG, KEY, SSRC, Duration::from_secs(3600), ms(300), t0);
         assert_eq!(s.timeout(), MAX_TIMEOUT);
         assert_eq!(MAX_TIMEOUT, Duration::from_secs(10));
-        let s = ProbeStream::new(TAG, SSRC, ms(1500), ms(300), t0);
+        let s = ProbeStream::new(TAG, KEY, SSRC, ms(1500), ms(300), t0);
         assert_eq!(s.timeout(), ms(1500));
         assert_eq!((s.tag(), s.ssrc()), (TAG, SSRC));
     }
@@ -722,7 +860,7 @@ mod tests {
     fn clamped_timeout_is_covered_by_the_ring() {
         // At 20 ms pacing, a probe sent just before the wrap is still remembered at its timeout.
         let t0 = Instant::now();
-        let mut s = ProbeStream::new(TAG, SSRC, Duration::from_secs(60), ms(300), t0);
+        let mut s = ProbeStream::new(TAG, KEY, SSRC, Duration::from_secs(60), ms(300), t0);
         let p = send(&mut s, t0);
         while s.next_due() < t0 + MAX_TIMEOUT {
             let due = s.next_due();
@@ -773,7 +911,7 @@ mod tests {
         // 2000 probes at 20 ms; a deterministic mix of returns (some late, some duplicated),
         // losses, returns after the timeout, and foreign packets.
         let t0 = Instant::now();
-        let mut s = ProbeStream::new(TAG, SSRC, ms(1000), ms(150), t0);
+        let mut s = ProbeStream::new(TAG, KEY, SSRC, ms(1000), ms(150), t0);
         let mut pending: Vec<(Instant, [u8; PAYLOAD_LEN])> = Vec::new();
         let mut now = t0;
         for i in 0..2000u64 {
@@ -825,5 +963,55 @@ mod tests {
             json,
             r#"{"sent":0,"returned":0,"lost":0,"late":0,"in_flight":0,"duplicates":0,"expired_returns":0,"foreign":0}"#
         );
+    }
+}
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Any payload: no panic, and never a return. A random 160 bytes, or one that starts
+        /// like a probe of this stream (magic, tag, a sent index) with random rest.
+        #[test]
+        fn no_payload_without_the_secret_is_a_return(
+            bytes in proptest::collection::vec(any::<u8>(), 0..400),
+            index in 0u64..8,
+            like_probe in any::<bool>(),
+        ) {
+            let t0 = Instant::now();
+            let key = ProbeSecret::from_bits(11, 22);
+            let mut s = ProbeStream::new(7, key, 1, Duration::from_secs(2), Duration::from_millis(20), t0);
+            let mut buf = [0u8; PACKET_LEN];
+            for i in 0..8u32 {
+                s.write_next(t0 + PTIME * i, &mut buf);
+            }
+            let mut p = bytes.clone();
+            if like_probe && p.len() >= 16 {
+                p[..4].copy_from_slice(&MAGIC);
+                p[4..8].copy_from_slice(&7u32.to_be_bytes());
+                p[8..16].copy_from_slice(&index.to_be_bytes());
+            }
+            let outcome = s.on_payload(&p, t0 + Duration::from_millis(200));
+            prop_assert_eq!(outcome, ProbeOutcome::Foreign);
+            let n = s.snapshot();
+            prop_assert_eq!((n.returned, n.foreign), (0, 1));
+            prop_assert_eq!(n.sent, n.returned + n.lost + n.in_flight);
+            prop_assert_eq!(decode_payload(&p, &key), None);
+        }
+
+        /// Every real probe decodes to itself with its own key and to nothing with another.
+        #[test]
+        fn real_probes_round_trip(tag in any::<u32>(), index in any::<u64>(), k0 in any::<u64>(), k1 in any::<u64>()) {
+            let key = ProbeSecret::from_bits(k0, k1);
+            let mut p = [0u8; PAYLOAD_LEN];
+            encode_payload(ProbeId { tag, index }, &key, &mut p);
+            prop_assert_eq!(decode_payload(&p, &key), Some(ProbeId { tag, index }));
+            prop_assert_eq!(decode_payload(&p, &ProbeSecret::from_bits(k0 ^ 1, k1)), None);
+            prop_assert_eq!(peek_id(&p), Some(ProbeId { tag, index }));
+        }
     }
 }

@@ -530,3 +530,51 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Any bytes: a packet or an error, never a panic; a packet's parts lie inside the
+        /// buffer and its header length counts CSRCs and extension.
+        #[test]
+        fn any_bytes_parse_or_are_refused(buf in proptest::collection::vec(any::<u8>(), 0..300)) {
+            if let Ok(p) = RtpPacket::parse(&buf) {
+                prop_assert!(p.header_len >= HEADER_LEN);
+                prop_assert!(p.header_len + p.payload.len() <= buf.len());
+                let fixed = HEADER_LEN + 4 * usize::from(p.header.csrc_count);
+                let ext = if p.header.extension {
+                    4 + 4 * usize::from(u16::from_be_bytes([buf[fixed + 2], buf[fixed + 3]]))
+                } else {
+                    0
+                };
+                prop_assert_eq!(p.header_len, fixed + ext);
+                prop_assert_eq!(&buf[p.header_len..p.header_len + p.payload.len()], p.payload);
+                prop_assert!(p.header.csrc_count <= 15 && p.header.payload_type < 128);
+            }
+        }
+
+        /// Valid fixed headers with any payload survive write then parse unchanged.
+        #[test]
+        fn valid_headers_round_trip(
+            marker in any::<bool>(),
+            payload_type in 0u8..128,
+            sequence in any::<u16>(),
+            timestamp in any::<u32>(),
+            ssrc in any::<u32>(),
+            payload in proptest::collection::vec(any::<u8>(), 0..200),
+        ) {
+            let h = RtpHeader { marker, payload_type, ..RtpHeader::pcmu(sequence, timestamp, ssrc) };
+            let mut buf = vec![0u8; HEADER_LEN + payload.len()];
+            prop_assert_eq!(write_packet(&mut buf, &h, &payload), Ok(buf.len()));
+            let p = RtpPacket::parse(&buf).unwrap();
+            prop_assert_eq!(p.header, h);
+            prop_assert_eq!(p.payload, &payload[..]);
+            prop_assert_eq!(p.header_len, HEADER_LEN);
+        }
+    }
+}

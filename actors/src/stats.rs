@@ -1041,3 +1041,78 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Any sequence of (sequence number, timestamp, arrival), arrivals in any order: no
+        /// panic, and the counters stay consistent.
+        #[test]
+        fn any_packets_keep_the_counters_consistent(
+            packets in proptest::collection::vec((any::<u16>(), any::<u32>(), 0u64..10_000_000_000), 0..300),
+        ) {
+            let t0 = Instant::now();
+            let mut s = ReceiveStats::new(8000, Duration::from_millis(20));
+            for &(seq, ts, at) in &packets {
+                let a = s.update(seq, ts, t0 + Duration::from_nanos(at));
+                prop_assert_eq!(a.late, a.delay > Duration::from_millis(20));
+            }
+            let n = s.snapshot();
+            prop_assert_eq!(n.received, packets.len() as u64);
+            prop_assert!(n.lost <= n.expected);
+            prop_assert!(n.duplicates + n.reordered <= n.received);
+            prop_assert!(n.late <= n.received);
+            prop_assert!(n.jitter_ms.is_finite() && n.jitter_ms >= 0.0);
+            prop_assert!(n.max_delay_ms.is_finite() && n.max_delay_ms >= 0.0);
+        }
+
+        /// A stream with losses, duplicates and local reordering, from any starting sequence
+        /// number (wraps included): expected = highest - lowest + 1, lost + unique received =
+        /// expected, and each duplicate counted once.
+        #[test]
+        fn losses_duplicates_and_reordering_are_counted_exactly(
+            base in any::<u16>(),
+            ts0 in any::<u32>(),
+            arrives in proptest::collection::vec(any::<bool>(), 1..600),
+            doubled in proptest::collection::vec(any::<bool>(), 600),
+            shuffle in proptest::collection::vec(any::<u16>(), 1200),
+        ) {
+            let offsets: Vec<u32> = (0..arrives.len() as u32).filter(|&i| arrives[i as usize]).collect();
+            prop_assume!(!offsets.is_empty());
+            let mut wire: Vec<u32> = Vec::new();
+            let mut dups = 0u64;
+            for &o in &offsets {
+                wire.push(o);
+                if doubled[o as usize] {
+                    wire.push(o);
+                    dups += 1;
+                }
+            }
+            // Reordered within chunks of 16: never 100 or more behind, never a restart.
+            for (c, chunk) in wire.chunks_mut(16).enumerate() {
+                let mut keyed: Vec<(u16, u32)> = chunk.iter().enumerate().map(|(i, &o)| (shuffle[c * 16 + i], o)).collect();
+                keyed.sort();
+                for (slot, (_, o)) in chunk.iter_mut().zip(keyed) {
+                    *slot = o;
+                }
+            }
+            let t0 = Instant::now();
+            let mut s = ReceiveStats::new(8000, Duration::from_millis(20));
+            for (i, &o) in wire.iter().enumerate() {
+                s.update(base.wrapping_add(o as u16), ts0.wrapping_add(o * 160), t0 + Duration::from_millis(20 * i as u64));
+            }
+            let n = s.snapshot();
+            let expected = u64::from(offsets[offsets.len() - 1] - offsets[0] + 1);
+            let unique = offsets.len() as u64;
+            prop_assert_eq!(n.received, wire.len() as u64);
+            prop_assert_eq!(n.expected, expected);
+            prop_assert_eq!(n.lost + unique, expected);
+            prop_assert_eq!(n.duplicates, dups);
+        }
+    }
+}

@@ -121,6 +121,10 @@ pub struct Datagram<'a> {
     pub from: SocketAddr,
     /// Kernel receive stamp, realtime nanoseconds (None: the socket does not stamp).
     pub stamp_ns: Option<u64>,
+    /// The datagram was longer than [`MAX_DATAGRAM`]: `data` is its first part only.
+    pub truncated: bool,
+    /// Left out of [`Batch::send_back`] ([`Batch::skip`]).
+    pub skipped: bool,
 }
 
 /// Up to `N` datagrams read with one recvmmsg (and, for an echo, sent back with sendmmsg),
@@ -136,6 +140,10 @@ pub struct Batch<const N: usize> {
     bufs: Box<[[u8; MAX_DATAGRAM]; N]>,
     len: [usize; N],
     stamp: [Option<u64>; N],
+    /// MSG_TRUNC: the datagram did not fit its buffer.
+    trunc: [bool; N],
+    /// Left out of [`Batch::send_back`] ([`Batch::skip`]): an echo's refused datagrams.
+    skip: [bool; N],
     /// Senders, in nix's form so an echo can send back without converting.
     from4: [Option<SockaddrIn>; N],
     from6: [Option<SockaddrIn6>; N],
@@ -161,6 +169,8 @@ impl<const N: usize> Batch<N> {
             bufs,
             len: [0; N],
             stamp: [None; N],
+            trunc: [false; N],
+            skip: [false; N],
             from4: [None; N],
             from6: [None; N],
             count: 0,
@@ -180,14 +190,12 @@ impl<const N: usize> Batch<N> {
         self.count = 0;
         let fd = sock.as_raw_fd();
         let stamps = self.stamps;
+        let slots = Slots { bufs: &mut self.bufs, len: &mut self.len, stamp: &mut self.stamp, trunc: &mut self.trunc };
         let (n, unstamped) = match family {
-            Family::V4 => {
-                recv_into(fd, &mut self.rx4, &mut self.bufs, &mut self.len, &mut self.stamp, &mut self.from4, stamps)?
-            }
-            Family::V6 => {
-                recv_into(fd, &mut self.rx6, &mut self.bufs, &mut self.len, &mut self.stamp, &mut self.from6, stamps)?
-            }
+            Family::V4 => recv_into(fd, &mut self.rx4, slots, &mut self.from4, stamps)?,
+            Family::V6 => recv_into(fd, &mut self.rx6, slots, &mut self.from6, stamps)?,
         };
+        self.skip[..n].fill(false);
         self.stale |= unstamped;
         self.count = n;
         self.family = family;
@@ -203,21 +211,30 @@ impl<const N: usize> Batch<N> {
             Family::V4 => SocketAddr::V4(SocketAddrV4::from(self.from4[i]?)),
             Family::V6 => SocketAddr::V6(SocketAddrV6::from(self.from6[i]?)),
         };
-        Some(Datagram { data: &self.bufs[i][..self.len[i]], from, stamp_ns: self.stamp[i] })
+        Some(Datagram { data: &self.bufs[i][..self.len[i]], from, stamp_ns: self.stamp[i], truncated: self.trunc[i], skipped: self.skip[i] })
     }
 
-    /// Bytes of all datagrams of the last `recv`.
+    /// Leaves datagram `i` of the last `recv` out of [`Batch::send_back`].
+    pub fn skip(&mut self, i: usize) {
+        if i < self.count {
+            self.skip[i] = true;
+        }
+    }
+
+    /// Bytes of the datagrams of the last `recv` that are not [skipped](Batch::skip).
     pub fn bytes(&self) -> u64 {
-        self.len[..self.count].iter().map(|&n| n as u64).sum()
+        (0..self.count).filter(|&i| !self.skip[i]).map(|i| self.len[i] as u64).sum()
     }
 
-    /// Sends every datagram of the last `recv` back to its sender, unchanged, with as few
-    /// sendmmsg calls as the kernel allows. Returns how many could not be sent.
+    /// Sends every datagram of the last `recv` not [skipped](Batch::skip) back to its sender,
+    /// unchanged (the bytes received, never more), with as few sendmmsg calls as the kernel
+    /// allows. Returns how many could not be sent.
     pub fn send_back<S: AsRawFd>(&mut self, sock: &S) -> u64 {
         let fd = sock.as_raw_fd();
+        let n = self.count;
         match self.family {
-            Family::V4 => send_each(fd, &self.bufs, &self.len, &self.from4, self.count),
-            Family::V6 => send_each(fd, &self.bufs, &self.len, &self.from6, self.count),
+            Family::V4 => send_each(fd, &self.bufs, &self.len, &self.from4, &self.skip, n),
+            Family::V6 => send_each(fd, &self.bufs, &self.len, &self.from6, &self.skip, n),
         }
     }
 
@@ -236,23 +253,33 @@ fn cmsg_space(stamps: bool) -> Option<Vec<u8>> {
     stamps.then(|| nix::cmsg_space!(TimeSpec))
 }
 
+/// A batch's per-datagram arrays that one recvmmsg fills.
+struct Slots<'a, const N: usize> {
+    bufs: &'a mut [[u8; MAX_DATAGRAM]; N],
+    len: &'a mut [usize; N],
+    stamp: &'a mut [Option<u64>; N],
+    trunc: &'a mut [bool; N],
+}
+
 /// One recvmmsg into `bufs`; returns how many datagrams came and whether one of them lacked
 /// the stamp it should carry.
 fn recv_into<S: SockaddrLike + Copy, const N: usize>(
     fd: RawFd,
     headers: &mut MultiHeaders<S>,
-    bufs: &mut [[u8; MAX_DATAGRAM]; N],
-    len: &mut [usize; N],
-    stamp: &mut [Option<u64>; N],
+    slots: Slots<'_, N>,
     from: &mut [Option<S>; N],
     stamps: bool,
 ) -> io::Result<(usize, bool)> {
+    let Slots { bufs, len, stamp, trunc } = slots;
     let mut iovs: [[IoSliceMut<'_>; 1]; N] = bufs.each_mut().map(|b| [IoSliceMut::new(b)]);
     let msgs = recvmmsg(fd, headers, iovs.iter_mut(), MsgFlags::MSG_DONTWAIT, None).map_err(io::Error::from)?;
     let mut n = 0;
     let mut unstamped = false;
     for (i, m) in msgs.enumerate() {
-        len[i] = m.bytes;
+        // Without MSG_TRUNC in the call's flags the kernel reports the bytes copied, at most
+        // the buffer; the message's flags say whether the datagram was longer.
+        len[i] = m.bytes.min(MAX_DATAGRAM);
+        trunc[i] = m.flags.contains(MsgFlags::MSG_TRUNC);
         from[i] = m.address;
         stamp[i] = if stamps {
             m.cmsgs().ok().and_then(|mut c| {
@@ -270,21 +297,28 @@ fn recv_into<S: SockaddrLike + Copy, const N: usize>(
     Ok((n, unstamped))
 }
 
-/// Sends `bufs[i][..len[i]]` to `to[i]` for every `i < count`; returns the number not sent.
-/// A datagram the kernel refuses is counted and skipped, like a failed `send_to`; a full send
-/// buffer (`EAGAIN`) drops what is left of the batch. A slot without an address (cannot
-/// happen after a successful `recv`) is counted as not sent.
+/// Sends `bufs[i][..len[i]]` to `to[i]` for every `i < count` not marked in `skip`; returns
+/// the number not sent. A datagram the kernel refuses is counted and skipped, like a failed
+/// `send_to`; a full send buffer (`EAGAIN`) drops what is left of the batch (skipped ones not
+/// counted). A slot without an address (cannot happen after a successful `recv`) is counted
+/// as not sent.
 fn send_each<S: SockaddrLike + Copy, const N: usize>(
     fd: RawFd,
     bufs: &[[u8; MAX_DATAGRAM]; N],
     len: &[usize; N],
     to: &[Option<S>; N],
+    skip: &[bool; N],
     count: usize,
 ) -> u64 {
     let mut start = 0;
     let mut failed = 0;
+    let unsent = |from: usize| (from..count).filter(|&i| !skip[i]).count() as u64;
     while start < count {
-        let end = (start..count).find(|&i| to[i].is_none()).unwrap_or(count);
+        if skip[start] {
+            start += 1;
+            continue;
+        }
+        let end = (start..count).find(|&i| to[i].is_none() || skip[i]).unwrap_or(count);
         if end == start {
             failed += 1;
             start += 1;
@@ -292,13 +326,13 @@ fn send_each<S: SockaddrLike + Copy, const N: usize>(
         }
         match raw::sendmmsg(fd, &bufs[start..end], &len[start..end], &to[start..end]) {
             Ok(0) => {
-                failed += (count - start) as u64;
+                failed += unsent(start);
                 break;
             }
             Ok(m) => start += m,
             Err(Errno::EINTR) => {}
             Err(Errno::EAGAIN) => {
-                failed += (count - start) as u64;
+                failed += unsent(start);
                 break;
             }
             Err(_) => {
@@ -499,6 +533,41 @@ mod tests {
         tx.send_to(b"y", stamped.local_addr().unwrap()).unwrap();
         assert_eq!(batch.recv(&stamped, Family::V4).unwrap(), 1);
         assert!(batch.get(0).unwrap().stamp_ns.is_some());
+    }
+
+    #[test]
+    fn skipped_datagrams_are_not_sent_back_and_truncation_is_flagged() {
+        let echo = UdpSocket::bind("127.0.0.1:0").unwrap();
+        echo.set_nonblocking(true).unwrap();
+        let to = echo.local_addr().unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        client.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        client.send_to(&[1u8; 10], to).unwrap();
+        client.send_to(&[2u8; MAX_DATAGRAM + 500], to).unwrap();
+        client.send_to(&[3u8; 30], to).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        let mut batch: Batch<8> = Batch::new(false);
+        assert_eq!(batch.recv(&echo, Family::V4).unwrap(), 3);
+        let big = batch.get(1).unwrap();
+        assert!(big.truncated, "longer than the buffer");
+        assert_eq!(big.data.len(), MAX_DATAGRAM, "only what fits");
+        assert!(!batch.get(0).unwrap().truncated && !batch.get(2).unwrap().truncated);
+        batch.skip(1);
+        batch.skip(99); // out of range: ignored
+        assert!(batch.get(1).unwrap().skipped);
+        assert_eq!(batch.bytes(), 40, "skipped ones are not counted");
+        assert_eq!(batch.send_back(&echo), 0, "a skipped datagram is no failure");
+        let mut buf = [0u8; 4096];
+        let (n, _) = client.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], &[1u8; 10]);
+        let (n, _) = client.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], &[3u8; 30]);
+        assert!(client.recv_from(&mut buf).is_err(), "nothing else came back");
+        // The next read starts with nothing skipped.
+        client.send_to(&[4u8; 5], to).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(batch.recv(&echo, Family::V4).unwrap(), 1);
+        assert!(!batch.get(0).unwrap().skipped);
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! Item 2 of issue #4: the shared echo (the media engine's reflector, started through
 //! `Service::start` with the echo on 127.0.0.1:0) against a minimal blocking
 //! `std::net::UdpSocket` recv/send loop, each at low load and at saturation, one after the
-//! other with the same client:
+//! other with the same client. The echo runs twice: with its limits off (every source, no
+//! rate, any size: the engine skips the checks), and on as a deployment has them (an
+//! allow-list that holds the client's 127.0.0.1, a size limit of 1500, a per-source rate far
+//! above what one client socket sends, so nothing is dropped and only the checks' cost shows):
 //! - low load: a paced stream (default 1,000 echoes/s from 10 sockets);
 //! - saturation: closed loop, K sockets each keeping W packets in flight (a reflection comes
 //!   back, the next packet goes out), so the echo is never idle.
@@ -18,6 +21,9 @@ use anyhow::{anyhow, bail};
 use hdrhistogram::Histogram;
 use mio::{Events, Interest, Poll, Token};
 use serde::Serialize;
+
+use rtpvisor_actors::echo_guard::GuardSettings;
+use rtpvisor_actors::sys::MAX_DATAGRAM;
 
 use crate::baselines;
 use crate::fake_ari::FakeAri;
@@ -69,6 +75,18 @@ pub struct EchoResult {
     pub neighbours: sys::Neighbours,
 }
 
+/// The limits of the "on" run: the client's sources allowed (and a few networks besides, as a
+/// deployment lists), 1500 bytes, and a per-source rate no client socket reaches (each sends
+/// well under 100,000/s), so every datagram goes through every check and none is dropped.
+fn limits_on() -> GuardSettings {
+    GuardSettings {
+        allow: "10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fd00::/8,127.0.0.1/32".parse().expect("constant CIDRs"),
+        rate_pps: 10_000_000,
+        burst: 10_000_000,
+        max_bytes: 1500,
+    }
+}
+
 struct ClientResult {
     rtt: Histogram<u64>,
     sent: u64,
@@ -77,10 +95,21 @@ struct ClientResult {
     cpu_s: f64,
 }
 
+/// Runs of the echo with limits off and on, alternated, at saturation: on a shared machine
+/// neighbours come and go within seconds, so one pair says little; the medians of alternated
+/// runs see the same neighbours.
+pub const LIMIT_ROUNDS: usize = 3;
+
 pub fn run_all(opts: EchoOpts) -> anyhow::Result<Vec<EchoResult>> {
     let mut out = Vec::new();
     for load in [opts.low, opts.saturate] {
-        for system in ["rtpvisor-echo", "blocking-loop"] {
+        let rounds = if matches!(load, Load::Saturate { .. }) { LIMIT_ROUNDS } else { 1 };
+        let mut systems: Vec<&'static str> = Vec::new();
+        for _ in 0..rounds {
+            systems.extend(["rtpvisor-echo", "rtpvisor-echo-limits"]);
+        }
+        systems.push("blocking-loop");
+        for system in systems {
             eprintln!("== echo: {system}, {load:?}");
             let r = run_one(system, load, opts)?;
             eprintln!(
@@ -99,8 +128,9 @@ fn run_one(system: &'static str, load: Load, opts: EchoOpts) -> anyhow::Result<E
         Service(ServiceUnderTest, FakeAri),
         Blocking(baselines::EchoBaseline),
     }
-    let (sut, target, names): (Sut, SocketAddr, &[&str]) = if system == "rtpvisor-echo" {
-        let (svc, ari) = service_run::start_with_fake_ari(crate::channels::RTP_PORTS)?;
+    let (sut, target, names): (Sut, SocketAddr, &[&str]) = if system.starts_with("rtpvisor-echo") {
+        let guard = if system == "rtpvisor-echo" { GuardSettings::off(MAX_DATAGRAM) } else { limits_on() };
+        let (svc, ari) = service_run::start_with_fake_ari_and_echo(crate::channels::RTP_PORTS, guard)?;
         let addr = svc.echo_addr;
         (Sut::Service(svc, ari), addr, SERVICE_THREADS)
     } else {

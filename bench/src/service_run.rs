@@ -15,6 +15,7 @@ use rtpvisor::config::{Config, PortRangeSetting};
 use rtpvisor_actors::actors::metrics::MetricsSnapshot;
 use rtpvisor_actors::actors::service::{ChannelView, Readiness};
 use rtpvisor_actors::actors::Service;
+use rtpvisor_actors::echo_guard::GuardSettings;
 use rtpvisor_actors::mode::CallMode;
 
 /// Threads whose CPU time is the service's: the actix System (actors, ARI client, metrics)
@@ -30,11 +31,22 @@ pub struct SvcSettings {
     pub app: String,
     pub rtp_ports: (u16, u16),
     pub default_mode: CallMode,
+    /// The shared echo's limits (`echo.allow`, `echo.rate_pps`, `echo.burst`,
+    /// `echo.max_bytes`).
+    pub echo_guard: GuardSettings,
 }
 
 /// The real service in echo mode against a fresh fake ARI (app `rtpvisor`), leasing from
 /// `rtp_ports`: how items 1 and 2 start the system under test.
 pub fn start_with_fake_ari(rtp_ports: (u16, u16)) -> anyhow::Result<(ServiceUnderTest, crate::fake_ari::FakeAri)> {
+    start_with_fake_ari_and_echo(rtp_ports, GuardSettings::default())
+}
+
+/// [`start_with_fake_ari`] with the shared echo's limits set to `echo_guard`.
+pub fn start_with_fake_ari_and_echo(
+    rtp_ports: (u16, u16),
+    echo_guard: GuardSettings,
+) -> anyhow::Result<(ServiceUnderTest, crate::fake_ari::FakeAri)> {
     let ari = crate::fake_ari::FakeAri::start("rtpvisor")?;
     let svc = ServiceUnderTest::start(&SvcSettings {
         ari_url: ari.url.clone(),
@@ -43,6 +55,7 @@ pub fn start_with_fake_ari(rtp_ports: (u16, u16)) -> anyhow::Result<(ServiceUnde
         app: "rtpvisor".into(),
         rtp_ports,
         default_mode: CallMode::Echo,
+        echo_guard,
     })?;
     Ok((svc, ari))
 }
@@ -77,6 +90,10 @@ impl ServiceUnderTest {
         c.media.rtp_ports = PortRangeSetting { start: s.rtp_ports.0, end: s.rtp_ports.1 };
         c.media.default_mode = s.default_mode.to_string();
         c.echo.addr = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+        c.echo.allow = s.echo_guard.allow.clone();
+        c.echo.rate_pps = s.echo_guard.rate_pps;
+        c.echo.burst = s.echo_guard.burst;
+        c.echo.max_bytes = s.echo_guard.max_bytes as u32;
         let cfg = service_config(&c)?;
         let (cmd_tx, mut cmd_rx) = mpsc::unbounded_channel::<Cmd>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<SocketAddr, String>>();

@@ -21,6 +21,7 @@ use super::supervisor::{
     CallInfo, GetCalls, GetSupervisorStatus, InjectChannelPanic, InjectSupervisorPanic, MediaIdle, Shutdown,
     ShutdownReport, Supervisor,
 };
+use crate::echo_guard::GuardSettings;
 use crate::intensity::Intensity;
 use crate::ari::client::{AriClient, AriSettings};
 use crate::ari::liveness::LivenessSettings;
@@ -36,6 +37,8 @@ pub struct ServiceConfig {
     pub rtp_ports: PortRange,
     pub quarantine: Duration,
     pub echo_addr: SocketAddr,
+    /// What the shared echo answers: allow-list, per-source rate, size limit.
+    pub echo_guard: GuardSettings,
     pub default_mode: CallMode,
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
@@ -104,7 +107,7 @@ pub struct ChannelView {
     pub call: CallInfo,
     /// The call's own stream (echo, probe); null for shared-echo.
     pub media: Option<StreamReport>,
-    /// Shared-echo: what the echo received from this call's Asterisk address.
+    /// Shared-echo: what the echo reflected for this call's Asterisk address.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shared_echo: Option<SharedReport>,
 }
@@ -178,7 +181,7 @@ impl Service {
             .map_err(|source| StartError::EchoBind { addr: cfg.echo_addr, source })?;
         let echo_bound = echo_sock.local_addr().map_err(StartError::Media)?;
         media
-            .set_reflector(echo_sock)
+            .set_reflector(echo_sock, cfg.echo_guard.clone())
             .await
             .map_err(|e| StartError::Media(std::io::Error::other(e)))?
             .map_err(StartError::Media)?;

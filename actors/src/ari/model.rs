@@ -1323,3 +1323,79 @@ mod tests {
         assert_eq!(q.len(), 8);
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Any JSON value, a few levels deep.
+    fn json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+            "\\PC{0,12}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 24, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::btree_map(field(), inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// Field names that events really have, and others.
+    fn field() -> impl Strategy<Value = String> {
+        prop_oneof![
+            prop::sample::select(vec![
+                "channel", "bridge", "id", "name", "state", "args", "application", "timestamp", "caller",
+                "number", "channelvars", "cause", "digit", "duration_ms", "replace_channel", "dialplan",
+            ])
+            .prop_map(String::from),
+            "[a-z_]{1,8}",
+        ]
+    }
+
+    const TYPES: [&str; 14] = [
+        "StasisStart", "StasisEnd", "ChannelDestroyed", "ChannelHangupRequest", "ChannelStateChange",
+        "ChannelEnteredBridge", "ChannelLeftBridge", "BridgeCreated", "BridgeDestroyed", "ChannelDtmfReceived",
+        "ApplicationReplaced", "Dial", "", "stasisstart",
+    ];
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Any text: an event or an error, never a panic.
+        #[test]
+        fn any_text_decodes_or_is_refused(text in "\\PC{0,200}") {
+            let _ = decode_event(&text);
+        }
+
+        /// JSON objects of every event type with random fields: an event or an error, never a
+        /// panic; an unknown type is an `Unknown` event, a known one keeps its kind.
+        #[test]
+        fn event_shaped_json_decodes_or_is_refused(
+            kind in prop::sample::select(TYPES.to_vec()),
+            fields in proptest::collection::btree_map(field(), json(), 0..8),
+            truncate in any::<prop::sample::Index>(),
+        ) {
+            let mut object: serde_json::Map<String, Value> = fields.into_iter().collect();
+            object.insert("type".into(), Value::from(kind));
+            let text = Value::Object(object).to_string();
+            match decode_event(&text) {
+                Ok(Event::Unknown { .. }) => prop_assert!(!TYPES[..11].contains(&kind)),
+                Ok(e) => prop_assert_eq!(e.kind(), kind),
+                Err(_) => prop_assert!(TYPES[..11].contains(&kind)),
+            }
+            // Cut anywhere (on a character boundary): still no panic.
+            let mut cut = truncate.index(text.len() + 1);
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            let _ = decode_event(&text[..cut]);
+        }
+    }
+}
