@@ -123,7 +123,8 @@ RTP_RANGE="$(free_range 32000)"
 # compose network and leave this host's callers (from the gateway, inside it) alone.
 EXTERNAL_ADDRESS=203.0.113.10
 
-export COMPOSE_PROJECT_NAME="$PROJECT" PUBLISH_ADDR=127.0.0.1 RTPVISOR_SUBNET="$SUBNET" \
+HTTP_TOKEN="$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+export HTTP_TOKEN COMPOSE_PROJECT_NAME="$PROJECT" PUBLISH_ADDR=127.0.0.1 RTPVISOR_SUBNET="$SUBNET" \
     ARI_HOST_PORT="$ARI_PORT" SIP_HOST_PORT="$SIP_PORT" METRICS_HOST_PORT="$HTTP_PORT" \
     ECHO_HOST_PORT="$ECHO_PORT" ASTERISK_RTP_PORTS="$RTP_RANGE" ASTERISK_EXTERNAL_ADDRESS="$EXTERNAL_ADDRESS" \
     RTPVISOR_RTP_PORTS=10000-10023
@@ -132,7 +133,7 @@ compose() { "${COMPOSE[@]}" -p "$PROJECT" "$@"; }
 ARI="http://127.0.0.1:$ARI_PORT/ari"
 API="http://127.0.0.1:$HTTP_PORT"
 ari() { curl -sf --max-time 5 -u "$ARI_AUTH" "$ARI$1"; }
-api() { curl -sf --max-time 5 "$API$1"; }
+api() { curl -sf --max-time 5 -H "Authorization: Bearer $HTTP_TOKEN" "$API$1"; }
 metric() { api /metrics | jq -r "$1"; }
 
 SIPP_PIDS=()
@@ -209,6 +210,13 @@ compose up -d
 wait_for 120 healthy || die "stack not healthy within 120 s (asterisk $(health asterisk), rtpvisor $(health rtpvisor))"
 step_done up "$t"
 [[ "$(api /ready | jq -r .ready)" == true ]] || die "/ready does not say ready"
+# The API wants its token; the containers run with least privilege.
+code="$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$API/metrics")"
+[[ "$code" == 401 ]] || die "GET /metrics without the token answered $code, not 401"
+rtpvisor_id="$(compose ps -q rtpvisor)"
+[[ "$(docker inspect -f '{{.HostConfig.ReadonlyRootfs}} {{.HostConfig.CapDrop}} {{.HostConfig.SecurityOpt}}' "$rtpvisor_id")" == "true [ALL] [no-new-privileges:true]" ]] ||
+    die "rtpvisor container is not read-only without capabilities: $(docker inspect -f '{{.HostConfig.ReadonlyRootfs}} {{.HostConfig.CapDrop}} {{.HostConfig.SecurityOpt}}' "$rtpvisor_id")"
+log "API refuses requests without the token (401); rtpvisor runs read-only, no capabilities, no-new-privileges"
 # The published ports, and the NAT settings the entrypoint wrote from the environment.
 published="$(docker port "$(container asterisk)" | grep -c '/udp')"
 [[ $published -eq 101 ]] || die "asterisk publishes $published UDP ports, expected 101 (SIP + $RTP_RANGE)"

@@ -161,4 +161,13 @@ for name in "${!IMAGES[@]}"; do
     build_image "$name" "${IMAGES[$name]}"
 done
 vendor_crates
+# The API token of the compose stack: a random one in .env (never in git), kept once written.
+ENV_FILE="$REPO_DIR/.env"
+[[ -f "$ENV_FILE" ]] || printf '# Compose project name: containers and networks are rtpvisor_*, whatever the folder is called.\nCOMPOSE_PROJECT_NAME=rtpvisor\n' >"$ENV_FILE"
+if ! grep -q '^HTTP_TOKEN=' "$ENV_FILE"; then
+    printf '# Bearer token of rtpvisor'"'"'s HTTP API (Authorization: Bearer ...), written by scripts/docker-images.sh.\nHTTP_TOKEN=%s\n' \
+        "$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')" >>"$ENV_FILE"
+    chmod 600 "$ENV_FILE"
+    log "wrote a random HTTP_TOKEN to .env"
+fi
 log "done in $(elapsed "$T0")"
