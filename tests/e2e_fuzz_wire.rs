@@ -199,21 +199,34 @@ fn random_datagrams_at_every_port_are_all_accounted_for_and_calls_lose_nothing()
 
     // Every datagram accounted for. Call ports: strangers are foreign; the spoofed ones from
     // Asterisk's address are not RTP (malformed) or RTP but no probe of ours (foreign).
+    // Exact when the kernel dropped nothing; on a busy machine a socket's receive queue can
+    // overflow (counted in /proc/net/snmp RcvbufErrors, machine-wide): what a check misses must
+    // then be within what the kernel says it dropped, all checks together.
+    let mut short = 0u64;
+    let mut account = |got: u64, want: u64, what: &str| {
+        assert!(got <= want, "{what}: counted {got}, more than the {want} sent");
+        if rcvbuf_drops == 0 {
+            assert_eq!(got, want, "{what}");
+        }
+        short += want - got;
+    };
     let to = |t: usize| sent.iter().map(|s| s[t]).sum::<u64>();
-    assert_eq!(d(&p0, &p1, &["media", "dropped_foreign"]), to(0), "probe port");
-    assert_eq!(
+    account(d(&p0, &p1, &["media", "dropped_foreign"]), to(0), "probe port");
+    account(
         d(&p0, &p1, &["media", "dropped_malformed"]) + d(&p0, &p1, &["media", "probe", "foreign"]),
         spoofed,
-        "spoofed at the probe port"
+        "spoofed at the probe port",
     );
     assert_eq!(d(&p0, &p1, &["media", "probe", "duplicates"]), 0, "no random datagram passed for a probe");
-    assert_eq!(d(&e0, &e1, &["media", "dropped_foreign"]), to(1), "echo call's port");
+    account(d(&e0, &e1, &["media", "dropped_foreign"]), to(1), "echo call's port");
     // The echo: reflected (and received back), or dropped for a reason.
-    assert_eq!(d(&echo0, &echo1, &["dropped", "not_allowed"]), sent[2][ECHO], "not allowed");
-    assert_eq!(d(&echo0, &echo1, &["dropped", "too_large"]), too_large.iter().sum::<u64>(), "too large");
+    account(d(&echo0, &echo1, &["dropped", "not_allowed"]), sent[2][ECHO], "not allowed");
+    account(d(&echo0, &echo1, &["dropped", "too_large"]), too_large.iter().sum::<u64>(), "too large");
     let within: u64 = (0..2).map(|s| sent[s][ECHO] - too_large[s]).sum();
     assert_eq!(back[2], 0, "the outsider got nothing");
-    assert_eq!(d(&echo0, &echo1, &["dropped", "rate_limited"]), within - back[0] - back[1], "rate limited");
+    account(d(&echo0, &echo1, &["dropped", "rate_limited"]) + back[0] + back[1], within, "rate limited or answered");
+    eprintln!("accounted for: every datagram but {short}; the kernel dropped {rcvbuf_drops} on full receive queues");
+    assert!(short <= rcvbuf_drops, "{short} datagrams unaccounted for, more than the kernel's {rcvbuf_drops} drops");
     // Reflected = what our sources got back + what the shared-echo call sent meanwhile
     // (read from two views a few ms apart: the call keeps sending 50/s).
     let reflected = d(&echo0, &echo1, &["packets"]);
