@@ -84,7 +84,7 @@ elif command -v docker-compose >/dev/null; then
 else
     die "neither 'docker compose' nor 'docker-compose' is installed"
 fi
-COMPOSE_VERSION="$("${COMPOSE[@]}" version 2>/dev/null | head -n 1)"
+COMPOSE_VERSION="$("${COMPOSE[@]}" version 2>/dev/null | head -n 1 || true)"
 
 # The cluster's host ports must be free (another cluster stack would hold them).
 in_use() { # port proto
@@ -173,7 +173,8 @@ sipp_start() {
         scripts/cluster-uac.xml >"$WORK/$name.xml"
     sipp -sf "$WORK/$name.xml" -s "$service" "127.0.0.1:$SIP_PORT" -i 127.0.0.1 -p "${SIPP_SIG[$slot]}" \
         -mi "$GATEWAY" -mp "${SIPP_MEDIA[$slot]}" -nostdin -timeout 150s -timeout_error \
-        -trace_logs -log_file "$WORK/$name.log" -trace_stat -stf "$WORK/$name.csv" -fd 1 \
+        -trace_logs -log_file "$WORK/$name.log" -trace_err -error_file "$WORK/$name.err" \
+        -trace_stat -stf "$WORK/$name.csv" -fd 1 \
         "${extra[@]}" "$@" >"$WORK/$name.out" 2>&1 &
     SIPP_PIDS+=($!)
 }
