@@ -13,16 +13,18 @@
 #                   normally and had media (no no_media end; probe round trips, echo samples,
 #                   shared-echo packets counted); the README's PromQL queries, asked of the
 #                   cluster's Prometheus, agree with the instances' own /metrics
-#   4. kill         rtpvisor of pair 1 killed (SIGKILL of its process) while calls arrive at 2/s
+#   4. capacity     48 probe calls of 10 s at once, both pools (24 each) full: none fails; CPU
+#                   time of every container over the step, per call (cgroup accounting)
+#   5. kill         rtpvisor of pair 1 killed (SIGKILL of its process) while calls arrive at 2/s
 #                   for 30 s: no call fails; pair 1 is taken out, restarted by its restart policy,
 #                   its killed process's calls are cleaned up by the new one's reconciliation, and
 #                   it takes calls again (each step timed)
-#   5. overflow     pair 1's pool cut to 4 ports (RTPVISOR1_RTP_PORTS at `up`), 20 long calls:
+#   6. overflow     pair 1's pool cut to 4 ports (RTPVISOR1_RTP_PORTS at `up`), 20 long calls:
 #                   pair 1 fills, its refusals (503 cause 34) go to pair 2 without pair 1 being
 #                   taken out; no call fails
-#   6. asterisk     pair 2's Asterisk stopped while calls arrive: every new call goes to pair 1
+#   7. asterisk     pair 2's Asterisk stopped while calls arrive: every new call goes to pair 1
 #                   within the detection time, none fails; started again, pair 2 takes calls again
-#   7. down         compose down -v: no container, network or docker-proxy of the project left
+#   8. down         compose down -v: no container, network or docker-proxy of the project left
 #
 # Host ports are the cluster's own (fixed by the compose file: SIP 5080/udp, rtpvisor APIs 9091
 # and 9092, Prometheus 9099; the test stops if one is taken); its project name and subnet are its
@@ -303,7 +305,47 @@ kam="$(promq 'kamailio_tmx_UAS_transactions')"
 log "prometheus: Kamailio scraped (tmx UAS transactions $kam)"
 step_done spread "$t"
 
-# 4. rtpvisor of pair 1 killed under 2 calls/s for 30 s (calls of 3 s)
+# 4. capacity: both pools full (24 + 24 calls of 10 s), CPU per call
+cpu_ns() { # service: CPU time of its container so far, ns (cgroup v1 or v2; 0 if unknown)
+    local id
+    id="$(docker inspect --format '{{.Id}}' "$(container "$1")")"
+    if [[ -r /sys/fs/cgroup/cpuacct/docker/$id/cpuacct.usage ]]; then
+        cat "/sys/fs/cgroup/cpuacct/docker/$id/cpuacct.usage"
+    elif [[ -r /sys/fs/cgroup/system.slice/docker-$id.scope/cpu.stat ]]; then
+        awk '$1 == "usage_usec" { printf "%.0f\n", $2 * 1000 }' "/sys/fs/cgroup/system.slice/docker-$id.scope/cpu.stat"
+    else
+        echo 0
+    fi
+}
+t="$(now)"
+CPU_SERVICES=(kamailio asterisk1 asterisk2 rtpvisor1 rtpvisor2)
+declare -A cpu0
+for s in "${CPU_SERVICES[@]}"; do cpu0[$s]="$(cpu_ns "$s")"; done
+b1="$(metric 1 .total_channels)"
+b2="$(metric 2 .total_channels)"
+sipp_start capacity 101 10000 echo 0 -m 48 -l 48 -r 12
+p_cap=$!
+max1=0 max2=0
+for _ in $(seq 1 100); do
+    a="$(metric 1 .active_channels)"; [[ $a -gt $max1 ]] && max1=$a
+    a="$(metric 2 .active_channels)"; [[ $a -gt $max2 ]] && max2=$a
+    sipp_gone "$p_cap" && break
+    sleep 0.25
+done
+sipp_wait capacity "$p_cap" 60
+SIPP_PIDS=()
+call_s=480 # 48 calls of 10 s
+cpu_line=""
+for s in "${CPU_SERVICES[@]}"; do
+    cpu_line="$cpu_line $s $(awk -v a="${cpu0[$s]}" -v b="$(cpu_ns "$s")" -v c="$call_s" 'BEGIN { printf "%.1f ms/call-s (%.2f %%/call)", (b - a) / 1e6 / c, (b - a) / 1e7 / c }'),"
+done
+took1=$(($(metric 1 .total_channels) - b1))
+took2=$(($(metric 2 .total_channels) - b2))
+figure "capacity: 48 calls of 10 s: pair 1 took $took1 (at most $max1 at once), pair 2 took $took2 (at most $max2 at once), 0 failed; CPU per concurrent call:${cpu_line%,}"
+[[ $((took1 + took2)) -eq 48 && $max1 -le 24 && $max2 -le 24 ]] || die "capacity: $took1 + $took2 calls, at most $max1 / $max2 at once"
+step_done capacity "$t"
+
+# 5. rtpvisor of pair 1 killed under 2 calls/s for 30 s (calls of 3 s)
 t="$(now)"
 restarts_before="$(restart_count 1)"
 sipp_start kill 101 3000 echo 0 -m 60 -l 20 -r 2
@@ -344,7 +386,7 @@ wait_for 20 eval '[[ "$(asterisk_channels 1)" == 0 && "$(metric 1 .active_channe
 [[ "$(api 1 /ports | jq .leased)" == 0 ]] || die "kill: pair 1 still leases ports"
 step_done kill "$t"
 
-# 5. pair 1's pool cut to 4 ports: 20 calls of 8 s, its overflow goes to pair 2
+# 6. pair 1's pool cut to 4 ports: 20 calls of 8 s, its overflow goes to pair 2
 t="$(now)"
 RTPVISOR1_RTP_PORTS=10100-10103 compose up -d rtpvisor1 >/dev/null 2>&1
 wait_for 60 all_healthy || die "overflow: rtpvisor1 not healthy with the small pool"
@@ -375,7 +417,7 @@ wait_for 60 all_healthy || die "overflow: rtpvisor1 not healthy with its default
 wait_for 20 ds_active 1 || die "overflow: pair 1 not active again"
 step_done overflow "$t"
 
-# 6. pair 2's Asterisk stopped, then started, while calls arrive at 2/s (calls of 2 s)
+# 7. pair 2's Asterisk stopped, then started, while calls arrive at 2/s (calls of 2 s)
 t="$(now)"
 sipp_start asterisk 101 2000 echo 0 -m 70 -l 20 -r 2
 p_ast=$!
@@ -409,7 +451,7 @@ figure "asterisk: started again: pair 2 active (Kamailio) after $t_up s, healthy
 [[ $ok -eq 70 && $failed -eq 0 ]] || die "asterisk: $ok of 70 calls completed, $failed failed"
 step_done asterisk "$t"
 
-# 7. down
+# 8. down
 t="$(now)"
 compose down -v --remove-orphans --timeout 20
 left_c="$(docker ps -aq --filter "label=com.docker.compose.project=$PROJECT" | wc -l)"
