@@ -290,9 +290,11 @@ pub(crate) mod tests {
         let mut finished: HashSet<String> = HashSet::new();
         let mut current: Option<String> = None;
         let mut seen: HashSet<(String, BTreeSet<(String, String)>)> = HashSet::new();
-        // Histogram checks: the last (le, count) of each bucket series, and each +Inf count.
-        let mut buckets: HashMap<(String, Vec<(String, String)>), (f64, f64)> = HashMap::new();
-        let mut inf_buckets: HashMap<(String, Vec<(String, String)>), f64> = HashMap::new();
+        // Histogram checks, per series (name or family, labels but le): the last (le, count)
+        // of its buckets, and its +Inf count.
+        type SeriesKey = (String, Vec<(String, String)>);
+        let mut buckets: HashMap<SeriesKey, (f64, f64)> = HashMap::new();
+        let mut inf_buckets: HashMap<SeriesKey, f64> = HashMap::new();
         let mut samples = Vec::new();
         for line in text.lines() {
             ensure!(!line.trim().is_empty(), "blank line in the exposition");
