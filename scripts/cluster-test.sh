@@ -379,7 +379,7 @@ byes="$(peer_byes kill)"
 orphans="$(metric 1 .reconcile.orphans_cleaned)"
 vanished="$(metric 1 .reconcile.vanished_calls)"
 figure "kill: 60 calls at 2/s, $ok completed, $failed failed; $live_at_kill calls live on pair 1 at the kill, $byes calls ended by the far end (the killed process's calls, hung up by the new one's reconciliation: $orphans orphans cleaned)"
-figure "kill: pair 1 out (Kamailio) after ${t_out:-never (a restart faster than a refused call)} s, restarted after $t_restart s, healthy after $t_healthy s, its old calls cleaned after $t_clean s, new calls on it again after $t_calls s"
+figure "kill: pair 1 out (Kamailio) after ${t_out:-? (back before a poll saw it out)} s, restarted after $t_restart s, healthy after $t_healthy s, its old calls cleaned after $t_clean s, new calls on it again after $t_calls s"
 [[ $ok -eq 60 && $failed -eq 0 ]] || die "kill: $ok of 60 calls completed, $failed failed"
 wait_for 20 eval '[[ "$(asterisk_channels 1)" == 0 && "$(metric 1 .active_channels)" == 0 ]]' ||
     die "kill: pair 1 not clean after the calls: Asterisk $(asterisk_channels 1) channels, rtpvisor $(metric 1 .active_channels) live calls"
