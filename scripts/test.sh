@@ -2,7 +2,7 @@
 # The test command (README, .ci/run): unit tests, then the end-to-end suite against a real
 # Asterisk 22 that this script builds (once, cached) and starts, and stops again at the end;
 # then the docker compose deployment test (scripts/compose-test.sh: builds the images, runs the
-# stack, places SIP calls into it). Needs root (debootstrap, chroot), the machine's Rust
+# stack, places SIP calls into it) and the cluster test (scripts/cluster-test.sh). Needs root (debootstrap, chroot), the machine's Rust
 # toolchain and a Docker engine with docker compose (v2) or docker-compose (v1); installs the
 # rest. RTPVISOR_SKIP_COMPOSE_TEST=1 skips the compose test (say so when you report a run).
 set -euo pipefail
@@ -31,4 +31,10 @@ if [ "${RTPVISOR_SKIP_COMPOSE_TEST:-0}" = 1 ]; then
   echo "test.sh: RTPVISOR_SKIP_COMPOSE_TEST=1: the docker compose test was NOT run" >&2
 else
   bash scripts/compose-test.sh
+fi
+# The cluster behind Kamailio (scripts/cluster-test.sh: 2 pairs, Prometheus, failover).
+if [ "${RTPVISOR_SKIP_CLUSTER_TEST:-0}" = 1 ]; then
+  echo "test.sh: RTPVISOR_SKIP_CLUSTER_TEST=1: the cluster test was NOT run" >&2
+else
+  bash scripts/cluster-test.sh
 fi

@@ -5,6 +5,7 @@ use std::fmt::Write;
 
 use rtpvisor_actors::actors::metrics::{MetricsSnapshot, ModeMetrics};
 use rtpvisor_actors::actors::service::ActorNode;
+use rtpvisor_actors::latency::BUCKET_BOUNDS_US;
 use rtpvisor_actors::ports::PoolSnapshot;
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -69,19 +70,39 @@ pub fn render(m: &MetricsSnapshot, ports: &PoolSnapshot) -> String {
         sample(&mut o, "rtpvisor_calls_ended_total", &format!("reason=\"{reason}\""), n as f64);
     }
 
+    // A histogram with fixed buckets (BUCKET_BOUNDS_US), so PromQL can add up the instances of
+    // a cluster: histogram_quantile(0.99, sum by (le) (rate(rtpvisor_latency_seconds_bucket[1m]))).
     family(
         &mut o,
         "rtpvisor_latency_seconds",
-        "summary",
+        "histogram",
         "Per-packet latency: echo mode delay against the stream's schedule, probe mode round-trip time.",
     );
     for (name, mm) in modes.iter().take(2) {
-        for (q, v) in [("0.5", mm.latency.p50_ms), ("0.95", mm.latency.p95_ms), ("0.99", mm.latency.p99_ms), ("0.999", mm.latency.p999_ms)] {
-            sample(&mut o, "rtpvisor_latency_seconds", &format!("mode=\"{name}\",quantile=\"{q}\""), v / 1000.0);
+        for (bound_us, n) in BUCKET_BOUNDS_US.iter().zip(mm.latency_buckets) {
+            let le = *bound_us as f64 / 1e6;
+            sample(&mut o, "rtpvisor_latency_seconds_bucket", &format!("mode=\"{name}\",le=\"{le}\""), n as f64);
         }
         let count = mm.latency.count as f64;
+        sample(&mut o, "rtpvisor_latency_seconds_bucket", &format!("mode=\"{name}\",le=\"+Inf\""), count);
         sample(&mut o, "rtpvisor_latency_seconds_sum", &format!("mode=\"{name}\""), mm.latency.avg_ms * count / 1000.0);
         sample(&mut o, "rtpvisor_latency_seconds_count", &format!("mode=\"{name}\""), count);
+    }
+    // The instance's own quantiles from its HdrHistogram (3 significant digits): exact for one
+    // instance, but quantiles cannot be added up across instances (use the histogram for that).
+    family(
+        &mut o,
+        "rtpvisor_latency_summary_seconds",
+        "summary",
+        "Per-packet latency quantiles of this instance (same samples as rtpvisor_latency_seconds).",
+    );
+    for (name, mm) in modes.iter().take(2) {
+        for (q, v) in [("0.5", mm.latency.p50_ms), ("0.95", mm.latency.p95_ms), ("0.99", mm.latency.p99_ms), ("0.999", mm.latency.p999_ms)] {
+            sample(&mut o, "rtpvisor_latency_summary_seconds", &format!("mode=\"{name}\",quantile=\"{q}\""), v / 1000.0);
+        }
+        let count = mm.latency.count as f64;
+        sample(&mut o, "rtpvisor_latency_summary_seconds_sum", &format!("mode=\"{name}\""), mm.latency.avg_ms * count / 1000.0);
+        sample(&mut o, "rtpvisor_latency_summary_seconds_count", &format!("mode=\"{name}\""), count);
     }
     family(&mut o, "rtpvisor_latency_max_seconds", "gauge", "Largest latency sample so far.");
     for (name, mm) in modes.iter().take(2) {
@@ -176,7 +197,7 @@ pub(crate) mod tests {
 
     /// The label names any rtpvisor metric may carry. Each has a small fixed set of values;
     /// a label naming a call, channel or stream would make cardinality grow with traffic.
-    const BOUNDED_LABELS: [&str; 6] = ["mode", "quantile", "reason", "outcome", "state", "actor"];
+    const BOUNDED_LABELS: [&str; 7] = ["mode", "quantile", "le", "reason", "outcome", "state", "actor"];
 
     /// Returns `Err(message)` from the enclosing function unless `cond` holds.
     macro_rules! ensure {
@@ -261,7 +282,9 @@ pub(crate) mod tests {
     ///
     /// Format: every line is `# HELP`, `# TYPE` or a sample; each family has exactly one HELP
     /// and one TYPE, both before its samples, and its lines are contiguous; a sample belongs to
-    /// the family announced last (a summary also owns `_sum` and `_count`); values are floats;
+    /// the family announced last (a summary also owns `_sum` and `_count`, a histogram only
+    /// `_bucket`, `_sum` and `_count`); values are floats; a histogram's buckets carry `le`,
+    /// ascend in it, are cumulative and end with `+Inf` equal to `_count`;
     /// no (name, labels) pair appears twice; the text ends with a newline.
     /// Ours: only [`BOUNDED_LABELS`] (so no per-call label), counters end in `_total` and are
     /// never negative, and only a summary's quantile samples carry `quantile`.
@@ -272,6 +295,11 @@ pub(crate) mod tests {
         let mut finished: HashSet<String> = HashSet::new();
         let mut current: Option<String> = None;
         let mut seen: HashSet<(String, BTreeSet<(String, String)>)> = HashSet::new();
+        // Histogram checks, per series (name or family, labels but le): the last (le, count)
+        // of its buckets, and its +Inf count.
+        type SeriesKey = (String, Vec<(String, String)>);
+        let mut buckets: HashMap<SeriesKey, (f64, f64)> = HashMap::new();
+        let mut inf_buckets: HashMap<SeriesKey, f64> = HashMap::new();
         let mut samples = Vec::new();
         for line in text.lines() {
             ensure!(!line.trim().is_empty(), "blank line in the exposition");
@@ -315,8 +343,12 @@ pub(crate) mod tests {
             };
             let is_summary_part = kind == "summary"
                 && [format!("{family}_sum"), format!("{family}_count")].contains(&sample.name);
+            let is_bucket = kind == "histogram" && sample.name == format!("{family}_bucket");
+            let is_histogram_part = is_bucket
+                || kind == "histogram"
+                    && [format!("{family}_sum"), format!("{family}_count")].contains(&sample.name);
             ensure!(
-                sample.name == family || is_summary_part,
+                (sample.name == family && kind != "histogram") || is_summary_part || is_histogram_part,
                 "sample outside its family {family}: {line:?}"
             );
             let has_quantile = sample.labels.iter().any(|(k, _)| k == "quantile");
@@ -324,6 +356,29 @@ pub(crate) mod tests {
                 has_quantile == (kind == "summary" && !is_summary_part),
                 "quantile label missing or misplaced: {line:?}"
             );
+            let le = sample.labels.iter().find(|(k, _)| k == "le").map(|(_, v)| v.clone());
+            ensure!(le.is_some() == is_bucket, "le label missing or misplaced: {line:?}");
+            if let Some(le) = &le {
+                let bound = if le == "+Inf" { f64::INFINITY } else { le.parse::<f64>().unwrap_or(f64::NAN) };
+                ensure!(!bound.is_nan(), "le is not a float: {line:?}");
+                // Buckets of one series (same labels but le) ascend in le and are cumulative.
+                let key: Vec<(String, String)> = sample.labels.iter().filter(|(k, _)| k != "le").cloned().collect();
+                if let Some((last_bound, last_count)) = buckets.get(&(sample.name.clone(), key.clone())) {
+                    ensure!(bound > *last_bound, "buckets not in ascending le: {line:?}");
+                    ensure!(sample.value >= *last_count, "bucket counts not cumulative: {line:?}");
+                }
+                buckets.insert((sample.name.clone(), key.clone()), (bound, sample.value));
+                if bound.is_infinite() {
+                    inf_buckets.insert((family.clone(), key), sample.value);
+                }
+            }
+            if kind == "histogram" && sample.name == format!("{family}_count") {
+                let key: Vec<(String, String)> = sample.labels.clone();
+                ensure!(
+                    inf_buckets.get(&(family.clone(), key)) == Some(&sample.value),
+                    "histogram _count is not its +Inf bucket: {line:?}"
+                );
+            }
             if kind == "counter" {
                 ensure!(family.ends_with("_total"), "counter {family} does not end in _total");
                 ensure!(sample.value >= 0.0, "negative counter: {line:?}");
@@ -359,6 +414,7 @@ pub(crate) mod tests {
             calls_rejected: base + 3,
             calls_failed: base + 4,
             latency,
+            latency_buckets: [0; 19],
             packets_in: base + 10,
             packets_out: base + 11,
             expected: base + 12,
@@ -393,6 +449,10 @@ pub(crate) mod tests {
         };
         let mut probe = mode(200, probe_latency);
         probe.calls_total = 7;
+        // Cumulative, ending at most at the count (40): the rest is above 2 s.
+        probe.latency_buckets = [0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 7, 7, 7, 7, 7, 7, 7, 7];
+        let mut echo = mode(100, echo_latency);
+        echo.latency_buckets = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 20, 30, 31, 32, 33, 34, 35, 36, 38];
         let metrics = MetricsSnapshot {
             total_channels: 1000,
             active_channels: 1001,
@@ -408,7 +468,7 @@ pub(crate) mod tests {
             failed_calls: 1003,
             jitter_ms_avg: 2.5,
             modes: ModesMetrics {
-                echo: mode(100, echo_latency),
+                echo,
                 probe,
                 shared_echo: mode(300, LatencySummary::default()),
             },
@@ -461,17 +521,33 @@ pub(crate) mod tests {
             "rtpvisor_calls_failed_total{mode=\"shared-echo\"} 304",
             "rtpvisor_calls_ended_total{reason=\"no_media\"} 41",
             "rtpvisor_calls_ended_total{reason=\"silent_while_link_down\"} 42",
-            // Latencies are kept in ms and exposed in seconds.
-            "# TYPE rtpvisor_latency_seconds summary",
-            "rtpvisor_latency_seconds{mode=\"echo\",quantile=\"0.5\"} 0.0125",
-            "rtpvisor_latency_seconds{mode=\"echo\",quantile=\"0.95\"} 0.02",
-            "rtpvisor_latency_seconds{mode=\"echo\",quantile=\"0.99\"} 0.03125",
-            "rtpvisor_latency_seconds{mode=\"echo\",quantile=\"0.999\"} 0.04",
+            // Latencies are kept in ms and exposed in seconds: a histogram with fixed buckets
+            // (50 us .. 2 s, +Inf = the count) ...
+            "# TYPE rtpvisor_latency_seconds histogram",
+            "rtpvisor_latency_seconds_bucket{mode=\"echo\",le=\"0.00005\"} 1",
+            "rtpvisor_latency_seconds_bucket{mode=\"echo\",le=\"0.0001\"} 2",
+            "rtpvisor_latency_seconds_bucket{mode=\"echo\",le=\"0.02\"} 9",
+            "rtpvisor_latency_seconds_bucket{mode=\"echo\",le=\"0.06\"} 20",
+            "rtpvisor_latency_seconds_bucket{mode=\"echo\",le=\"1\"} 36",
+            "rtpvisor_latency_seconds_bucket{mode=\"echo\",le=\"2\"} 38",
+            "rtpvisor_latency_seconds_bucket{mode=\"echo\",le=\"+Inf\"} 40",
             "rtpvisor_latency_seconds_sum{mode=\"echo\"} 0.5",
             "rtpvisor_latency_seconds_count{mode=\"echo\"} 40",
-            "rtpvisor_latency_seconds{mode=\"probe\",quantile=\"0.5\"} 0.004",
+            "rtpvisor_latency_seconds_bucket{mode=\"probe\",le=\"0.001\"} 1",
+            "rtpvisor_latency_seconds_bucket{mode=\"probe\",le=\"+Inf\"} 8",
             "rtpvisor_latency_seconds_sum{mode=\"probe\"} 0.04",
             "rtpvisor_latency_seconds_count{mode=\"probe\"} 8",
+            // ... and the instance's own quantiles as a summary under another name.
+            "# TYPE rtpvisor_latency_summary_seconds summary",
+            "rtpvisor_latency_summary_seconds{mode=\"echo\",quantile=\"0.5\"} 0.0125",
+            "rtpvisor_latency_summary_seconds{mode=\"echo\",quantile=\"0.95\"} 0.02",
+            "rtpvisor_latency_summary_seconds{mode=\"echo\",quantile=\"0.99\"} 0.03125",
+            "rtpvisor_latency_summary_seconds{mode=\"echo\",quantile=\"0.999\"} 0.04",
+            "rtpvisor_latency_summary_seconds_sum{mode=\"echo\"} 0.5",
+            "rtpvisor_latency_summary_seconds_count{mode=\"echo\"} 40",
+            "rtpvisor_latency_summary_seconds{mode=\"probe\",quantile=\"0.5\"} 0.004",
+            "rtpvisor_latency_summary_seconds_sum{mode=\"probe\"} 0.04",
+            "rtpvisor_latency_summary_seconds_count{mode=\"probe\"} 8",
             "rtpvisor_latency_max_seconds{mode=\"echo\"} 0.0455",
             "rtpvisor_latency_max_seconds{mode=\"probe\"} 0.25",
             "rtpvisor_packets_received_total{mode=\"echo\"} 110",
@@ -577,7 +653,17 @@ pub(crate) mod tests {
                 "family a resumed",
             ),
         ];
-        for (text, why) in cases {
+        let hist = "# HELP h_seconds H.\n# TYPE h_seconds histogram\n";
+        let good_hist = format!("{hist}h_seconds_bucket{{le=\"0.1\"}} 1\nh_seconds_bucket{{le=\"+Inf\"}} 2\nh_seconds_sum 0.3\nh_seconds_count 2\n");
+        assert_eq!(check_exposition(&good_hist).len(), 4);
+        let hist_cases: [(String, &str); 5] = [
+            (format!("{hist}h_seconds_bucket{{le=\"0.1\"}} 3\nh_seconds_bucket{{le=\"+Inf\"}} 2\n"), "not cumulative"),
+            (format!("{hist}h_seconds_bucket{{le=\"1\"}} 1\nh_seconds_bucket{{le=\"0.1\"}} 2\n"), "not in ascending le"),
+            (format!("{hist}h_seconds_bucket{{le=\"+Inf\"}} 2\nh_seconds_count 3\n"), "_count is not its +Inf bucket"),
+            (format!("{hist}h_seconds_sum{{le=\"1\"}} 2\n"), "le label missing or misplaced"),
+            (format!("{hist}h_seconds 2\n"), "outside its family"),
+        ];
+        for (text, why) in cases.into_iter().chain(hist_cases) {
             match try_check_exposition(&text) {
                 Ok(_) => panic!("accepted {text:?}"),
                 Err(e) => assert!(e.contains(why), "{text:?}: {e:?} does not say {why:?}"),

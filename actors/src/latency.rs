@@ -23,6 +23,19 @@ pub const SIGFIG: u8 = 3;
 pub const PER_CALL_HIGHEST_US: u64 = 10_000_000;
 pub const PER_CALL_SIGFIG: u8 = 2;
 
+/// Upper bounds, in microseconds, of the Prometheus histogram buckets (`le`) the service-wide
+/// latency is exported with: 50 us .. 2 s, dense where RTP lives (a loopback round trip is
+/// tens of microseconds, a packet is late after 20 ms, a call is in trouble beyond 200 ms).
+/// Fixed, so that every instance exports the same buckets and PromQL can sum them across a
+/// cluster. Samples above the last bound count in the implicit `+Inf` bucket only.
+pub const BUCKET_BOUNDS_US: [u64; 19] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 20_000, 40_000, 60_000, 80_000, 100_000,
+    150_000, 200_000, 300_000, 500_000, 1_000_000, 2_000_000,
+];
+
+/// Cumulative sample counts at or below each of [`BUCKET_BOUNDS_US`] (Prometheus `_bucket`).
+pub type BucketCounts = [u64; BUCKET_BOUNDS_US.len()];
+
 /// Latency histogram in microseconds (HdrHistogram, 1 us .. 60 s, 3 significant digits),
 /// pre-allocated: record never allocates.
 #[derive(Clone)]
@@ -118,6 +131,26 @@ impl LatencyHistogram {
         // The library reports the top of the bucket; no sample above the bound was recorded,
         // so the bound is the honest answer for the last bucket.
         self.hist.value_at_quantile(q).min(self.highest_us)
+    }
+
+    /// Cumulative counts for Prometheus histogram buckets: element `i` is the number of samples
+    /// at or below `bounds_us[i]` (which must be ascending). An HdrHistogram bucket counts as
+    /// at or below a bound when its lowest equivalent value is: exact below 2048 us, within the
+    /// histogram's 0.1 % resolution above. Samples above the last bound are in no element (the
+    /// caller's `+Inf` bucket is [`count`](Self::count)). Walks the recorded buckets once.
+    pub fn cumulative_counts<const N: usize>(&self, bounds_us: &[u64; N]) -> [u64; N] {
+        debug_assert!(bounds_us.windows(2).all(|w| w[0] < w[1]), "bounds must ascend");
+        let mut counts = [0u64; N];
+        for v in self.hist.iter_recorded() {
+            let low = self.hist.lowest_equivalent(v.value_iterated_to());
+            if let Some(i) = bounds_us.iter().position(|&b| low <= b) {
+                counts[i] += v.count_at_value();
+            }
+        }
+        for i in 1..N {
+            counts[i] += counts[i - 1];
+        }
+        counts
     }
 
     /// Count, min, percentiles, max and mean in milliseconds.
@@ -314,6 +347,49 @@ mod tests {
         a.record_us(2);
         assert_eq!(a.count(), 2);
         assert_eq!(b.count(), 1);
+    }
+
+    #[test]
+    fn cumulative_counts_of_an_empty_histogram_are_zero() {
+        assert_eq!(LatencyHistogram::new().cumulative_counts(&BUCKET_BOUNDS_US), [0; 19]);
+    }
+
+    #[test]
+    fn cumulative_counts_put_each_sample_in_its_bucket_and_above() {
+        let mut h = LatencyHistogram::new();
+        // On a bound (counts in it), just above one (the next), between, beyond the last (+Inf only).
+        for us in [0, 50, 51, 100, 1_000, 1_001, 19_999, 20_000, 2_000_000, 2_100_000, 70_000_000] {
+            h.record_us(us);
+        }
+        let c = h.cumulative_counts(&BUCKET_BOUNDS_US);
+        let at = |bound: u64| c[BUCKET_BOUNDS_US.iter().position(|&b| b == bound).unwrap()];
+        assert_eq!(at(50), 2, "0 and 50 us: {c:?}");
+        assert_eq!(at(100), 4, "51 and 100 us: {c:?}");
+        assert_eq!(at(500), 4);
+        assert_eq!(at(1_000), 5);
+        assert_eq!(at(2_500), 6, "1001 us: {c:?}");
+        assert_eq!(at(10_000), 6);
+        assert_eq!(at(20_000), 8, "19.999 and 20 ms: {c:?}");
+        assert_eq!(at(1_000_000), 8);
+        assert_eq!(at(2_000_000), 9, "2 s: {c:?}");
+        assert_eq!(h.count(), 11, "2.1 s and the clamped 60 s are in +Inf only");
+        assert!(c.windows(2).all(|w| w[0] <= w[1]), "cumulative: {c:?}");
+    }
+
+    #[test]
+    fn cumulative_counts_agree_with_quantiles_within_the_resolution() {
+        // 1..=10 000 us, one sample each: the count at or below a bound is the bound itself,
+        // within 0.1 % above 2048 us (HdrHistogram's 3 significant digits).
+        let mut h = LatencyHistogram::new();
+        for us in 1..=10_000 {
+            h.record_us(us);
+        }
+        let c = h.cumulative_counts(&[50, 1_000, 2_500, 5_000, 10_000]);
+        assert_eq!(&c[..2], &[50, 1_000]);
+        for (got, want) in c[2..].iter().zip([2_500u64, 5_000, 10_000]) {
+            assert!(got.abs_diff(want) <= want / 1000, "{got} vs {want}");
+        }
+        assert_eq!(c[4], 10_000);
     }
 
     #[test]

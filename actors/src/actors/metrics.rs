@@ -5,7 +5,7 @@
 use actix::prelude::*;
 use serde::Serialize;
 
-use crate::latency::{LatencyHistogram, LatencySummary};
+use crate::latency::{BucketCounts, LatencyHistogram, LatencySummary, BUCKET_BOUNDS_US};
 use crate::media::{MediaFlush, ModeTotals, ReflectorCounters};
 use crate::mode::CallMode;
 use crate::reconcile::ReconcileReport;
@@ -180,6 +180,10 @@ pub struct ModeMetrics {
     pub calls_failed: u64,
     /// Echo: per-packet delay against the stream's schedule; probe: round-trip time (ms).
     pub latency: LatencySummary,
+    /// The same samples as cumulative counts at [`BUCKET_BOUNDS_US`], for the Prometheus
+    /// histogram (summed across instances by PromQL). Not in the JSON.
+    #[serde(skip)]
+    pub latency_buckets: BucketCounts,
     pub packets_in: u64,
     pub packets_out: u64,
     pub expected: u64,
@@ -353,6 +357,7 @@ impl MetricsActor {
         let mut t = self.ended[i];
         t.add(&self.live[i]);
         m.latency = self.latency[i].summary();
+        m.latency_buckets = self.latency[i].cumulative_counts(&BUCKET_BOUNDS_US);
         m.packets_in = t.packets_in;
         m.packets_out = t.packets_out;
         m.expected = t.expected;

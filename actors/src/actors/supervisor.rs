@@ -486,7 +486,7 @@ impl Supervisor {
         let reconcile::Plan { media_orphans, bridge_orphans, caller_candidates, .. } = plan;
         let ari = self.ari.clone();
         let cleanup = async move {
-            hang_up_all(&ari, &media_orphans, "orphan").await + destroy_all(&ari, &bridge_orphans).await
+            hang_up_all(&ari, &media_orphans, "orphan", HangupReason::Normal).await + destroy_all(&ari, &bridge_orphans).await
         };
         ctx.spawn(cleanup.into_actor(self).map(move |errors, _, ctx| {
             report.errors += errors;
@@ -507,7 +507,10 @@ impl Supervisor {
         let orphans: Vec<String> = candidates.into_iter().filter(|id| !self.calls.contains_key(id)).collect();
         report.orphan_app_channels = orphans.len();
         let ari = self.ari.clone();
-        let hangups = async move { hang_up_all(&ari, &orphans, "orphan caller").await };
+        // Congestion: a caller still ringing (it entered Stasis while no process of ours could
+        // answer it, e.g. just before a crash) is refused with 503 cause 34, which a SIP proxy
+        // in front retries on another Asterisk; an answered one just gets its BYE.
+        let hangups = async move { hang_up_all(&ari, &orphans, "orphan caller", HangupReason::Congestion).await };
         ctx.spawn(hangups.into_actor(self).map(move |errors, act, ctx| {
             report.errors += errors;
             report.took_ms = started.elapsed().as_millis() as u64;
@@ -528,11 +531,11 @@ struct Fetched {
     listed: usize,
 }
 
-/// Hangs up every channel in `ids`; returns how many failed (each logged).
-async fn hang_up_all(ari: &AriClient, ids: &[String], what: &str) -> usize {
+/// Hangs up every channel in `ids` with `reason`; returns how many failed (each logged).
+async fn hang_up_all(ari: &AriClient, ids: &[String], what: &str, reason: HangupReason) -> usize {
     let mut errors = 0;
     for id in ids {
-        if let Err(e) = ari.hangup(id, HangupReason::Normal).await {
+        if let Err(e) = ari.hangup(id, reason).await {
             log::error!("[Supervisor] hanging up {what} {id} failed: {e}");
             errors += 1;
         }
