@@ -2107,7 +2107,7 @@ cZs2HdjlgtSnr/wyR7yvbuuaQ6bwr+2NHTJyKQIhAPbzHwzpJm2u64EmqyGOAXd/
     }
 
     #[test]
-    fn the_example_messages_from_the_brief() {
+    fn the_documented_example_messages() {
         let env = env_of(&[("RTPVISOR_RTP_PORTS", "10100-10000")]);
         assert_eq!(
             Config::load(&Cli::default(), &env).unwrap_err().to_string(),

@@ -436,7 +436,7 @@ mod tests {
         stop_service(&service).await;
     }
 
-    /// The seed's keys, with whether each is a count (integer) or a measure (float).
+    /// The ten keys every dashboard of ours reads, with whether each is a count (integer) or a measure (float).
     const SEED_KEYS: [(&str, bool); 10] = [
         ("total_channels", true),
         ("active_channels", true),

@@ -1,4 +1,4 @@
-//! Micro benchmarks of the per-packet path (issue #4, item 4): RTP parse, receive statistics
+//! Micro benchmarks of the per-packet path: RTP parse, receive statistics
 //! update, latency histogram record, probe write + match, and a port lease + release (pure
 //! pool and through the PortManager actor). Also the shared echo (the media engine's
 //! reflector, over loopback) with 0 and 100 watched shared-echo calls, and the watch lookup

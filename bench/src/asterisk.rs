@@ -1,4 +1,4 @@
-//! Item 3 of issue #4: the real Asterisk. N probe calls (ARI originate of
+//! The real-Asterisk benchmark: the real Asterisk. N probe calls (ARI originate of
 //! `Local/echo@rtpvisor-test`, whose far half runs `Echo()`) into the real service for S
 //! seconds: round-trip time and loss as the service reports them, StasisStart to first echoed
 //! probe per call, the service-side setup time (StasisStart handled -> every setup request sent

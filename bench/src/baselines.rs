@@ -118,7 +118,7 @@ pub fn start_naive(n: usize) -> io::Result<EchoBaseline> {
     })
 }
 
-/// The minimal blocking echo (issue #4, item 2's baseline): one thread, one std socket,
+/// The minimal blocking echo (the echo's baseline): one thread, one std socket,
 /// `recv_from` then `send_to`, blocking.
 pub fn start_blocking_echo() -> io::Result<EchoBaseline> {
     let sock = UdpSocket::bind("127.0.0.1:0")?;

@@ -1,4 +1,4 @@
-//! Item 1 of issue #4: channel media at scale. For each channel count, three systems under
+//! The channel benchmark: channel media at scale. For each channel count, three systems under
 //! test are driven by the same generator with the same plan, one after the other:
 //! - `rtpvisor`: the real actor system against the fake ARI; every channel an `echo` call set
 //!   up through StasisStart -> externalMedia -> bridge -> answer;

@@ -1,4 +1,4 @@
-//! Item 2 of issue #4: the shared echo (the media engine's reflector, started through
+//! The echo benchmark: the shared echo (the media engine's reflector, started through
 //! `Service::start` with the echo on 127.0.0.1:0) against a minimal blocking
 //! `std::net::UdpSocket` recv/send loop, each at low load and at saturation, one after the
 //! other with the same client. The echo runs twice: with its limits off (every source, no

@@ -1,6 +1,6 @@
 //! # rtpvisor-bench
 //!
-//! The benchmark suite of issue #4: one command that measures rtpvisor against baselines run
+//! The benchmark suite: one command that measures rtpvisor against baselines run
 //! in the same process, on the same machine, in the same minute, and prints a table beside a
 //! JSON file. `cargo run --release -p rtpvisor-bench -- all` (see BENCHMARKS.md).
 //!

@@ -1,4 +1,4 @@
-//! Allocation check of the per-packet operations (issue #4: "histogram record and stats update
+//! Allocation check of the per-packet operations ("histogram record and stats update
 //! allocation-free"), run in this process under the counting allocator before anything else
 //! starts, so no other thread allocates meanwhile. Timings are criterion's job
 //! (`cargo bench -p rtpvisor-actors`).

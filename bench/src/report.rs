@@ -1,5 +1,5 @@
 //! What the suite prints and writes: latency summaries, the tables (terminal and Markdown),
-//! the issue's targets judged against the figures, `results.json`, and the latency plot (an
+//! the performance targets judged against the figures, `results.json`, and the latency plot (an
 //! SVG written by hand: complementary CDF, log-log, one curve per system).
 
 use std::fmt::Write as _;
@@ -48,7 +48,7 @@ pub struct ThreadCpu {
     pub cores: f64,
 }
 
-/// One target of issue #4 and how the run fared.
+/// One performance target and how the run fared.
 #[derive(Debug, Clone, Serialize)]
 pub struct Target {
     pub id: String,

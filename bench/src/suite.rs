@@ -32,7 +32,7 @@ pub enum What {
     Asterisk,
 }
 
-/// rtpvisor's benchmark suite (issue #4). Prints tables; writes results.json, results.md and
+/// rtpvisor's benchmark suite. Prints tables; writes results.json, results.md and
 /// latency-<N>.svg into --out.
 #[derive(Debug, Clone, Parser, Serialize)]
 #[command(name = "rtpvisor-bench", version)]
@@ -256,7 +256,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         md.push_str(&text);
         md.push('\n');
     }
-    println!("\nTargets of issue #4");
+    println!("\nTargets");
     println!("{}", report::targets_table(&targets, false));
     md.push_str("### Targets\n\n");
     md.push_str(&report::targets_table(&targets, true));

@@ -209,7 +209,7 @@ pub struct DroppedCounters {
     pub media_loop: u64,
 }
 
-/// Everything `GET /metrics` returns. The first ten fields are the seed's keys.
+/// Everything `GET /metrics` returns. The first ten fields are the keys every dashboard of ours reads; they stay as they are.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct MetricsSnapshot {
     pub total_channels: u64,
