@@ -25,7 +25,7 @@ cargo test --workspace --doc
 cargo test -p rtpvisor-actors --bench micro
 # Unit and end-to-end tests. They share Asterisk's fixed ports (8088, 5060) and the RTP
 # range: one at a time.
-cargo test --workspace --lib --bins --tests -- --test-threads=1 "$@"
+cargo test --workspace --features e2e --lib --bins --tests -- --test-threads=1 "$@"
 
 if [ "${RTPVISOR_SKIP_COMPOSE_TEST:-0}" = 1 ]; then
   echo "test.sh: RTPVISOR_SKIP_COMPOSE_TEST=1: the docker compose test was NOT run" >&2

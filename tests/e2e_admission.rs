@@ -1,3 +1,4 @@
+#![cfg(feature = "e2e")]
 //! One admission limit for every mode, against the real Asterisk: shared-echo calls lease no
 //! port, but they take Asterisk's RTP ports all the same (and Asterisk 22 crashes when those
 //! run out, asterisk/asterisk#1757), so they count against the limit like the others.

@@ -1,3 +1,4 @@
+#![cfg(feature = "e2e")]
 //! The ARI events link against the real Asterisk: known to be alive, and taken back.
 //!
 //! - A silent link (the fault proxy freezes the WebSocket: TCP stays open, nothing passes, as

@@ -1,3 +1,4 @@
+#![cfg(feature = "e2e")]
 //! Asterisk restarts while calls are live: the service notices (not ready), reconnects when
 //! Asterisk is back, ends the calls Asterisk forgot, releases every port, and serves new calls.
 mod common;

@@ -1,3 +1,4 @@
+#![cfg(feature = "e2e")]
 //! The chaos run, against the real Asterisk: calls of all three modes arrive and end all the
 //! time while faults are injected one after another in a random order: the events WebSocket
 //! dropped, the ARI link gone silent, ARI answering 500, ARI requests timing out, rtpvisor

@@ -1,3 +1,4 @@
+#![cfg(feature = "e2e")]
 //! Pool exhaustion under churn against the real Asterisk: 300 calls arriving over 10 s at a
 //! 20-port range, each far end hanging up by itself after 2 s. Every call is either served or
 //! rejected cleanly, no port is ever leased twice at once, and everything is free at the end.

@@ -1,3 +1,4 @@
+#![cfg(feature = "e2e")]
 //! End to end against the real Asterisk: echo mode tells a network duplicate from a media loop.
 //!
 //! 1. An echo-mode call to `Milliwatt` (Asterisk sends a tone; the far end does not echo).

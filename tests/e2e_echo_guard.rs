@@ -1,3 +1,4 @@
+#![cfg(feature = "e2e")]
 //! End to end against the real Asterisk: the shared echo cannot be abused, and calls do not
 //! notice when someone tries.
 //!

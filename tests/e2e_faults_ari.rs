@@ -1,3 +1,4 @@
+#![cfg(feature = "e2e")]
 //! ARI faults against the real Asterisk, injected by a fault proxy between rtpvisor and ARI
 //! (`common::fault_proxy`). The test itself talks to Asterisk directly.
 //!

@@ -1,3 +1,4 @@
+#![cfg(feature = "e2e")]
 //! End to end against the real Asterisk: 100,000 random datagrams on the wire while calls run.
 //!
 //! A probe call (through `Echo()`), an echo call and a shared-echo call (both to `Milliwatt`)

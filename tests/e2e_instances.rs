@@ -1,3 +1,4 @@
+#![cfg(feature = "e2e")]
 //! Two rtpvisor instances on one real Asterisk, each with its own Stasis app, port range and
 //! HTTP/echo ports, each carrying calls of every mode. Restarting either one (SIGTERM, and
 //! kill -9 followed by a restart and its reconciliation) must leave the other's calls up with

@@ -1,3 +1,4 @@
+#![cfg(feature = "e2e")]
 //! No call outlives its media or its Asterisk, against the real one: Asterisk is killed with
 //! live calls of every mode and left down. No event will ever end those calls and no
 //! reconciliation can run, so the service ends each call locally once its media has stopped

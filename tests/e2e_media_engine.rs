@@ -1,3 +1,4 @@
+#![cfg(feature = "e2e")]
 //! The media engine is supervised like the other singletons, against the real Asterisk: a
 //! stall (no loop turn for `supervision.media_stall_ms`) or its death escalates (exit 70), and
 //! a restarted process reconciles Asterisk. Requests to a stalled engine time out: the HTTP

@@ -1,3 +1,4 @@
+#![cfg(feature = "e2e")]
 //! End to end against the real Asterisk: 20 concurrent `probe` calls originated over ARI
 //! (Local channel to the Echo() extension) for 5 s. Every probe packet goes rtpvisor ->
 //! Asterisk -> bridge -> Local -> Echo() -> back, and its round trip is measured.

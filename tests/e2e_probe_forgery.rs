@@ -1,3 +1,4 @@
+#![cfg(feature = "e2e")]
 //! End to end against the real Asterisk: probe returns cannot be forged from what the API
 //! shows.
 //!

@@ -1,3 +1,4 @@
+#![cfg(feature = "e2e")]
 //! Reconciliation on a busy Asterisk, against the real one: 500 channels that are not ours
 //! (plain dialplan) are read and never touched, our orphans after a kill -9 are still found
 //! and ended, and calls that begin while the reconciliation runs are never ended by it.

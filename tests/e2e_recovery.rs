@@ -1,3 +1,4 @@
+#![cfg(feature = "e2e")]
 //! Crash and shutdown against the real Asterisk, with live calls carrying media:
 //! `kill -9` then restart (the new process reconciles: every orphan in Asterisk is ended), and
 //! SIGTERM / SIGINT (calls ended, Asterisk clean, ports released, exit 0 within the deadline).

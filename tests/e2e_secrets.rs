@@ -1,3 +1,4 @@
+#![cfg(feature = "e2e")]
 //! Secrets stay secret, checked on the real binary:
 //! - startup refuses what would expose something, with one line and exit 2: fault injection
 //!   without an API token, credentials inside the ARI URL (not echoed), the development password

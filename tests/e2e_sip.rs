@@ -1,3 +1,4 @@
+#![cfg(feature = "e2e")]
 //! Real SIP callers (sipp inside the Asterisk chroot) through PJSIP into each mode. Media
 //! reaching the caller is proven from Asterisk's side: the RTP statistics of the caller's PJSIP
 //! channel count what Asterisk sent it, and in these bridges only rtpvisor's media is there

@@ -1,3 +1,4 @@
+#![cfg(feature = "e2e")]
 //! Supervision against the real Asterisk with live calls: a panic injected in a ChannelActor
 //! is contained (the call ends cleanly, its port returns, the other calls go on), a restart
 //! intensity overrun degrades the service until the window clears, and a panic in the

@@ -1,3 +1,4 @@
+#![cfg(feature = "e2e")]
 //! Teardown against the real Asterisk, whichever side ends first: the caller's far end hangs
 //! up, our externalMedia channel is hung up by someone else, our bridge is destroyed by someone
 //! else, or the call has no media. Each time: the call ends, its port returns to the pool and

@@ -1,3 +1,4 @@
+#![cfg(feature = "e2e")]
 //! ARI over TLS against the real Asterisk. `scripts/asterisk.sh start` gives the chroot's
 //! Asterisk a TLS listener on 127.0.0.1:8089 whose certificate names IP 127.0.0.1 only, signed
 //! by a test CA (`scripts/asterisk.sh tls-ca`). rtpvisor talks `https://` and `wss://` to it,
