@@ -506,6 +506,42 @@ mod tests {
     }
 
     #[actix_web::test]
+    async fn worst_first_keeps_the_lowest_mos_then_the_unmeasured() {
+        use rtpvisor_actors::actors::channel::CallState;
+        use rtpvisor_actors::actors::supervisor::CallInfo;
+        use rtpvisor_actors::mode::CallMode;
+        use rtpvisor_actors::quality::Quality;
+        let view = |call_no: u64, mos: Option<f64>| ChannelView {
+            call: CallInfo {
+                call_no,
+                channel_id: format!("c{call_no}"),
+                channel_name: String::new(),
+                mode: CallMode::Probe,
+                state: CallState::Active,
+                port: None,
+                asterisk_address: None,
+                external_media_channel: String::new(),
+                bridge: String::new(),
+                age_ms: 0,
+            },
+            media: None,
+            shared_echo: None,
+            quality: mos.map(|mos| Quality { r_factor: 0.0, mos }),
+        };
+        let order = |views: &[ChannelView]| views.iter().map(|v| v.call.call_no).collect::<Vec<_>>();
+        let all = vec![view(1, Some(4.4)), view(2, None), view(3, Some(3.1)), view(4, Some(4.4)), view(5, None)];
+        let mut v = all.clone();
+        worst_first(&mut v, 10);
+        assert_eq!(order(&v), [3, 1, 4, 2, 5]);
+        let mut v = all.clone();
+        worst_first(&mut v, 2);
+        assert_eq!(order(&v), [3, 1]);
+        let mut v = all;
+        worst_first(&mut v, 0);
+        assert!(v.is_empty());
+    }
+
+    #[actix_web::test]
     async fn events_and_histogram_start_empty() {
         let service = start_service().await;
         let app = app!(service);
