@@ -23,6 +23,8 @@ fi
 # Doc tests, and each criterion benchmark run once as a test (it takes no --test-threads).
 cargo test --workspace --doc
 cargo test -p rtpvisor-actors --bench micro
+# The dashboard test (tests/e2e_dashboard.rs) opens the page in Debian's headless chromium.
+command -v chromium >/dev/null || { apt-get update && apt-get install -y chromium; }
 # Unit and end-to-end tests. They share Asterisk's fixed ports (8088, 5060) and the RTP
 # range: one at a time.
 cargo test --workspace --features e2e --lib --bins --tests -- --test-threads=1 "$@"

@@ -6,6 +6,12 @@
 //! wants `Authorization: Bearer <token>` (compared in constant time) and answers 401 with
 //! `WWW-Authenticate: Bearer realm="rtpvisor"` otherwise. The probes stay open so that an
 //! orchestrator's health check needs no secret. The token is never logged.
+//!
+//! The dashboard (`GET /`, one HTML page compiled into the binary) is behind the same token. A
+//! browser cannot send a header when the page is first opened, so `GET /` alone also accepts
+//! the token as `?token=<token>`; the page then removes it from the address bar, keeps it in
+//! the tab's `sessionStorage`, and sends `Authorization: Bearer` on every fetch of its data. No
+//! other route takes the token from the query string (it would end up in proxies' logs).
 
 use std::sync::Arc;
 
@@ -14,6 +20,7 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::middleware::{from_fn, Next};
 use actix_web::{http::StatusCode, web, HttpResponse, ResponseError};
+use rtpvisor_actors::actors::service::ChannelView;
 use rtpvisor_actors::actors::Service;
 use secrecy::{ExposeSecret, SecretString};
 use subtle::ConstantTimeEq;
@@ -68,6 +75,21 @@ impl ApiAuth {
     }
 }
 
+impl ApiAuth {
+    /// Whether the query string of a `GET /` carries the token as `token=`.
+    pub fn allows_query(&self, query: &str) -> bool {
+        match &self.token {
+            None => true,
+            Some(token) => web::Query::<Vec<(String, String)>>::from_query(query).is_ok_and(|q| {
+                q.iter().any(|(k, v)| k == "token" && bool::from(v.as_bytes().ct_eq(token.expose_secret().as_bytes())))
+            }),
+        }
+    }
+}
+
+/// The dashboard page, served as is.
+pub const DASHBOARD_HTML: &str = include_str!("dashboard.html");
+
 /// `Authorization: Bearer <token>`: the scheme is case-insensitive (RFC 7235 section 2.1), the
 /// token compared in constant time (its length may show; its content does not).
 fn bearer_matches(expected: &str, header: &[u8]) -> bool {
@@ -85,7 +107,8 @@ async fn require_token(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    if auth.allows(req.headers().get(header::AUTHORIZATION)) {
+    let page_with_token = req.path() == "/" && req.method() == actix_web::http::Method::GET && auth.allows_query(req.query_string());
+    if page_with_token || auth.allows(req.headers().get(header::AUTHORIZATION)) {
         return next.call(req).await.map(ServiceResponse::map_into_left_body);
     }
     Ok(req.error_response(ApiError::Unauthorized).map_into_right_body())
@@ -122,6 +145,9 @@ pub fn configure(auth: ApiAuth) -> impl FnOnce(&mut web::ServiceConfig) {
             .route("/faults/supervisor/panic", web::post().to(fault_supervisor_panic))
             .route("/faults/media/stall", web::post().to(fault_media_stall))
             .route("/faults/media/panic", web::post().to(fault_media_panic))
+            .route("/", web::get().to(dashboard))
+            .route("/events", web::get().to(events))
+            .route("/metrics/latency_histogram", web::get().to(latency_histogram))
             .route("/metrics", web::get().to(metrics))
             .route("/metrics/prometheus", web::get().to(metrics_prometheus))
             .route("/channels", web::get().to(channels))
@@ -170,6 +196,25 @@ async fn fault_media_panic(svc: web::Data<Service>) -> Result<HttpResponse, ApiE
     Ok(HttpResponse::Accepted().json(serde_json::json!({ "injected": "panic", "actor": "media-engine" })))
 }
 
+/// The dashboard: never cached, and never sends its address (which may hold the token) as a
+/// referrer.
+async fn dashboard() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .insert_header((header::REFERRER_POLICY, "no-referrer"))
+        .insert_header((header::CONTENT_SECURITY_POLICY, "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src 'self' data:"))
+        .body(DASHBOARD_HTML)
+}
+
+async fn events(svc: web::Data<Service>) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(svc.events().await?))
+}
+
+async fn latency_histogram(svc: web::Data<Service>) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(svc.latency_histogram().await?))
+}
+
 async fn metrics(svc: web::Data<Service>) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(svc.metrics().await?))
 }
@@ -183,8 +228,41 @@ async fn metrics_prometheus(svc: web::Data<Service>) -> Result<HttpResponse, Api
     Ok(HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(body))
 }
 
-async fn channels(svc: web::Data<Service>) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(svc.channels().await?))
+/// `GET /channels` options.
+#[derive(Debug, Default, serde::Deserialize)]
+struct ChannelsQuery {
+    /// At most this many calls, the worst first (lowest MOS; unmeasured ones last).
+    limit: Option<usize>,
+}
+
+async fn channels(svc: web::Data<Service>, q: web::Query<ChannelsQuery>) -> Result<HttpResponse, ApiError> {
+    let mut views = svc.channels().await?;
+    if let Some(limit) = q.limit {
+        worst_first(&mut views, limit);
+    }
+    Ok(HttpResponse::Ok().json(views))
+}
+
+/// Keeps the `limit` calls with the lowest MOS (unmeasured after measured ones, then oldest
+/// first), in that order.
+fn worst_first(views: &mut Vec<ChannelView>, limit: usize) {
+    views.sort_by(|a, b| {
+        let mos = |v: &ChannelView| v.quality.map_or(f64::INFINITY, |q| q.mos);
+        mos(a).total_cmp(&mos(b)).then(a.call.call_no.cmp(&b.call.call_no))
+    });
+    views.truncate(limit);
+}
+
+/// `GET /actors` options.
+#[derive(Debug, serde::Deserialize)]
+struct ActorsQuery {
+    /// `false`: leave out the one node per live call (the dashboard shows their count).
+    #[serde(default = "yes")]
+    channels: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 async fn channel(svc: web::Data<Service>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
@@ -202,8 +280,14 @@ async fn ports(svc: web::Data<Service>) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(svc.ports().await?))
 }
 
-async fn actors(svc: web::Data<Service>) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(svc.actors().await?))
+async fn actors(svc: web::Data<Service>, q: web::Query<ActorsQuery>) -> Result<HttpResponse, ApiError> {
+    let mut root = svc.actors().await?;
+    if !q.channels {
+        for node in root.children.iter_mut() {
+            node.children.retain(|c| c.kind != "ChannelActor");
+        }
+    }
+    Ok(HttpResponse::Ok().json(root))
 }
 
 async fn health() -> HttpResponse {
@@ -348,6 +432,9 @@ mod tests {
             ("GET", "/channels/x"),
             ("GET", "/ports"),
             ("GET", "/actors"),
+            ("GET", "/"),
+            ("GET", "/events"),
+            ("GET", "/metrics/latency_histogram"),
             ("POST", "/faults/supervisor/panic"),
             ("POST", "/faults/channels/x/panic"),
             ("POST", "/faults/media/stall"),
@@ -372,12 +459,108 @@ mod tests {
             ("GET", "/channels/x", StatusCode::NOT_FOUND),
             ("GET", "/ports", StatusCode::OK),
             ("GET", "/actors", StatusCode::OK),
+            ("GET", "/", StatusCode::OK),
+            ("GET", "/events", StatusCode::OK),
+            ("GET", "/metrics/latency_histogram", StatusCode::OK),
             ("POST", "/faults/supervisor/panic", StatusCode::NOT_FOUND),
             ("GET", "/no-such-route", StatusCode::NOT_FOUND),
             ("GET", "/health", StatusCode::OK),
         ] {
             let resp = test::call_service(&app, request(method, path, Some(&good)).to_request()).await;
             assert_eq!(resp.status(), status, "{method} {path}");
+        }
+        stop_service(&service).await;
+    }
+
+    #[actix_web::test]
+    async fn the_dashboard_alone_takes_the_token_in_its_query() {
+        let service = start_service().await;
+        let app = app!(service, ApiAuth::bearer(SecretString::from(TOKEN.to_owned())));
+        let resp = test::call_service(&app, request("GET", &format!("/?token={TOKEN}"), None).to_request()).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        let headers = resp.headers().clone();
+        assert!(headers.get(header::CONTENT_TYPE).unwrap().to_str().unwrap().starts_with("text/html"));
+        assert_eq!(headers.get(header::CACHE_CONTROL).unwrap(), "no-store");
+        assert_eq!(headers.get(header::REFERRER_POLICY).unwrap(), "no-referrer");
+        let body = String::from_utf8(test::read_body(resp).await.to_vec()).unwrap();
+        assert!(body.contains("id=\"active-calls\"") && !body.contains(TOKEN), "the page, without the token");
+        for external in ["src=", "href=", "<link", "@import", "url("] {
+            assert!(!body.contains(external), "no external assets: {external}");
+        }
+        for (method, path) in [
+            ("GET", format!("/?token={TOKEN}x")),
+            ("GET", "/?token=".to_string()),
+            ("GET", format!("/?tok={TOKEN}")),
+            ("POST", format!("/?token={TOKEN}")),
+            ("GET", format!("/metrics?token={TOKEN}")),
+            ("GET", format!("/events?token={TOKEN}")),
+            ("GET", format!("/channels?token={TOKEN}")),
+        ] {
+            let resp = test::call_service(&app, request(method, &path, None).to_request()).await;
+            assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{method} {path}");
+        }
+        // Other parameters may come along.
+        let resp = test::call_service(&app, request("GET", &format!("/?a=1&token={TOKEN}"), None).to_request()).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        stop_service(&service).await;
+    }
+
+    #[actix_web::test]
+    async fn worst_first_keeps_the_lowest_mos_then_the_unmeasured() {
+        use rtpvisor_actors::actors::channel::CallState;
+        use rtpvisor_actors::actors::supervisor::CallInfo;
+        use rtpvisor_actors::mode::CallMode;
+        use rtpvisor_actors::quality::Quality;
+        let view = |call_no: u64, mos: Option<f64>| ChannelView {
+            call: CallInfo {
+                call_no,
+                channel_id: format!("c{call_no}"),
+                channel_name: String::new(),
+                mode: CallMode::Probe,
+                state: CallState::Active,
+                port: None,
+                asterisk_address: None,
+                external_media_channel: String::new(),
+                bridge: String::new(),
+                age_ms: 0,
+            },
+            media: None,
+            shared_echo: None,
+            quality: mos.map(|mos| Quality { r_factor: 0.0, mos }),
+        };
+        let order = |views: &[ChannelView]| views.iter().map(|v| v.call.call_no).collect::<Vec<_>>();
+        let all = vec![view(1, Some(4.4)), view(2, None), view(3, Some(3.1)), view(4, Some(4.4)), view(5, None)];
+        let mut v = all.clone();
+        worst_first(&mut v, 10);
+        assert_eq!(order(&v), [3, 1, 4, 2, 5]);
+        let mut v = all.clone();
+        worst_first(&mut v, 2);
+        assert_eq!(order(&v), [3, 1]);
+        let mut v = all;
+        worst_first(&mut v, 0);
+        assert!(v.is_empty());
+    }
+
+    #[actix_web::test]
+    async fn events_and_histogram_start_empty() {
+        let service = start_service().await;
+        let app = app!(service);
+        let (status, body) = get_json!(app, "/events");
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, serde_json::json!([]));
+        let (status, body) = get_json!(app, "/metrics/latency_histogram");
+        assert_eq!(status, StatusCode::OK);
+        let bounds = body["bounds_ms"].as_array().unwrap_or_else(|| panic!("{body}"));
+        assert_eq!(bounds.len(), 19, "{body}");
+        assert_eq!(bounds[0].as_f64(), Some(0.05), "{body}");
+        for mode in ["echo", "probe"] {
+            let counts = body[mode].as_array().unwrap_or_else(|| panic!("{mode}: {body}"));
+            assert_eq!(counts.len(), 20, "one more than the bounds: above the last one");
+            assert!(counts.iter().all(|c| c.as_u64() == Some(0)), "{body}");
+        }
+        let (_, m) = get_json!(app, "/metrics");
+        for mode in ["echo", "probe", "shared-echo"] {
+            assert!(m["modes"][mode]["mos_avg"].is_null(), "{mode}: {m}");
         }
         stop_service(&service).await;
     }

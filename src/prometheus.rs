@@ -129,6 +129,12 @@ pub fn render(m: &MetricsSnapshot, ports: &PoolSnapshot) -> String {
     sample(&mut o, "rtpvisor_jitter_seconds_avg", "", m.jitter_ms_avg / 1000.0);
     family(&mut o, "rtpvisor_media_loops_detected_total", "counter", "Echo-mode calls whose far end echoes too (media loop).");
     sample(&mut o, "rtpvisor_media_loops_detected_total", "", m.modes.echo.loops_detected as f64);
+    // Every series is always there (stable series); 0 says "nothing measured yet", since a MOS
+    // is never below 1.
+    family(&mut o, "rtpvisor_mos_avg", "gauge", "MOS (G.107 E-model for G.711) of the mode's figures; 0 until measured.");
+    for (mode, mm) in modes.iter().take(2) {
+        sample(&mut o, "rtpvisor_mos_avg", &format!("mode=\"{mode}\""), mm.mos_avg.unwrap_or(0.0));
+    }
 
     family(&mut o, "rtpvisor_dropped_packets_total", "counter", "Datagrams on call ports not processed, by reason.");
     sample(&mut o, "rtpvisor_dropped_packets_total", "reason=\"foreign_source\"", m.dropped.foreign_source as f64);
@@ -426,6 +432,7 @@ pub(crate) mod tests {
             late_ratio: 0.5,
             jitter_ms_avg: 3.0,
             loops_detected: base + 17,
+            mos_avg: None,
         };
         let echo_latency = LatencySummary {
             count: 40,
@@ -451,6 +458,7 @@ pub(crate) mod tests {
         probe.calls_total = 7;
         // Cumulative, ending at most at the count (40): the rest is above 2 s.
         probe.latency_buckets = [0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 7, 7, 7, 7, 7, 7, 7, 7];
+        probe.mos_avg = Some(4.25);
         let mut echo = mode(100, echo_latency);
         echo.latency_buckets = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 20, 30, 31, 32, 33, 34, 35, 36, 38];
         let metrics = MetricsSnapshot {
@@ -557,6 +565,10 @@ pub(crate) mod tests {
             "rtpvisor_packets_late_total{mode=\"echo\"} 114",
             "rtpvisor_packets_duplicate_total{mode=\"probe\"} 215",
             "rtpvisor_packets_reordered_total{mode=\"echo\"} 116",
+            // MOS per mode; 0 where nothing was measured (echo here).
+            "# TYPE rtpvisor_mos_avg gauge",
+            "rtpvisor_mos_avg{mode=\"probe\"} 4.25",
+            "rtpvisor_mos_avg{mode=\"echo\"} 0",
             // The service-wide mean jitter, not a per-mode one.
             "rtpvisor_jitter_seconds_avg 0.0025",
             "rtpvisor_media_loops_detected_total 117",

@@ -15,6 +15,7 @@
 //! - [`call`]: the call procedure (setup steps, waits and retries, teardown) as a state machine.
 //! - [`intensity`]: restart intensity (at most N failures in T), OTP style.
 //! - [`latency`]: latency histograms (HdrHistogram) and their summaries in milliseconds.
+//! - [`quality`]: call quality: the G.107 E-model simplified for G.711 (R-factor, MOS).
 //! - [`ports`]: the RTP port pool: lease, release, quarantine, skipped ports.
 //! - [`naming`]: names of what rtpvisor creates in Asterisk, scoped by instance (app).
 //! - [`reconcile`]: what a reconciliation with Asterisk must end (orphans, vanished calls).
@@ -44,6 +45,7 @@ pub mod mode;
 pub mod naming;
 pub mod ports;
 pub mod probe;
+pub mod quality;
 pub mod reconcile;
 pub mod rtp;
 pub mod stats;

@@ -384,7 +384,7 @@ impl ChannelActor {
     fn report(&mut self, report: Report<Ending>, ctx: &mut Context<Self>) {
         match report {
             Report::Active => {
-                self.cx.metrics.do_send(CallStarted { mode: self.mode });
+                self.cx.metrics.do_send(CallStarted { mode: self.mode, channel: self.caller_id.clone() });
                 match self.call.port() {
                     Some(p) => log::info!("Created channel {} with RTP port {p}", self.caller_id),
                     None => log::info!("Created channel {} on the shared echo", self.caller_id),
@@ -393,7 +393,7 @@ impl ChannelActor {
             Report::SetupFailed { step, error } => {
                 log::error!("Setup of call {} failed at {}: {error}", self.caller_id, step.as_str());
                 // A call whose setup failed was accepted all the same: counted, then failed.
-                self.cx.metrics.do_send(CallStarted { mode: self.mode });
+                self.cx.metrics.do_send(CallStarted { mode: self.mode, channel: self.caller_id.clone() });
             }
             Report::TearingDown { why } => {
                 let text = match why {
@@ -406,13 +406,15 @@ impl ChannelActor {
                 let local = matches!(why, Why::Ended(e) if e.reason == EndReason::SilentWhileLinkDown);
                 log::info!("Tearing down channel {} ({text}{})", self.caller_id, if local { "; locally" } else { "" });
             }
-            Report::Rejected { .. } => self.cx.metrics.do_send(CallRejected { mode: self.mode }),
+            Report::Rejected { reason } => {
+                self.cx.metrics.do_send(CallRejected { mode: self.mode, channel: self.caller_id.clone(), why: reason })
+            }
             Report::Finished { why, setup_failed } => {
                 let (outcome, reason) = match why {
                     Why::Ended(e) if !setup_failed => (CallOutcome::Completed, e.reason),
                     _ => (CallOutcome::Failed, EndReason::SetupFailed),
                 };
-                self.cx.metrics.do_send(CallEnded { mode: self.mode, outcome, reason });
+                self.cx.metrics.do_send(CallEnded { mode: self.mode, outcome, reason, channel: self.caller_id.clone() });
                 log::info!("Cleaned up channel {} after {:.1} s", self.caller_id, self.started_at.elapsed().as_secs_f64());
                 self.finish(setup_failed, ctx);
             }

@@ -5,7 +5,11 @@
 use actix::prelude::*;
 use serde::Serialize;
 
+use std::collections::VecDeque;
+use std::time::{SystemTime, UNIX_EPOCH};
+
 use crate::latency::{BucketCounts, LatencyHistogram, LatencySummary, BUCKET_BOUNDS_US};
+use crate::quality;
 use crate::media::{MediaFlush, ModeTotals, ReflectorCounters};
 use crate::mode::CallMode;
 use crate::reconcile::ReconcileReport;
@@ -15,6 +19,8 @@ use crate::reconcile::ReconcileReport;
 #[rtype(result = "()")]
 pub struct CallStarted {
     pub mode: CallMode,
+    /// The caller's channel id (for the event log).
+    pub channel: String,
 }
 
 /// How a call ended.
@@ -82,6 +88,8 @@ pub struct CallEnded {
     pub mode: CallMode,
     pub outcome: CallOutcome,
     pub reason: EndReason,
+    /// The caller's channel id (for the event log).
+    pub channel: String,
 }
 
 /// Calls ended, by why (`GET /metrics` `ended`).
@@ -133,6 +141,10 @@ impl EndedCounters {
 #[rtype(result = "()")]
 pub struct CallRejected {
     pub mode: CallMode,
+    /// The caller's channel id (for the event log).
+    pub channel: String,
+    /// Why it was refused.
+    pub why: String,
 }
 
 /// ARI events seen by the connection: counted for the operator.
@@ -149,6 +161,106 @@ pub struct AriEventCounts {
 #[derive(Message)]
 #[rtype(result = "MetricsSnapshot")]
 pub struct GetMetrics;
+
+/// The last call events, oldest first (`GET /events`).
+#[derive(Message)]
+#[rtype(result = "Vec<CallEvent>")]
+pub struct GetEvents;
+
+/// The latency distribution per mode as counts per bucket (`GET /metrics/latency_histogram`).
+#[derive(Message)]
+#[rtype(result = "LatencyHistogramView")]
+pub struct GetLatencyHistogram;
+
+/// What happened to a call, as the event log shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallEventKind {
+    /// Accepted and set up.
+    Started,
+    /// Ended after it was served.
+    Ended,
+    /// Refused before any resource was taken.
+    Refused,
+    /// Setup failed, or its actor failed.
+    Failed,
+}
+
+/// One entry of the event log.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CallEvent {
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    pub kind: CallEventKind,
+    pub mode: CallMode,
+    pub channel: String,
+    /// Why it ended, failed or was refused (null for `started`).
+    pub reason: Option<String>,
+}
+
+/// How many call events [`EventRing`] keeps.
+pub const EVENT_RING_LEN: usize = 50;
+
+/// The last `capacity` call events: pushing past it drops the oldest. Pure.
+#[derive(Debug, Clone)]
+pub struct EventRing {
+    events: VecDeque<CallEvent>,
+    capacity: usize,
+}
+
+impl Default for EventRing {
+    fn default() -> Self {
+        EventRing::with_capacity(EVENT_RING_LEN)
+    }
+}
+
+impl EventRing {
+    pub fn with_capacity(capacity: usize) -> Self {
+        EventRing { events: VecDeque::with_capacity(capacity), capacity }
+    }
+
+    pub fn push(&mut self, e: CallEvent) {
+        if self.capacity == 0 {
+            return;
+        }
+        if self.events.len() == self.capacity {
+            self.events.pop_front();
+        }
+        self.events.push_back(e);
+    }
+
+    /// Oldest first.
+    pub fn to_vec(&self) -> Vec<CallEvent> {
+        self.events.iter().cloned().collect()
+    }
+}
+
+/// Counts per latency bucket, not cumulative: `counts[i]` samples in `(bounds_ms[i-1],
+/// bounds_ms[i]]`, and `counts[bounds_ms.len()]` those above the last bound.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LatencyHistogramView {
+    /// Upper bounds of the buckets, ms ([`BUCKET_BOUNDS_US`]).
+    pub bounds_ms: Vec<f64>,
+    pub echo: Vec<u64>,
+    pub probe: Vec<u64>,
+}
+
+/// Per-bucket counts from cumulative ones and the total count (the last entry: above the last
+/// bound).
+pub fn bucket_counts(cumulative: &BucketCounts, total: u64) -> Vec<u64> {
+    let mut out = Vec::with_capacity(cumulative.len() + 1);
+    let mut below = 0;
+    for &c in cumulative {
+        out.push(c.saturating_sub(below));
+        below = below.max(c);
+    }
+    out.push(total.saturating_sub(below));
+    out
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
 
 /// A reconciliation with Asterisk finished.
 #[derive(Message)]
@@ -196,6 +308,10 @@ pub struct ModeMetrics {
     /// Mean over calls of each call's RFC 3550 interarrival jitter (echo mode), ms.
     pub jitter_ms_avg: f64,
     pub loops_detected: u64,
+    /// MOS of the mode's figures ([`quality`]): probe from the median and 95th percentile round
+    /// trip and the loss ratio, echo from the mean jitter and the loss ratio; null until
+    /// something was measured (and always for shared-echo, which measures nothing).
+    pub mos_avg: Option<f64>,
 }
 
 /// Datagrams that reached a call's port but were not processed.
@@ -256,6 +372,7 @@ pub struct MetricsActor {
     reconcile: ReconcileMetrics,
     /// Calls ended, by [`EndReason`] index.
     ended_by: [u64; 7],
+    events: EventRing,
 }
 
 impl Actor for MetricsActor {
@@ -268,6 +385,7 @@ impl Handler<CallStarted> for MetricsActor {
         let c = &mut self.calls[m.mode.index()];
         c[0] += 1;
         c[1] += 1;
+        self.event(CallEventKind::Started, m.mode, m.channel, None);
     }
 }
 
@@ -276,10 +394,14 @@ impl Handler<CallEnded> for MetricsActor {
     fn handle(&mut self, m: CallEnded, _: &mut Context<Self>) {
         let c = &mut self.calls[m.mode.index()];
         c[1] = c[1].saturating_sub(1);
-        if m.outcome == CallOutcome::Failed {
+        let kind = if m.outcome == CallOutcome::Failed {
             c[3] += 1;
-        }
+            CallEventKind::Failed
+        } else {
+            CallEventKind::Ended
+        };
         self.ended_by[m.reason.index()] += 1;
+        self.event(kind, m.mode, m.channel, Some(m.reason.as_str().to_string()));
     }
 }
 
@@ -287,6 +409,7 @@ impl Handler<CallRejected> for MetricsActor {
     type Result = ();
     fn handle(&mut self, m: CallRejected, _: &mut Context<Self>) {
         self.calls[m.mode.index()][2] += 1;
+        self.event(CallEventKind::Refused, m.mode, m.channel, Some(m.why));
     }
 }
 
@@ -332,6 +455,38 @@ impl Handler<GetMetrics> for MetricsActor {
     }
 }
 
+impl Handler<GetEvents> for MetricsActor {
+    type Result = MessageResult<GetEvents>;
+    fn handle(&mut self, _: GetEvents, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.events.to_vec())
+    }
+}
+
+impl Handler<GetLatencyHistogram> for MetricsActor {
+    type Result = MessageResult<GetLatencyHistogram>;
+    fn handle(&mut self, _: GetLatencyHistogram, _: &mut Context<Self>) -> Self::Result {
+        let per_mode = |h: &LatencyHistogram| bucket_counts(&h.cumulative_counts(&BUCKET_BOUNDS_US), h.count());
+        MessageResult(LatencyHistogramView {
+            bounds_ms: BUCKET_BOUNDS_US.iter().map(|&us| us as f64 / 1000.0).collect(),
+            echo: per_mode(&self.latency[0]),
+            probe: per_mode(&self.latency[1]),
+        })
+    }
+}
+
+/// The MOS of a mode's figures; `None` until a packet's fate was known.
+fn mode_mos(mode: CallMode, m: &ModeMetrics) -> Option<f64> {
+    if m.expected == 0 {
+        return None;
+    }
+    let inputs = match mode {
+        CallMode::Probe => quality::probe_inputs(m.latency.p50_ms, m.latency.p95_ms, m.packet_loss_ratio),
+        CallMode::Echo => quality::echo_inputs(m.jitter_ms_avg, m.packet_loss_ratio),
+        CallMode::SharedEcho => return None,
+    };
+    Some(quality::estimate(&inputs).mos)
+}
+
 fn ratio(num: u64, den: u64) -> f64 {
     if den == 0 {
         0.0
@@ -341,6 +496,10 @@ fn ratio(num: u64, den: u64) -> f64 {
 }
 
 impl MetricsActor {
+    fn event(&mut self, kind: CallEventKind, mode: CallMode, channel: String, reason: Option<String>) {
+        self.events.push(CallEvent { at_ms: now_ms(), kind, mode, channel, reason });
+    }
+
     fn mode_metrics(&self, mode: CallMode) -> ModeMetrics {
         let c = self.calls[mode.index()];
         let mut m = ModeMetrics {
@@ -369,6 +528,7 @@ impl MetricsActor {
         m.late_ratio = ratio(t.late, m.latency.count);
         m.jitter_ms_avg = if t.streams == 0 { 0.0 } else { t.jitter_ms_sum / t.streams as f64 };
         m.loops_detected = t.loops_detected;
+        m.mos_avg = mode_mos(mode, &m);
         m
     }
 
@@ -416,5 +576,74 @@ impl MetricsActor {
             reconcile: self.reconcile.clone(),
             ended: EndedCounters::from_counts(&self.ended_by),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(n: usize) -> CallEvent {
+        CallEvent { at_ms: n as u64, kind: CallEventKind::Started, mode: CallMode::Probe, channel: format!("c{n}"), reason: None }
+    }
+
+    #[test]
+    fn event_ring_keeps_the_last_ones_oldest_first() {
+        let mut r = EventRing::with_capacity(3);
+        assert!(r.to_vec().is_empty());
+        for n in 0..5 {
+            r.push(ev(n));
+        }
+        let names: Vec<_> = r.to_vec().into_iter().map(|e| e.channel).collect();
+        assert_eq!(names, ["c2", "c3", "c4"]);
+        let mut none = EventRing::with_capacity(0);
+        none.push(ev(0));
+        assert!(none.to_vec().is_empty());
+        assert_eq!(EventRing::default().capacity, EVENT_RING_LEN);
+    }
+
+    #[test]
+    fn bucket_counts_from_cumulative() {
+        let mut cum = [0u64; BUCKET_BOUNDS_US.len()];
+        // 2 samples <= 50 us, 3 more <= 1 ms, none after; 4 above 2 s.
+        for (i, c) in cum.iter_mut().enumerate() {
+            *c = if i == 0 { 2 } else if BUCKET_BOUNDS_US[i] >= 1_000 { 5 } else { 2 };
+        }
+        let b = bucket_counts(&cum, 9);
+        assert_eq!(b.len(), BUCKET_BOUNDS_US.len() + 1);
+        assert_eq!(b[0], 2);
+        assert_eq!(b[4], 3, "the 1 ms bucket");
+        assert_eq!(b.iter().sum::<u64>(), 9);
+        assert_eq!(*b.last().unwrap(), 4);
+        assert!(bucket_counts(&[0; BUCKET_BOUNDS_US.len()], 0).iter().all(|&c| c == 0));
+    }
+
+    #[test]
+    fn the_actor_counts_events_and_histograms() {
+        let mut a = MetricsActor::default();
+        a.latency[1].record_us(30);
+        a.latency[1].record_us(700);
+        a.latency[1].record_us(5_000_000);
+        let h = |h: &LatencyHistogram| bucket_counts(&h.cumulative_counts(&BUCKET_BOUNDS_US), h.count());
+        let probe = h(&a.latency[1]);
+        assert_eq!((probe[0], probe[4], probe[BUCKET_BOUNDS_US.len()]), (1, 1, 1));
+        assert_eq!(h(&a.latency[0]).iter().sum::<u64>(), 0);
+        a.event(CallEventKind::Refused, CallMode::Echo, "x".into(), Some("no free RTP port".into()));
+        assert_eq!(a.events.to_vec()[0].reason.as_deref(), Some("no free RTP port"));
+    }
+
+    #[test]
+    fn mos_is_null_until_measured_and_for_shared_echo() {
+        let a = MetricsActor::default();
+        let s = a.snapshot();
+        assert_eq!(s.modes.echo.mos_avg, None);
+        assert_eq!(s.modes.probe.mos_avg, None);
+        assert_eq!(s.modes.shared_echo.mos_avg, None);
+        let m = ModeMetrics { expected: 100, ..ModeMetrics::default() };
+        // Only the codec's 10 ms: R 92.96, MOS 4.40.
+        assert_eq!(mode_mos(CallMode::Echo, &m), Some(4.4));
+        let lossy = ModeMetrics { expected: 100, packet_loss_ratio: 0.05, ..ModeMetrics::default() };
+        assert!(mode_mos(CallMode::Probe, &lossy).unwrap() < 4.0);
+        assert_eq!(mode_mos(CallMode::SharedEcho, &m), None);
     }
 }

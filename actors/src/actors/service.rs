@@ -14,7 +14,9 @@ use serde::Serialize;
 use super::ari_conn::{AriConnection, AriStatus, GetAriStatus};
 use super::channel::CallSettings;
 use super::echo::{EchoActor, EchoStatus, GetEchoStatus};
-use super::metrics::{Flush, GetMetrics, MetricsActor, MetricsSnapshot};
+use super::metrics::{
+    CallEvent, Flush, GetEvents, GetLatencyHistogram, GetMetrics, LatencyHistogramView, MetricsActor, MetricsSnapshot,
+};
 use super::port_manager::{GetPorts, PortManager};
 use super::failure::FailureRecord;
 use super::supervisor::{
@@ -27,6 +29,7 @@ use crate::ari::client::{AriClient, AriSettings};
 use crate::ari::liveness::LivenessSettings;
 use crate::media::{EngineOptions, IdleReason, Liveness, MediaHandle, SharedReport, StreamReport};
 use crate::mode::CallMode;
+use crate::quality::{self, Quality};
 use crate::ports::{PoolSnapshot, PortRange};
 
 /// Everything the actor system needs to start.
@@ -110,6 +113,32 @@ pub struct ChannelView {
     /// Shared-echo: what the echo reflected for this call's Asterisk address.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shared_echo: Option<SharedReport>,
+    /// R-factor and MOS from the call's media figures ([`quality`]); null while nothing is
+    /// measured yet, and for shared-echo (no measures of its own).
+    pub quality: Option<Quality>,
+}
+
+/// A call's quality from its stream: probe from its round trips (median and 95th percentile)
+/// and lost probes, echo from its RFC 3550 jitter and loss. `None` before any packet's fate is
+/// known.
+pub fn stream_quality(r: &StreamReport) -> Option<Quality> {
+    let inputs = match (r.mode, &r.probe, &r.receive) {
+        (CallMode::Probe, Some(p), _) => {
+            let judged = p.returned + p.lost;
+            if judged == 0 {
+                return None;
+            }
+            quality::probe_inputs(r.latency.p50_ms, r.latency.p95_ms, p.lost as f64 / judged as f64)
+        }
+        (CallMode::Echo, _, Some(rx)) => {
+            if rx.expected == 0 {
+                return None;
+            }
+            quality::echo_inputs(rx.jitter_ms, rx.lost as f64 / rx.expected as f64)
+        }
+        _ => return None,
+    };
+    Some(quality::estimate(&inputs))
 }
 
 /// A node of the supervision tree (`GET /actors`).
@@ -227,6 +256,16 @@ impl Service {
         self.metrics.send(GetMetrics).await
     }
 
+    /// The last call events, oldest first.
+    pub async fn events(&self) -> Result<Vec<CallEvent>, MailboxError> {
+        self.metrics.send(GetEvents).await
+    }
+
+    /// Per-mode latency counts per bucket.
+    pub async fn latency_histogram(&self) -> Result<LatencyHistogramView, MailboxError> {
+        self.metrics.send(GetLatencyHistogram).await
+    }
+
     pub async fn ports(&self) -> Result<PoolSnapshot, MailboxError> {
         self.ports.send(GetPorts).await
     }
@@ -244,7 +283,8 @@ impl Service {
             .map(|call| {
                 let media = streams.remove(&call.call_no);
                 let shared_echo = shared.remove(&call.call_no);
-                ChannelView { call, media, shared_echo }
+                let quality = media.as_ref().and_then(stream_quality);
+                ChannelView { call, media, shared_echo, quality }
             })
             .collect())
     }

@@ -204,7 +204,7 @@ impl Supervisor {
 
     fn reject(&self, channel_id: String, mode: CallMode, why: String, ctx: &mut Context<Self>) {
         log::warn!("Rejecting call {channel_id}: {why}");
-        self.metrics.do_send(CallRejected { mode });
+        self.metrics.do_send(CallRejected { mode, channel: channel_id.clone(), why });
         let ari = self.ari.clone();
         ctx.spawn(
             async move {
@@ -575,7 +575,12 @@ impl Handler<ChannelFailed> for Supervisor {
             self.resources.remove(&c.info.external_media_channel);
             self.resources.remove(&c.info.bridge);
         }
-        self.metrics.do_send(CallEnded { mode: f.mode, outcome: CallOutcome::Failed, reason: EndReason::ActorFailed });
+        self.metrics.do_send(CallEnded {
+            mode: f.mode,
+            outcome: CallOutcome::Failed,
+            reason: EndReason::ActorFailed,
+            channel: f.caller_id.clone(),
+        });
         let (ari, media, caller) = (self.ari.clone(), self.media.clone(), f.caller_id);
         ctx.spawn(
             async move {
