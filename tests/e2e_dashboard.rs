@@ -1,3 +1,4 @@
+#![cfg(feature = "e2e")]
 //! End to end in a real browser: the real service and the real Asterisk carry a few live probe
 //! calls; Debian's chromium (headless) opens the dashboard with the API token in `?token=`,
 //! runs its JavaScript (which fetches the data routes with `Authorization: Bearer`), and the
