@@ -53,20 +53,6 @@ const ALL_FAULTS: [FaultKind; 9] = [
     FaultKind::FloodCallPort,
 ];
 
-/// xorshift64*: a reproducible order from a printed seed.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 /// The call traffic: a thread that places a call every 200 ms while `on`, and hangs each up
 /// after its hold time (1-4 s), whatever `on` says.
 struct Traffic {

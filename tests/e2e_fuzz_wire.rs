@@ -41,29 +41,6 @@ fn call(svc: &Rtpvisor, id: &str) -> Value {
         .unwrap_or_else(|| panic!("call {id} is gone"))
 }
 
-/// xorshift64*: reproducible random sizes, contents and choices without a crate.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn fill(&mut self, buf: &mut [u8]) {
-        for chunk in buf.chunks_mut(8) {
-            let r = self.next().to_le_bytes();
-            chunk.copy_from_slice(&r[..chunk.len()]);
-        }
-    }
-}
-
 /// UDP receive-buffer errors of the whole machine (`Udp: ... RcvbufErrors`).
 fn udp_rcvbuf_errors() -> u64 {
     let text = std::fs::read_to_string("/proc/net/snmp").unwrap_or_default();

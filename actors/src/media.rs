@@ -1125,40 +1125,42 @@ impl Engine {
                     continue;
                 }
             };
+            // One pass over the batch, each sender's address built once: the guard decides
+            // (a dropped datagram is skipped by the send), then a watched call counts what was
+            // reflected for it.
             let mut dropped = 0;
-            if let Some(guard) = &mut self.guard {
+            let watching = !self.watch_by_peer.is_empty();
+            if self.guard.is_some() || watching {
                 // One clock read per batch: a flood is read in many batches within one
                 // wake-up, and the buckets must refill between them.
                 let now = Instant::now();
+                // The wake-up's time for the watches: idle detection needs milliseconds.
+                let at = self.clock.instant;
                 for i in 0..n {
                     let Some(d) = self.reflect_batch.get(i) else { break };
-                    if let Verdict::Drop(_) = guard.check(d.from, d.data.len(), d.truncated, now) {
-                        self.reflect_batch.skip(i);
-                        dropped += 1;
+                    if let Some(guard) = &mut self.guard {
+                        if let Verdict::Drop(_) = guard.check(d.from, d.data.len(), d.truncated, now) {
+                            self.reflect_batch.skip(i);
+                            dropped += 1;
+                            continue;
+                        }
+                    }
+                    if watching {
+                        if let Some(&w) = self.watch_by_peer.get(&d.from) {
+                            let w = &mut self.watches[w];
+                            w.packets += 1;
+                            w.bytes += d.data.len() as u64;
+                            w.silence.last_rx = Some(at);
+                        }
                     }
                 }
-                c.dropped = guard.drops();
+                if let Some(guard) = &self.guard {
+                    c.dropped = guard.drops();
+                }
             }
             c.packets += (n - dropped) as u64;
             c.bytes += self.reflect_batch.bytes();
             c.send_errors += self.reflect_batch.send_back(sock);
-            // Only now the senders' addresses are built, and only when someone is watched.
-            if !self.watch_by_peer.is_empty() {
-                // The wake-up's time: idle detection needs milliseconds, not kernel stamps.
-                let at = self.clock.instant;
-                for i in 0..n {
-                    let Some(d) = self.reflect_batch.get(i) else { break };
-                    if d.skipped {
-                        continue;
-                    }
-                    if let Some(&w) = self.watch_by_peer.get(&d.from) {
-                        let w = &mut self.watches[w];
-                        w.packets += 1;
-                        w.bytes += d.data.len() as u64;
-                        w.silence.last_rx = Some(at);
-                    }
-                }
-            }
             if n < REFLECT_BATCH {
                 break; // drained: the next datagram raises a new edge
             }
