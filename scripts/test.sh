@@ -34,7 +34,6 @@ command -v ip >/dev/null || { apt-get update && apt-get install -y iproute2; }
 command -v chromium >/dev/null || { apt-get update && apt-get install -y chromium; }
 bash scripts/asterisk.sh build
 cargo test --workspace --features e2e --no-run
-cargo test --workspace --doc --no-run
 cargo test -p rtpvisor-actors --bench micro --no-run
 bash scripts/isolated.sh --name "rtpvisor-test-$$" -- bash scripts/test.sh "$@"
 
