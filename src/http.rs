@@ -311,7 +311,7 @@ mod tests {
     use serde_json::Value;
 
     use super::*;
-    use crate::config::{Config, PortRangeSetting};
+    use crate::config::Config;
     use crate::prometheus::tests::check_exposition;
 
     /// A real service whose ARI never answers (nothing listens on port 1), so it stays unready
@@ -322,7 +322,7 @@ mod tests {
         cfg.ari.url = "http://127.0.0.1:1/ari".into();
         cfg.ari.request_timeout_ms = 1000;
         cfg.media.bind_ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
-        cfg.media.rtp_ports = PortRangeSetting { start: 10900, end: 10902 };
+        cfg.media.rtp_ports = rtpvisor_actors::ports::PortRange { start: 10900, end: 10902 };
         cfg.echo.addr = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
         let svc_cfg = crate::app::service_config(&cfg).expect("service config");
         Service::start(svc_cfg).await.expect("service starts")
