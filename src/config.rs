@@ -22,12 +22,14 @@
 //! "VALUE", parse PARSER;`), with a parser `fn(&str) -> Result<Type, String>` whose error is the
 //! reason alone (the message around it names the setting and the source); a type new to
 //! configuration implements `SettingValue` (its TOML kind and text form). Add the row to
-//! README's table. A check between settings goes in `Draft::finish`.
+//! README's table, and to the tests three sample values (`samples`) and the setting's names
+//! (`every_setting_keeps_its_documented_names`). A check between settings goes in
+//! `Draft::finish`.
 //!
 //! # Layering
 //!
 //! [figment] merges the sources, each a provider: the defaults (`Serialized::defaults`), then
-//! the file, the environment and the flags, each a [`Layer`] of text values. figment keeps, for
+//! the file, the environment and the flags, each a `Layer` of text values. figment keeps, for
 //! every value, the provider it came from, and each provider's metadata says how that source
 //! names a key (`RTPVISOR_RTP_PORTS`, `--rtp-ports`, `media.rtp_ports in FILE at line 3`):
 //! exactly what an error message needs. Not clap's `env` support: clap would read the process
@@ -584,7 +586,7 @@ fn some<T>(parse: fn(&str) -> Result<T, String>) -> impl Fn(&str) -> Result<Opti
 }
 
 /// Command line: `--config`, `--print-config`, and one flag per setting (named after its
-/// environment variable, see [`Setting::flag`]). Every value is taken as text and judged by
+/// environment variable, see `Setting::flag`). Every value is taken as text and judged by
 /// [`Config::load`], so a bad flag gets the same kind of message as a bad file key or variable.
 /// Built from the settings table at run time (`CommandFactory`), so no setting has a flag to
 /// write by hand.

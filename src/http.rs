@@ -620,7 +620,7 @@ mod tests {
     }
 
     /// The ten keys every dashboard of ours reads, with whether each is a count (integer) or a measure (float).
-    const SEED_KEYS: [(&str, bool); 10] = [
+    const DASHBOARD_KEYS: [(&str, bool); 10] = [
         ("total_channels", true),
         ("active_channels", true),
         ("total_latencies", true),
@@ -634,12 +634,12 @@ mod tests {
     ];
 
     #[actix_web::test]
-    async fn metrics_json_has_the_seed_keys_typed_and_zero() {
+    async fn metrics_json_has_the_dashboard_keys_typed_and_zero() {
         let service = start_service().await;
         let app = app!(service);
         let (status, body) = get_json!(app, "/metrics");
         assert_eq!(status, StatusCode::OK);
-        for (key, integer) in SEED_KEYS {
+        for (key, integer) in DASHBOARD_KEYS {
             let value = &body[key];
             if integer {
                 assert_eq!(value.as_u64(), Some(0), "{key} should be integer 0: {body}");
