@@ -32,9 +32,9 @@
 //! the file, the environment and the flags, each a `Layer` of text values. figment keeps, for
 //! every value, the provider it came from, and each provider's metadata says how that source
 //! names a key (`RTPVISOR_RTP_PORTS`, `--rtp-ports`, `media.rtp_ports in FILE at line 3`):
-//! exactly what an error message needs. Not clap's `env` support: clap would read the process
-//! environment itself, so neither the tests' injected environment nor an error that tells a
-//! variable from a flag would be possible. Every source is judged on its own before the merge,
+//! exactly what an error message needs. Not clap's `env` support: clap reads the process
+//! environment itself (the tests could not inject theirs), knows nothing of the file beneath
+//! the variables, and would judge a variable with its own parsers and messages. Every source is judged on its own before the merge,
 //! so a broken value is reported even when a later source overrides it, and every source goes
 //! through the same string parser per setting, so a value is judged the same way wherever it was
 //! written.
