@@ -434,7 +434,7 @@ settings! {
         /// Actor failures (panics) tolerated within the restart window before the service
         /// escalates, 1-1000
         max_restarts: u32 = 5,
-            env MAX_RESTARTS, value "N", parse parse_max_restarts;
+            env MAX_RESTARTS, value "N", parse |raw| parse_count(raw, MAX_RESTARTS_RANGE, "restarts");
         /// Window in which actor failures are counted against max_restarts, 100-600000 ms
         window_ms: u64 = 10_000,
             env RESTART_WINDOW_MS, value "MS", parse |raw| parse_ms(raw, RESTART_WINDOW_RANGE_MS);

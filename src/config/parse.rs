@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use rtpvisor_actors::mode::CallMode;
 
-use super::{MAX_LATE_MS, MAX_RESTARTS_RANGE, MIN_TOKEN_LEN};
+use super::{MAX_LATE_MS, MIN_TOKEN_LEN};
 
 pub(super) fn parse_ip(raw: &str) -> Result<IpAddr, String> {
     raw.trim().parse().map_err(|_| "not an IP address".to_owned())
@@ -183,25 +183,6 @@ pub(super) fn parse_ms(raw: &str, range: std::ops::RangeInclusive<u64>) -> Resul
         ));
     }
     Ok(value)
-}
-
-pub(super) fn parse_max_restarts(raw: &str) -> Result<u32, String> {
-    let raw = raw.trim();
-    if raw.starts_with('-') {
-        return Err("must not be negative".into());
-    }
-    // Parsed wide so an out-of-range number gets the range message, not "not a number".
-    let value: u64 = raw
-        .parse()
-        .map_err(|_| "not a whole number of restarts".to_owned())?;
-    if !MAX_RESTARTS_RANGE.contains(&value) {
-        return Err(format!(
-            "{value} is outside {}..={}",
-            MAX_RESTARTS_RANGE.start(),
-            MAX_RESTARTS_RANGE.end()
-        ));
-    }
-    Ok(u32::try_from(value).expect("range fits in u32"))
 }
 
 /// A whole number of `unit` within `range` (which fits u32).
