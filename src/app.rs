@@ -10,8 +10,6 @@ use rtpvisor_actors::echo_guard::GuardSettings;
 use rtpvisor_actors::naming::host_port;
 use rtpvisor_actors::actors::{failure, Service, ServiceConfig};
 use rtpvisor_actors::ari::client::AriSettings;
-use rtpvisor_actors::mode::CallMode;
-use rtpvisor_actors::ports::PortRange;
 
 use crate::config::Config;
 use crate::http::ApiAuth;
@@ -57,8 +55,7 @@ pub fn service_config(cfg: &Config) -> anyhow::Result<ServiceConfig> {
             probe_timeout: Duration::from_millis(cfg.media.probe_timeout_ms),
             no_media_timeout: Duration::from_millis(cfg.media.no_media_timeout_ms),
         },
-        rtp_ports: PortRange::new(cfg.media.rtp_ports.start, cfg.media.rtp_ports.end)
-            .map_err(|e| anyhow::anyhow!("invalid media.rtp_ports: {e}"))?,
+        rtp_ports: cfg.media.rtp_ports,
         quarantine: Duration::from_millis(cfg.media.quarantine_ms),
         echo_addr: cfg.echo.addr,
         echo_guard: GuardSettings {
@@ -67,11 +64,7 @@ pub fn service_config(cfg: &Config) -> anyhow::Result<ServiceConfig> {
             burst: cfg.echo.burst,
             max_bytes: cfg.echo.max_bytes as usize,
         },
-        default_mode: cfg
-            .media
-            .default_mode
-            .parse::<CallMode>()
-            .map_err(|e| anyhow::anyhow!("invalid media.default_mode: {e}"))?,
+        default_mode: cfg.media.default_mode,
         reconnect_min: Duration::from_millis(cfg.ari.reconnect_min_ms),
         reconnect_max: Duration::from_millis(cfg.ari.reconnect_max_ms),
         max_restarts: cfg.supervision.max_restarts,

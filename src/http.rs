@@ -311,7 +311,7 @@ mod tests {
     use serde_json::Value;
 
     use super::*;
-    use crate::config::{Config, PortRangeSetting};
+    use crate::config::Config;
     use crate::prometheus::tests::check_exposition;
 
     /// A real service whose ARI never answers (nothing listens on port 1), so it stays unready
@@ -322,7 +322,7 @@ mod tests {
         cfg.ari.url = "http://127.0.0.1:1/ari".into();
         cfg.ari.request_timeout_ms = 1000;
         cfg.media.bind_ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
-        cfg.media.rtp_ports = PortRangeSetting { start: 10900, end: 10902 };
+        cfg.media.rtp_ports = rtpvisor_actors::ports::PortRange { start: 10900, end: 10902 };
         cfg.echo.addr = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
         let svc_cfg = crate::app::service_config(&cfg).expect("service config");
         Service::start(svc_cfg).await.expect("service starts")
@@ -620,7 +620,7 @@ mod tests {
     }
 
     /// The ten keys every dashboard of ours reads, with whether each is a count (integer) or a measure (float).
-    const SEED_KEYS: [(&str, bool); 10] = [
+    const DASHBOARD_KEYS: [(&str, bool); 10] = [
         ("total_channels", true),
         ("active_channels", true),
         ("total_latencies", true),
@@ -634,12 +634,12 @@ mod tests {
     ];
 
     #[actix_web::test]
-    async fn metrics_json_has_the_seed_keys_typed_and_zero() {
+    async fn metrics_json_has_the_dashboard_keys_typed_and_zero() {
         let service = start_service().await;
         let app = app!(service);
         let (status, body) = get_json!(app, "/metrics");
         assert_eq!(status, StatusCode::OK);
-        for (key, integer) in SEED_KEYS {
+        for (key, integer) in DASHBOARD_KEYS {
             let value = &body[key];
             if integer {
                 assert_eq!(value.as_u64(), Some(0), "{key} should be integer 0: {body}");

@@ -1,5 +1,5 @@
 #![cfg(feature = "e2e")]
-//! Pool capacity against the real Asterisk: the seed's 102 calls on the default 101-port
+//! Pool capacity against the real Asterisk: 102 calls on the default 101-port
 //! range (40 of them then hung up by their callers, the other 61 ended by a SIGTERM of the
 //! service), and a 3-port range where another process holds one port.
 mod common;

@@ -319,8 +319,8 @@ fn websocket_drop_with_live_calls_reconnects_and_reconciles() {
     assert_eq!(node["state"], "connected", "{node}");
     assert_eq!(ready(&svc).1["ari"]["connects"].as_u64(), Some(2));
 
-    // Reconciliation after the reconnect ends the two calls whose callers vanished.
-    // ISSUE #3 RECONCILIATION: this part needs the supervisor to reconcile on (re)connect.
+    // Reconciliation after the reconnect ends the two calls whose callers vanished: the
+    // supervisor reconciles with Asterisk at every (re)connect.
     let t_rec = Instant::now();
     let reconciled = (|| {
         let start = Instant::now();
@@ -343,7 +343,7 @@ fn websocket_drop_with_live_calls_reconnects_and_reconciles() {
     );
     assert!(
         reconciled,
-        "ISSUE #3 RECONCILIATION MISSING: after the reconnect the 2 calls whose callers vanished while \
+        "no reconciliation after the reconnect: the 2 calls whose callers vanished while \
          disconnected are still live: {}",
         svc.get("/channels")
     );

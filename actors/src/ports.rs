@@ -102,32 +102,26 @@ impl PortRange {
     }
 }
 
-impl FromStr for PortRange {
-    type Err = PoolError;
-
-    /// Parses `"10000-10100"` or a single port `"10000"`; whitespace around the numbers is
-    /// tolerated. Every failure is [`PoolError::BadRange`] with a message naming the input,
-    /// because this is what a human typed into a config file or a flag.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = |why: &str| PoolError::BadRange(format!("{s:?}: {why}"));
+impl PortRange {
+    /// Parses `"10000-10100"` or a single port `"10000"`, whitespace around the numbers
+    /// tolerated; the error is the reason alone, for a caller that names the input itself (the
+    /// configuration names the setting and where it was written).
+    pub fn parse_reason(s: &str) -> Result<Self, String> {
         if s.trim().is_empty() {
-            return Err(bad("no port given; expected START-END or a single PORT"));
+            return Err("no port given; expected START-END or a single PORT".to_owned());
         }
-        let port = |part: &str, which: &str| -> Result<u16, PoolError> {
+        let port = |part: &str, which: &str| -> Result<u16, String> {
             let part = part.trim();
             if part.is_empty() {
-                return Err(bad(&format!("the {which} port is missing")));
+                return Err(format!("the {which} port is missing"));
             }
-            part.parse::<u16>().map_err(|_| {
-                bad(&format!(
-                    "{which} port {part:?} is not a port number (1-65535)"
-                ))
-            })
+            part.parse::<u16>()
+                .map_err(|_| format!("{which} port {part:?} is not a port number (1-65535)"))
         };
         let (start, end) = match s.split_once('-') {
             Some((a, b)) => {
                 if b.contains('-') {
-                    return Err(bad("expected START-END or a single PORT"));
+                    return Err("expected START-END or a single PORT".to_owned());
                 }
                 (port(a, "start")?, port(b, "end")?)
             }
@@ -137,12 +131,20 @@ impl FromStr for PortRange {
             }
         };
         PortRange::new(start, end).map_err(|e| match e {
-            PoolError::EmptyRange { start, end } => {
-                bad(&format!("start {start} is above end {end}"))
-            }
-            PoolError::BadRange(why) => bad(&why),
-            other => other,
+            PoolError::EmptyRange { start, end } => format!("start {start} is above end {end}"),
+            PoolError::BadRange(why) => why,
+            other => other.to_string(),
         })
+    }
+}
+
+impl FromStr for PortRange {
+    type Err = PoolError;
+
+    /// [`PortRange::parse_reason`]; every failure is [`PoolError::BadRange`] with a message
+    /// naming the input, because this is what a human typed.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        PortRange::parse_reason(s).map_err(|why| PoolError::BadRange(format!("{s:?}: {why}")))
     }
 }
 

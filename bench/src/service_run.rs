@@ -11,7 +11,7 @@ use anyhow::{anyhow, Context as _};
 use tokio::sync::{mpsc, oneshot};
 
 use rtpvisor::app::service_config;
-use rtpvisor::config::{Config, PortRangeSetting};
+use rtpvisor::config::Config;
 use rtpvisor_actors::actors::metrics::MetricsSnapshot;
 use rtpvisor_actors::actors::service::{ChannelView, Readiness};
 use rtpvisor_actors::actors::Service;
@@ -87,8 +87,8 @@ impl ServiceUnderTest {
         c.ari.reconnect_max_ms = 2000;
         c.media.host = "127.0.0.1".into();
         c.media.bind_ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
-        c.media.rtp_ports = PortRangeSetting { start: s.rtp_ports.0, end: s.rtp_ports.1 };
-        c.media.default_mode = s.default_mode.to_string();
+        c.media.rtp_ports = rtpvisor_actors::ports::PortRange { start: s.rtp_ports.0, end: s.rtp_ports.1 };
+        c.media.default_mode = s.default_mode;
         c.echo.addr = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
         c.echo.allow = s.echo_guard.allow.clone();
         c.echo.rate_pps = s.echo_guard.rate_pps;
