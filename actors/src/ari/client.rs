@@ -224,6 +224,27 @@ impl AriClient {
         self.call_json(Method::POST, "/channels".into(), &q).await
     }
 
+    /// [`AriClient::originate`] naming both halves: `channel_id` enters the app, and for a
+    /// `Local/` endpoint `other_channel_id` is the half that runs the dialplan (ignored by
+    /// other technologies).
+    pub async fn originate_pair(
+        &self,
+        endpoint: &str,
+        app_args: &str,
+        channel_id: &str,
+        other_channel_id: &str,
+    ) -> Result<Channel, AriError> {
+        let q = [
+            ("endpoint", endpoint.to_string()),
+            ("app", self.settings.app.clone()),
+            ("appArgs", app_args.to_string()),
+            ("formats", "ulaw".to_string()),
+            ("channelId", channel_id.to_string()),
+            ("otherChannelId", other_channel_id.to_string()),
+        ];
+        self.call_json(Method::POST, "/channels".into(), &q).await
+    }
+
     async fn call_json<T: DeserializeOwned>(
         &self,
         method: Method,
