@@ -167,9 +167,11 @@ async fn run(args: &LoadgenArgs, cfg: &crate::config::Config) -> Result<i32, Str
     let start = Instant::now();
     let hold = Duration::from_secs_f64(args.duration);
     let mut collector = Collector { reader: EndedReader::from_now(&api).await?, api: api.clone(), caller_prefix: caller_prefix.clone(), last: None };
-    // Place the calls at the rate, within the concurrency.
+    // Place the calls at the rate, within the concurrency. A call held back by the concurrency
+    // limit moves the schedule on: starts never come faster than the rate (no catch-up burst).
+    let interval = Duration::from_secs_f64(1.0 / args.rate);
+    let mut due = start;
     for i in 0..args.calls {
-        let due = start + Duration::from_secs_f64(i as f64 / args.rate);
         loop {
             let wait = due.saturating_duration_since(Instant::now());
             if wait.is_zero() && shared.borrow().live < args.concurrency {
@@ -181,6 +183,7 @@ async fn run(args: &LoadgenArgs, cfg: &crate::config::Config) -> Result<i32, Str
             actix_rt::time::sleep(wait.clamp(Duration::from_millis(1), Duration::from_millis(20))).await;
         }
         shared.borrow_mut().live += 1;
+        due = next_start(due, Instant::now(), interval);
         let (ari, shared, endpoint, mode) = (ari.clone(), shared.clone(), args.endpoint.clone(), args.mode.clone());
         let (channel, far) = (format!("{caller_prefix}{i:06}"), format!("lg{run}-f{i:06}"));
         actix_rt::spawn(async move { one_call(&ari, &shared, &endpoint, &mode, &channel, &far, hold).await });
@@ -249,6 +252,18 @@ async fn run(args: &LoadgenArgs, cfg: &crate::config::Config) -> Result<i32, Str
         }
     }
     Ok(code)
+}
+
+/// When the call after one placed at `placed_at` (scheduled for `due`) may start: one interval
+/// after `due`, so the timer's slack does not slow the rate down; but after a start later than
+/// that (held back by the concurrency limit), one interval after it, so no burst catches up
+/// with the schedule.
+fn next_start(due: Instant, placed_at: Instant, interval: Duration) -> Instant {
+    if placed_at > due + interval {
+        placed_at + interval
+    } else {
+        due + interval
+    }
 }
 
 /// Reads the service's ended calls into [`Shared::records`], at most every 250 ms unless forced.
@@ -361,6 +376,17 @@ mod tests {
         let a = LoadgenArgs::try_parse_from(std::iter::once("loadgen").chain(args.iter().copied())).map_err(|e| e.to_string())?;
         a.check()?;
         Ok(a)
+    }
+
+    #[test]
+    fn starts_never_come_faster_than_the_rate() {
+        let t0 = Instant::now();
+        let tick = Duration::from_millis(100);
+        // On time, or a little after (the timer's slack): the schedule does not drift.
+        assert_eq!(next_start(t0, t0, tick), t0 + tick);
+        assert_eq!(next_start(t0 + tick, t0 + tick + Duration::from_millis(3), tick), t0 + 2 * tick);
+        // Held back 1 s by the concurrency limit: the next start is one interval later, not due.
+        assert_eq!(next_start(t0 + tick, t0 + Duration::from_secs(1), tick), t0 + Duration::from_secs(1) + tick);
     }
 
     #[test]

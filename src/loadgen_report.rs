@@ -258,6 +258,15 @@ fn num(v: Option<f64>) -> String {
     v.map_or_else(|| "-".to_string(), |v| format!("{v:.2}"))
 }
 
+/// A whole number as such (a count), anything else with 4 decimals.
+fn figure(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.4}")
+    }
+}
+
 fn pct(r: f64) -> String {
     format!("{:.3} %", r * 100.0)
 }
@@ -297,7 +306,7 @@ pub fn table(s: &Summary, latency_label: &str, verdict: &[SloResult]) -> String 
             v.flag,
             op,
             v.limit,
-            v.actual.map_or_else(|| "nothing measured".to_string(), |a| format!("{a:.4}")),
+            v.actual.map_or_else(|| "nothing measured".to_string(), figure),
             if v.holds { "✓" } else { "✗ BROKEN" }
         ));
     }
@@ -409,6 +418,7 @@ mod tests {
 
         let v = judge(&s, &Slos { max_p99_ms: Some(0.001), ..Slos::default() });
         assert_eq!((exit_code(&v), v[0].flag, v[0].actual), (1, "--max-p99-ms", Some(1.0)));
+        assert!(table(&s, "RTT", &judge(&s, &Slos { max_failed: Some(0), ..Slos::default() })).contains("SLO --max-failed   <= 0: 0 ✓"));
         // At the limit holds; nothing measured breaks.
         assert!(judge(&s, &Slos { max_p99_ms: Some(1.0), ..Slos::default() })[0].holds);
         let nothing = summarize(&[call_result("f", 0, Some("500"), None)], (0, 0));
