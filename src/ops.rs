@@ -149,10 +149,11 @@ pub struct Placed {
 }
 
 /// Originates `channel` to `endpoint` into the app with `mode` as its Stasis argument.
-/// `far` names the dialplan half of a `Local/` channel.
+/// `far` names the dialplan half of a `Local/` channel (other technologies have none).
 pub async fn originate(ari: &AriClient, endpoint: &str, mode: &str, channel: &str, far: &str) -> Placed {
+    let local = endpoint.get(..6).is_some_and(|t| t.eq_ignore_ascii_case("local/"));
     let sent_at_ms = unix_ms();
-    let error = ari.originate_pair(endpoint, mode, channel, far).await.err().map(|e| e.to_string());
+    let error = ari.originate_pair(endpoint, mode, channel, local.then_some(far)).await.err().map(|e| e.to_string());
     Placed { channel: channel.to_string(), sent_at_ms, error }
 }
 

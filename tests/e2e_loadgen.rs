@@ -125,3 +125,45 @@ fn loadgen_on_terminal(svc: &Rtpvisor, args: &str) -> (i32, String) {
     eprintln!("loadgen {args} on a terminal: exit {:?}\n{out}", status.code());
     (status.code().expect("exited"), out)
 }
+
+#[test]
+fn calls_to_a_pjsip_endpoint_reach_a_sip_phone() {
+    ensure_asterisk();
+    clean_asterisk();
+    let svc = Rtpvisor::start("e2e_loadgen_pjsip", Options::default());
+    // A SIP phone that answers 3 calls and echoes their RTP: sipp's UAS in the Asterisk chroot.
+    let mut phone = Command::new("bash")
+        .arg(repo().join("scripts/asterisk.sh"))
+        .args(["sipp", "-sn", "uas", "-i", "127.0.0.1", "-p", "5070", "-rtp_echo", "-m", "3", "-nostdin"])
+        .args(["-min_rtp_port", "23000", "-max_rtp_port", "23100"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("starting sipp");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let (code, out, err) = loadgen(
+        &svc,
+        &[
+            "--calls", "3", "--rate", "5", "--duration", "2", "--mode", "probe",
+            "--endpoint", "PJSIP/caller/sip:echo@127.0.0.1:5070", "--max-failed", "0", "--min-mos", "4",
+        ],
+    );
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = phone.try_wait().unwrap() {
+            break Some(st);
+        }
+        if start.elapsed() > std::time::Duration::from_secs(15) {
+            let _ = phone.kill();
+            let _ = phone.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("placed 3  served 3  refused 0  failed 0"), "{out}");
+    assert!(out.contains("left in Asterisk   0 channels, 0 bridges"), "{out}");
+    assert!(status.is_some_and(|s| s.success()), "sipp took 3 calls and ended: {status:?}");
+    assert_all_released(&svc, "after loadgen over SIP");
+}

@@ -225,23 +225,24 @@ impl AriClient {
     }
 
     /// [`AriClient::originate`] naming both halves: `channel_id` enters the app, and for a
-    /// `Local/` endpoint `other_channel_id` is the half that runs the dialplan (ignored by
-    /// other technologies).
+    /// `Local/` endpoint `other_channel_id` is the half that runs the dialplan.
     pub async fn originate_pair(
         &self,
         endpoint: &str,
         app_args: &str,
         channel_id: &str,
-        other_channel_id: &str,
+        other_channel_id: Option<&str>,
     ) -> Result<Channel, AriError> {
-        let q = [
+        let mut q = vec![
             ("endpoint", endpoint.to_string()),
             ("app", self.settings.app.clone()),
             ("appArgs", app_args.to_string()),
             ("formats", "ulaw".to_string()),
             ("channelId", channel_id.to_string()),
-            ("otherChannelId", other_channel_id.to_string()),
         ];
+        if let Some(other) = other_channel_id {
+            q.push(("otherChannelId", other.to_string()));
+        }
         self.call_json(Method::POST, "/channels".into(), &q).await
     }
 
