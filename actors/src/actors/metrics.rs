@@ -671,6 +671,28 @@ mod tests {
         assert_eq!(a.events.to_vec()[0].reason.as_deref(), Some("no free RTP port"));
     }
 
+    #[actix_rt::test]
+    async fn ended_and_refused_calls_are_kept_with_their_figures() {
+        let m = MetricsActor::default().start();
+        let summary = CallSummary { active_at_ms: Some(5), mos: Some(4.4), expected: 50, ..CallSummary::default() };
+        m.do_send(CallStarted { mode: CallMode::Probe, channel: "a".into() });
+        m.do_send(CallEnded { mode: CallMode::Probe, outcome: CallOutcome::Completed, reason: EndReason::Hangup, channel: "a".into(), summary: summary.clone() });
+        m.do_send(CallRejected { mode: CallMode::Echo, channel: "b".into(), why: "no free RTP port".into() });
+        m.do_send(CallEnded { mode: CallMode::Echo, outcome: CallOutcome::Failed, reason: EndReason::SetupFailed, channel: "c".into(), summary: CallSummary::default() });
+        let page = m.send(GetEndedCalls { since: 0, limit: 10 }).await.unwrap();
+        let got: Vec<_> = page.calls.iter().map(|c| (c.seq, c.channel.as_str(), c.outcome, c.reason.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                (1, "a", Outcome::Ended, "hangup"),
+                (2, "b", Outcome::Refused, "no free RTP port"),
+                (3, "c", Outcome::Failed, "setup_failed")
+            ]
+        );
+        assert_eq!(page.calls[0].summary, summary);
+        assert_eq!(m.send(GetEndedCalls { since: 2, limit: 10 }).await.unwrap().calls.len(), 1);
+    }
+
     #[test]
     fn mos_is_null_until_measured_and_for_shared_echo() {
         let a = MetricsActor::default();
