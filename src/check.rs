@@ -311,10 +311,11 @@ async fn probe_call(ari: &AriClient, api: &ApiClient, endpoint: &str, mode: &str
         return Line::fail(format!("{what}: Asterisk refused the originate: {e}"), "check the endpoint (Local/EXTEN@CONTEXT of extensions.conf, or PJSIP/...)");
     }
     let start = Instant::now();
-    let mut record = None;
+    let (mut record, mut hung_up) = (None, false);
     while record.is_none() && start.elapsed() < hold + Duration::from_secs(10) {
-        if start.elapsed() >= hold {
+        if !hung_up && start.elapsed() >= hold {
             let _ = ops::hang_up(ari, &channel).await;
+            hung_up = true;
         }
         actix_rt::time::sleep(Duration::from_millis(100)).await;
         match reader.read(api).await {

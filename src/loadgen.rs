@@ -214,10 +214,15 @@ async fn run(args: &LoadgenArgs, cfg: &crate::config::Config) -> Result<i32, Str
     let left = ops::wait_asterisk_clean(&ari, &marker, Duration::from_secs(5)).await.map_err(|e| e.to_string())?;
 
     let s = shared.borrow();
-    let results: Vec<CallResult> = s
-        .placed
-        .iter()
-        .map(|p| report::call_result(&p.channel, p.sent_at_ms, p.error.as_deref(), s.records.get(&p.channel)))
+    let placed: HashMap<&str, &Placed> = s.placed.iter().map(|p| (p.channel.as_str(), p)).collect();
+    let results: Vec<CallResult> = (0..args.calls)
+        .map(|i| {
+            let channel = format!("{caller_prefix}{i:06}");
+            match placed.get(channel.as_str()) {
+                Some(p) => report::call_result(&channel, p.sent_at_ms, p.error.as_deref(), s.records.get(&channel)),
+                None => report::call_result(&channel, 0, Some("the originate request did not return"), None),
+            }
+        })
         .collect();
     let summary = report::summarize(&results, left);
     let verdict = report::judge(&summary, &args.slos());
