@@ -25,6 +25,7 @@ use crate::ops::{self, ApiClient, EndedReader};
 #[derive(Debug, Parser)]
 #[command(
     name = "rtpvisor check",
+    bin_name = "rtpvisor check",
     about = "Check a deployment: configuration, ARI, Stasis app, ports, and optionally one call end to end",
     after_help = "Reads the service's settings (RTPVISOR_* environment, --config file). Exit code: 0 \
                   every check passed, 1 one failed, 2 bad flags."

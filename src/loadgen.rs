@@ -29,6 +29,7 @@ use crate::ops::{self, ApiClient, EndedReader, Placed};
 #[derive(Debug, Parser)]
 #[command(
     name = "rtpvisor loadgen",
+    bin_name = "rtpvisor loadgen",
     about = "Place calls into a running rtpvisor through Asterisk (ARI) and report what it measured",
     after_help = "ARI and the service's HTTP API come from the service's settings (RTPVISOR_* \
                   environment, --config file). Exit code: 0 every SLO held, 1 an SLO broke, 2 the \
