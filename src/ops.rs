@@ -21,10 +21,7 @@ pub fn load_config(file: Option<&str>) -> Result<Config, String> {
         argv.push("--config".into());
         argv.push(f.into());
     }
-    let cli = match <Cli as clap::Parser>::try_parse_from(argv) {
-        Ok(cli) => cli,
-        Err(e) => unreachable!("a fixed command line always parses: {e}"),
-    };
+    let cli = <Cli as clap::Parser>::try_parse_from(argv).map_err(|e| e.to_string())?;
     Config::load(&cli, &|k| std::env::var(k).ok()).map_err(|e| e.to_string())
 }
 
