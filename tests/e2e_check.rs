@@ -170,3 +170,21 @@ fn a_probe_call_through_the_running_service() {
     assert_one_failure(code, &out, "no ready rtpvisor");
     assert!(asterisk_channels().is_empty(), "{:?}", asterisk_channels());
 }
+
+#[test]
+fn settings_come_from_the_config_file_too() {
+    ensure_asterisk();
+    let dir = repo().join("target/test-logs");
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("e2e_check_good.toml");
+    std::fs::write(&good, "[ari]\napp = \"chk-from-file\"\n").unwrap();
+    let (code, out) = check(&idle_env(), &["--config", good.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&format!("configuration is valid ({}", good.display())), "{out}");
+    assert!(out.contains("✓ Stasis app 'chk-from-file' is free"), "the file's app is checked: {out}");
+    let bad = dir.join("e2e_check_bad.toml");
+    std::fs::write(&bad, "[media]\nrtp_ports = \"2-1\"\n").unwrap();
+    let (code, out) = check(&idle_env(), &["--config", bad.to_str().unwrap()]);
+    assert_one_failure(code, &out, "configuration");
+    assert!(out.contains("e2e_check_bad.toml"), "the file is named: {out}");
+}
