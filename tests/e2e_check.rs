@@ -166,6 +166,7 @@ fn a_probe_call_through_the_running_service() {
     assert!(call.starts_with("✓") && call.contains("setup ") && call.contains("RTT p50 "), "{call}");
     // Without a running service, --call fails and says so.
     drop(svc);
+    wait_until("the stopped service's app is free", std::time::Duration::from_secs(5), || ari_get("/applications/rtpvisor").is_err());
     let (code, out) = check(&idle_env(), &["--call", "Local/echo@rtpvisor-test"]);
     assert_one_failure(code, &out, "no ready rtpvisor");
     assert!(asterisk_channels().is_empty(), "{:?}", asterisk_channels());
