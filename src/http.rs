@@ -147,6 +147,7 @@ pub fn configure(auth: ApiAuth) -> impl FnOnce(&mut web::ServiceConfig) {
             .route("/faults/media/panic", web::post().to(fault_media_panic))
             .route("/", web::get().to(dashboard))
             .route("/events", web::get().to(events))
+            .route("/calls/ended", web::get().to(ended_calls))
             .route("/metrics/latency_histogram", web::get().to(latency_histogram))
             .route("/metrics", web::get().to(metrics))
             .route("/metrics/prometheus", web::get().to(metrics_prometheus))
@@ -209,6 +210,29 @@ async fn dashboard() -> HttpResponse {
 
 async fn events(svc: web::Data<Service>) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(svc.events().await?))
+}
+
+/// `?since=SEQ` (default 0) and `?limit=N` (default and cap 1000) of `GET /calls/ended`.
+#[derive(Debug, serde::Deserialize)]
+struct EndedQuery {
+    #[serde(default)]
+    since: u64,
+    #[serde(default = "ended_page_max")]
+    limit: usize,
+}
+
+fn ended_page_max() -> usize {
+    rtpvisor_actors::ended::PAGE_MAX
+}
+
+async fn ended_calls(
+    svc: web::Data<Service>,
+    q: Result<web::Query<EndedQuery>, actix_web::Error>,
+) -> Result<HttpResponse, ApiError> {
+    match q {
+        Ok(q) => Ok(HttpResponse::Ok().json(svc.ended_calls(q.since, q.limit).await?)),
+        Err(e) => Ok(HttpResponse::BadRequest().json(serde_json::json!({ "error": format!("since and limit must be numbers: {e}") }))),
+    }
 }
 
 async fn latency_histogram(svc: web::Data<Service>) -> Result<HttpResponse, ApiError> {
@@ -539,6 +563,21 @@ mod tests {
         let mut v = all;
         worst_first(&mut v, 0);
         assert!(v.is_empty());
+    }
+
+    #[actix_web::test]
+    async fn ended_calls_start_empty_and_take_since() {
+        let service = start_service().await;
+        let app = app!(service);
+        let (status, body) = get_json!(app, "/calls/ended");
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, serde_json::json!({"calls": [], "next": 0, "oldest": 0, "newest": 0}));
+        let (status, body) = get_json!(app, "/calls/ended?since=5&limit=10");
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["next"], 5, "{body}");
+        let (status, _) = get_json!(app, "/calls/ended?since=x");
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        stop_service(&service).await;
     }
 
     #[actix_web::test]

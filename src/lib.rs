@@ -10,9 +10,17 @@
 //!   bearer-token guard in front of all but `/health` and `/ready`; `GET /` serves the
 //!   dashboard, `dashboard.html` (plain HTML and JavaScript, compiled in).
 //! - [`prometheus`]: the Prometheus text rendering of the metrics (pure).
+//! - [`loadgen`], [`check`]: the operator commands `rtpvisor loadgen` (calls placed through
+//!   Asterisk, each call's figures collected from the service, SLO verdict) and `rtpvisor
+//!   check` (a deployment's doctor); [`ops`] is what they share (the service's settings, its
+//!   API, placing one call), [`loadgen_report`] their pure figures and table.
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod check;
 pub mod config;
 pub mod http;
+pub mod loadgen;
+pub mod loadgen_report;
+pub mod ops;
 pub mod prometheus;

@@ -15,6 +15,7 @@
 //! - [`call`]: the call procedure (setup steps, waits and retries, teardown) as a state machine.
 //! - [`intensity`]: restart intensity (at most N failures in T), OTP style.
 //! - [`latency`]: latency histograms (HdrHistogram) and their summaries in milliseconds.
+//! - [`ended`]: recently ended calls and what each measured, paged by sequence number.
 //! - [`quality`]: call quality: the G.107 E-model simplified for G.711 (R-factor, MOS).
 //! - [`ports`]: the RTP port pool: lease, release, quarantine, skipped ports.
 //! - [`naming`]: names of what rtpvisor creates in Asterisk, scoped by instance (app).
@@ -38,6 +39,7 @@ pub mod actors;
 pub mod call;
 pub mod ari;
 pub mod echo_guard;
+pub mod ended;
 pub mod intensity;
 pub mod latency;
 pub mod media;

@@ -12,12 +12,14 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
+use super::service::stream_quality;
 use super::metrics::{CallEnded, CallOutcome, CallRejected, CallStarted, EndReason, MetricsActor};
 use super::port_manager::{AcquirePort, Lease, PortManager};
 use crate::ari::client::AriClient;
 use crate::ari::model::{ExternalMediaParams, HangupReason};
 use crate::call::{Action, CallProcedure, End, Input, Report, Step, Teardown, Why};
-use crate::media::{MediaHandle, StreamReport, StreamSpec};
+use crate::ended::CallSummary;
+use crate::media::{MediaHandle, ModeTotals, StreamReport, StreamSpec};
 use crate::mode::CallMode;
 use crate::naming::{bridge_id, external_media_id, host_port};
 use crate::ports::PoolError;
@@ -175,6 +177,10 @@ pub struct ChannelActor {
     /// The bound socket until the media engine takes it.
     socket: Option<UdpSocket>,
     started_at: Instant,
+    /// When the call became live: the instant, and Unix ms (`GET /calls/ended`).
+    active_at: Option<(Instant, u64)>,
+    /// The stream's final figures, from the media engine at teardown.
+    final_media: Option<StreamReport>,
     guard: ExitGuard,
     /// What the owner's registry was last told.
     reported: Option<(CallState, Option<u16>, Option<SocketAddr>)>,
@@ -201,6 +207,8 @@ impl ChannelActor {
             lease: None,
             socket: None,
             started_at: Instant::now(),
+            active_at: None,
+            final_media: None,
             guard,
             reported: None,
         }
@@ -367,12 +375,13 @@ impl ChannelActor {
                 let lease = self.lease.take();
                 ctx.spawn(teardown(ari, media, call_no, caller, plan, lease).into_actor(self).map(
                     |report, act, ctx| {
-                        if let Some(r) = report {
+                        if let Some(r) = &report {
                             log::info!(
                                 "Call {} media: {} in, {} out, latency p50 {:.3} ms p99 {:.3} ms ({} samples)",
                                 act.caller_id, r.packets_in, r.packets_out, r.latency.p50_ms, r.latency.p99_ms, r.latency.count
                             );
                         }
+                        act.final_media = report;
                         act.feed(Input::TornDown, ctx);
                     },
                 ));
@@ -384,6 +393,7 @@ impl ChannelActor {
     fn report(&mut self, report: Report<Ending>, ctx: &mut Context<Self>) {
         match report {
             Report::Active => {
+                self.active_at = Some((Instant::now(), unix_ms()));
                 self.cx.metrics.do_send(CallStarted { mode: self.mode, channel: self.caller_id.clone() });
                 match self.call.port() {
                     Some(p) => log::info!("Created channel {} with RTP port {p}", self.caller_id),
@@ -414,11 +424,41 @@ impl ChannelActor {
                     Why::Ended(e) if !setup_failed => (CallOutcome::Completed, e.reason),
                     _ => (CallOutcome::Failed, EndReason::SetupFailed),
                 };
-                self.cx.metrics.do_send(CallEnded { mode: self.mode, outcome, reason, channel: self.caller_id.clone() });
+                let summary = self.summary();
+                self.cx.metrics.do_send(CallEnded { mode: self.mode, outcome, reason, channel: self.caller_id.clone(), summary });
                 log::info!("Cleaned up channel {} after {:.1} s", self.caller_id, self.started_at.elapsed().as_secs_f64());
                 self.finish(setup_failed, ctx);
             }
         }
+    }
+
+    /// What the call measured, for the store of ended calls.
+    fn summary(&self) -> CallSummary {
+        let mut s = CallSummary {
+            active_at_ms: self.active_at.map(|(_, ms)| ms),
+            service_setup_ms: self.active_at.map(|(at, _)| at.duration_since(self.started_at).as_secs_f64() * 1000.0),
+            live_ms: self.active_at.map(|(at, _)| at.elapsed().as_secs_f64() * 1000.0),
+            ..CallSummary::default()
+        };
+        if let Some(r) = &self.final_media {
+            let totals = {
+                let mut t = ModeTotals::default();
+                t.add_report(r);
+                t
+            };
+            s.latency = Some(r.latency);
+            s.packets_in = r.packets_in;
+            s.packets_out = r.packets_out;
+            s.expected = totals.expected;
+            s.lost = totals.lost;
+            s.late = totals.late;
+            s.loss_ratio = if totals.expected == 0 { 0.0 } else { totals.lost as f64 / totals.expected as f64 };
+            if let Some(q) = stream_quality(r) {
+                s.r_factor = Some(q.r_factor);
+                s.mos = Some(q.mos);
+            }
+        }
+        s
     }
 
     fn finish(&mut self, setup_failed: bool, ctx: &mut Context<Self>) {
@@ -534,4 +574,9 @@ async fn teardown(
     }
     drop(lease);
     report
+}
+
+/// Milliseconds since the Unix epoch.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }

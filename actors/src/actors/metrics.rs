@@ -8,6 +8,7 @@ use serde::Serialize;
 use std::collections::VecDeque;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::ended::{CallSummary, EndedCall, EndedCalls, EndedPage, Outcome};
 use crate::latency::{BucketCounts, LatencyHistogram, LatencySummary, BUCKET_BOUNDS_US};
 use crate::quality;
 use crate::media::{MediaFlush, ModeTotals, ReflectorCounters};
@@ -90,6 +91,8 @@ pub struct CallEnded {
     pub reason: EndReason,
     /// The caller's channel id (for the event log).
     pub channel: String,
+    /// What the call measured (`GET /calls/ended`).
+    pub summary: CallSummary,
 }
 
 /// Calls ended, by why (`GET /metrics` `ended`).
@@ -166,6 +169,14 @@ pub struct GetMetrics;
 #[derive(Message)]
 #[rtype(result = "Vec<CallEvent>")]
 pub struct GetEvents;
+
+/// Recently ended calls after `since` (`GET /calls/ended`).
+#[derive(Message)]
+#[rtype(result = "EndedPage")]
+pub struct GetEndedCalls {
+    pub since: u64,
+    pub limit: usize,
+}
 
 /// The latency distribution per mode as counts per bucket (`GET /metrics/latency_histogram`).
 #[derive(Message)]
@@ -373,6 +384,8 @@ pub struct MetricsActor {
     /// Calls ended, by [`EndReason`] index.
     ended_by: [u64; 7],
     events: EventRing,
+    /// The last calls that ended (or were refused), with their figures.
+    ended_calls: EndedCalls,
 }
 
 impl Actor for MetricsActor {
@@ -401,6 +414,16 @@ impl Handler<CallEnded> for MetricsActor {
             CallEventKind::Ended
         };
         self.ended_by[m.reason.index()] += 1;
+        let outcome = if kind == CallEventKind::Failed { Outcome::Failed } else { Outcome::Ended };
+        self.ended_calls.push(EndedCall {
+            seq: 0,
+            channel: m.channel.clone(),
+            mode: m.mode,
+            outcome,
+            reason: m.reason.as_str().to_string(),
+            ended_at_ms: now_ms(),
+            summary: m.summary,
+        });
         self.event(kind, m.mode, m.channel, Some(m.reason.as_str().to_string()));
     }
 }
@@ -409,6 +432,15 @@ impl Handler<CallRejected> for MetricsActor {
     type Result = ();
     fn handle(&mut self, m: CallRejected, _: &mut Context<Self>) {
         self.calls[m.mode.index()][2] += 1;
+        self.ended_calls.push(EndedCall {
+            seq: 0,
+            channel: m.channel.clone(),
+            mode: m.mode,
+            outcome: Outcome::Refused,
+            reason: m.why.clone(),
+            ended_at_ms: now_ms(),
+            summary: CallSummary::default(),
+        });
         self.event(CallEventKind::Refused, m.mode, m.channel, Some(m.why));
     }
 }
@@ -459,6 +491,13 @@ impl Handler<GetEvents> for MetricsActor {
     type Result = MessageResult<GetEvents>;
     fn handle(&mut self, _: GetEvents, _: &mut Context<Self>) -> Self::Result {
         MessageResult(self.events.to_vec())
+    }
+}
+
+impl Handler<GetEndedCalls> for MetricsActor {
+    type Result = MessageResult<GetEndedCalls>;
+    fn handle(&mut self, m: GetEndedCalls, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.ended_calls.page(m.since, m.limit))
     }
 }
 
@@ -630,6 +669,28 @@ mod tests {
         assert_eq!(h(&a.latency[0]).iter().sum::<u64>(), 0);
         a.event(CallEventKind::Refused, CallMode::Echo, "x".into(), Some("no free RTP port".into()));
         assert_eq!(a.events.to_vec()[0].reason.as_deref(), Some("no free RTP port"));
+    }
+
+    #[actix_rt::test]
+    async fn ended_and_refused_calls_are_kept_with_their_figures() {
+        let m = MetricsActor::default().start();
+        let summary = CallSummary { active_at_ms: Some(5), mos: Some(4.4), expected: 50, ..CallSummary::default() };
+        m.do_send(CallStarted { mode: CallMode::Probe, channel: "a".into() });
+        m.do_send(CallEnded { mode: CallMode::Probe, outcome: CallOutcome::Completed, reason: EndReason::Hangup, channel: "a".into(), summary: summary.clone() });
+        m.do_send(CallRejected { mode: CallMode::Echo, channel: "b".into(), why: "no free RTP port".into() });
+        m.do_send(CallEnded { mode: CallMode::Echo, outcome: CallOutcome::Failed, reason: EndReason::SetupFailed, channel: "c".into(), summary: CallSummary::default() });
+        let page = m.send(GetEndedCalls { since: 0, limit: 10 }).await.unwrap();
+        let got: Vec<_> = page.calls.iter().map(|c| (c.seq, c.channel.as_str(), c.outcome, c.reason.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                (1, "a", Outcome::Ended, "hangup"),
+                (2, "b", Outcome::Refused, "no free RTP port"),
+                (3, "c", Outcome::Failed, "setup_failed")
+            ]
+        );
+        assert_eq!(page.calls[0].summary, summary);
+        assert_eq!(m.send(GetEndedCalls { since: 2, limit: 10 }).await.unwrap().calls.len(), 1);
     }
 
     #[test]

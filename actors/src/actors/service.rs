@@ -15,7 +15,7 @@ use super::ari_conn::{AriConnection, AriStatus, GetAriStatus};
 use super::channel::CallSettings;
 use super::echo::{EchoActor, EchoStatus, GetEchoStatus};
 use super::metrics::{
-    CallEvent, Flush, GetEvents, GetLatencyHistogram, GetMetrics, LatencyHistogramView, MetricsActor, MetricsSnapshot,
+    CallEvent, Flush, GetEndedCalls, GetEvents, GetLatencyHistogram, GetMetrics, LatencyHistogramView, MetricsActor, MetricsSnapshot,
 };
 use super::port_manager::{GetPorts, PortManager};
 use super::failure::FailureRecord;
@@ -259,6 +259,11 @@ impl Service {
     /// The last call events, oldest first.
     pub async fn events(&self) -> Result<Vec<CallEvent>, MailboxError> {
         self.metrics.send(GetEvents).await
+    }
+
+    /// Calls that ended (or were refused) after `since`, with their figures, oldest first.
+    pub async fn ended_calls(&self, since: u64, limit: usize) -> Result<crate::ended::EndedPage, MailboxError> {
+        self.metrics.send(GetEndedCalls { since, limit }).await
     }
 
     /// Per-mode latency counts per bucket.

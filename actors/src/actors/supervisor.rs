@@ -580,6 +580,7 @@ impl Handler<ChannelFailed> for Supervisor {
             outcome: CallOutcome::Failed,
             reason: EndReason::ActorFailed,
             channel: f.caller_id.clone(),
+            summary: crate::ended::CallSummary::default(),
         });
         let (ari, media, caller) = (self.ari.clone(), self.media.clone(), f.caller_id);
         ctx.spawn(

@@ -212,6 +212,28 @@ impl AriClient {
         app_args: &str,
         channel_id: Option<&str>,
     ) -> Result<Channel, AriError> {
+        self.originate_ids(endpoint, app_args, channel_id, None).await
+    }
+
+    /// [`AriClient::originate`] naming both halves: `channel_id` enters the app, and for a
+    /// `Local/` endpoint `other_channel_id` is the half that runs the dialplan.
+    pub async fn originate_pair(
+        &self,
+        endpoint: &str,
+        app_args: &str,
+        channel_id: &str,
+        other_channel_id: Option<&str>,
+    ) -> Result<Channel, AriError> {
+        self.originate_ids(endpoint, app_args, Some(channel_id), other_channel_id).await
+    }
+
+    async fn originate_ids(
+        &self,
+        endpoint: &str,
+        app_args: &str,
+        channel_id: Option<&str>,
+        other_channel_id: Option<&str>,
+    ) -> Result<Channel, AriError> {
         let mut q = vec![
             ("endpoint", endpoint.to_string()),
             ("app", self.settings.app.clone()),
@@ -220,6 +242,9 @@ impl AriClient {
         ];
         if let Some(id) = channel_id {
             q.push(("channelId", id.to_string()));
+        }
+        if let Some(other) = other_channel_id {
+            q.push(("otherChannelId", other.to_string()));
         }
         self.call_json(Method::POST, "/channels".into(), &q).await
     }
