@@ -28,6 +28,11 @@
 ARG BASE_IMAGE=debian:sid
 
 FROM ${BASE_IMAGE} AS toolchain
+# Marks every build-only stage (toolchain, skeleton, builder; the runtime stage below starts
+# afresh from the base and has no label). The legacy builder keeps each stage's last layer as
+# an untagged image (~1 GB skeleton, ~2.3 GB builder): they are its cache for the next build,
+# and `docker image prune -f --filter label=org.rtpvisor.stage=build` removes exactly them.
+LABEL org.rtpvisor.stage=build
 # sid's Release file can be past its Valid-Until on a mirror snapshot.
 RUN printf 'Acquire::Check-Valid-Until "false";\n' >/etc/apt/apt.conf.d/99no-check-valid-until \
     && apt-get update -q \
