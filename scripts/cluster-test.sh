@@ -12,7 +12,8 @@
 #                   each pair takes 30-70 %; the instances' totals add up to 40, every call ended
 #                   normally and had media (no no_media end; probe round trips, echo samples,
 #                   shared-echo packets counted); the README's PromQL queries, asked of the
-#                   cluster's Prometheus, agree with the instances' own /metrics
+#                   cluster's Prometheus, agree with the instances' own /metrics; every query
+#                   of the Grafana dashboard docker/grafana/rtpvisor.json is valid and answers
 #   4. capacity     48 probe calls of 10 s at once, both pools (24 each) full: none fails; CPU
 #                   time of every container over the step, per call (cgroup accounting)
 #   5. kill         rtpvisor of pair 1 killed (SIGKILL of its process) while calls arrive at 2/s
