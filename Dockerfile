@@ -28,6 +28,13 @@
 ARG BASE_IMAGE=debian:sid
 
 FROM ${BASE_IMAGE} AS toolchain
+# Marks every build-only stage (toolchain, skeleton, builder); the runtime stage below says
+# `runtime`. The legacy builder keeps each build stage's last layer as an untagged image
+# (~1.1 GB skeleton, ~2.5 GB builder, sharing the toolchain): they are its cache for the next
+# build. A rebuild also leaves the previous runtime image untagged. `docker image prune -f
+# --filter label=org.rtpvisor.stage` removes exactly those untagged images (the tagged
+# rtpvisor/rtpvisor image stays, and nobody else's image carries the label).
+LABEL org.rtpvisor.stage=build
 # sid's Release file can be past its Valid-Until on a mirror snapshot.
 RUN printf 'Acquire::Check-Valid-Until "false";\n' >/etc/apt/apt.conf.d/99no-check-valid-until \
     && apt-get update -q \
@@ -79,6 +86,7 @@ RUN find /src -path /src/target -prune -o -name '*.rs' -exec touch {} + \
     && /rtpvisor --version
 
 FROM ${BASE_IMAGE}
+LABEL org.rtpvisor.stage=runtime
 RUN useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin rtpvisor
 COPY --from=builder /rtpvisor /usr/local/bin/rtpvisor
 USER rtpvisor

@@ -12,7 +12,8 @@
 #                   each pair takes 30-70 %; the instances' totals add up to 40, every call ended
 #                   normally and had media (no no_media end; probe round trips, echo samples,
 #                   shared-echo packets counted); the README's PromQL queries, asked of the
-#                   cluster's Prometheus, agree with the instances' own /metrics
+#                   cluster's Prometheus, agree with the instances' own /metrics; every query
+#                   of the Grafana dashboard docker/grafana/rtpvisor.json is valid and answers
 #   4. capacity     48 probe calls of 10 s at once, both pools (24 each) full: none fails; CPU
 #                   time of every container over the step, per call (cgroup accounting)
 #   5. kill         rtpvisor of pair 1 killed (SIGKILL of its process) while calls arrive at 2/s
@@ -304,6 +305,33 @@ done
 kam="$(promq 'kamailio_tmx_UAS_transactions')"
 [[ $kam != none ]] || die "Prometheus does not scrape Kamailio (kamailio_tmx_UAS_transactions: $kam)"
 log "prometheus: Kamailio scraped (tmx UAS transactions $kam)"
+# The Grafana dashboard (docker/grafana/rtpvisor.json): each of its queries, with Grafana's
+# variables filled in as Grafana would ($instance: every instance its template query lists,
+# $__rate_interval: 1m), is valid PromQL for this Prometheus and answers at least one number
+# (not NaN) now that calls have run. Every panel and query takes its datasource from the
+# import-time input ${DS_PROMETHEUS}.
+DASH=docker/grafana/rtpvisor.json
+jq -e '[.. | objects | select(has("datasource")) | .datasource.uid] | length > 0 and all(. == "${DS_PROMETHEUS}")' "$DASH" >/dev/null ||
+    die "Grafana dashboard: a datasource other than \${DS_PROMETHEUS} in $DASH"
+var_query="$(jq -r '.templating.list[] | select(.name == "instance") | .definition' "$DASH")"
+[[ $var_query =~ ^label_values\(([a-z_]+),\ *([a-z_]+)\)$ ]] || die "Grafana dashboard: variable instance is not label_values(metric, label): $var_query"
+instances="$(curl -sf --max-time 5 -G --data-urlencode "match[]=${BASH_REMATCH[1]}" "$PROM/api/v1/label/${BASH_REMATCH[2]}/values" | jq -r '.data | join("|")')"
+[[ $instances == "rtpvisor1:9090|rtpvisor2:9090" ]] || die "Grafana dashboard: $var_query lists '$instances', not the two rtpvisors"
+dash_queries=0
+while IFS= read -r json_expr; do
+    expr="$(jq -r . <<<"$json_expr")"
+    q="${expr//\$__rate_interval/1m}"
+    q="${q//\$instance/$instances}"
+    [[ $q != *'$'* ]] || die "Grafana dashboard: a variable the test does not fill in: $expr"
+    answer="$(curl -s --max-time 5 --data-urlencode "query=$q" "$PROM/api/v1/query")"
+    [[ "$(jq -r .status <<<"$answer")" == success ]] ||
+        die "Grafana dashboard: invalid query: $expr: $(jq -r '.error // "no answer"' <<<"$answer" 2>/dev/null || echo "$answer")"
+    [[ "$(jq '[.data.result[] | .value[1] | select(. != "NaN")] | length' <<<"$answer")" -gt 0 ]] ||
+        die "Grafana dashboard: no data for: $expr (as run: $q): $(jq -c .data.result <<<"$answer")"
+    dash_queries=$((dash_queries + 1))
+done < <(jq -c '.. | objects | select(has("expr")) | .expr' "$DASH")
+[[ $dash_queries -ge 20 ]] || die "Grafana dashboard: only $dash_queries queries found in $DASH"
+figure "grafana: all $dash_queries queries of $DASH valid and answering data (instances $instances)"
 step_done spread "$t"
 
 # 4. capacity: both pools full (24 + 24 calls of 10 s), CPU per call

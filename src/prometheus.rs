@@ -157,7 +157,7 @@ pub fn render(m: &MetricsSnapshot, ports: &PoolSnapshot) -> String {
     sample(&mut o, "rtpvisor_ari_events_total", "outcome=\"unknown_type\"", m.ari.unknown as f64);
     sample(&mut o, "rtpvisor_ari_events_total", "outcome=\"malformed\"", m.ari.malformed as f64);
 
-    family(&mut o, "rtpvisor_reconcile_runs_total", "counter", "Reconciliations with Asterisk (at every ARI connect and reconnect).");
+    family(&mut o, "rtpvisor_reconcile_runs_total", "counter", "Reconciliations with Asterisk (at every ARI connect and reconnect, after a failed setup, and every 60 s).");
     sample(&mut o, "rtpvisor_reconcile_runs_total", "", m.reconcile.runs as f64);
     family(&mut o, "rtpvisor_reconcile_orphans_cleaned_total", "counter", "Orphan channels and bridges ended by reconciliation.");
     sample(&mut o, "rtpvisor_reconcile_orphans_cleaned_total", "", m.reconcile.orphans_cleaned as f64);

@@ -278,7 +278,8 @@ fn now_ms() -> u64 {
 #[rtype(result = "()")]
 pub struct Reconciled(pub ReconcileReport);
 
-/// Reconciliations since start (at every ARI connect and reconnect).
+/// Reconciliations since start (at every ARI connect and reconnect, after a failed setup, and
+/// every 60 s).
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct ReconcileMetrics {
     pub runs: u64,
