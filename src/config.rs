@@ -127,6 +127,14 @@ const ECHO_BURST_RANGE: std::ops::RangeInclusive<u64> = 1..=10_000_000;
 /// not be told from a truncated one.
 const ECHO_MAX_BYTES_RANGE: std::ops::RangeInclusive<u64> = 1..=rtpvisor_actors::sys::MAX_DATAGRAM as u64;
 
+/// Shared echo worker threads: at least one; more than 1024 is a typo.
+const ECHO_WORKERS_RANGE: std::ops::RangeInclusive<u64> = 1..=1024;
+
+/// One shared echo worker per core by default.
+fn default_echo_workers() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(1))
+}
+
 pub const MEDIA_MODES: [&str; 3] = ["echo", "probe", "shared-echo"];
 
 /// Environment variable naming the TOML file (same as `--config`).
@@ -285,6 +293,8 @@ pub struct EchoConfig {
     pub burst: u32,
     /// Largest datagram answered, bytes.
     pub max_bytes: u32,
+    /// Worker threads, each with its own socket on the port (SO_REUSEPORT); default: cores.
+    pub workers: u32,
 }
 
 /// The HTTP API listener.
@@ -443,6 +453,7 @@ impl Default for EchoConfig {
             // A call sends 50 packets/s: four times that, and two seconds' worth at once.
             rate_pps: 200,
             burst: 400,
+            workers: default_echo_workers(),
             // An Ethernet MTU: RTP of a call is far smaller; more is not media.
             max_bytes: 1500,
         }
@@ -579,6 +590,9 @@ pub struct Cli {
     /// Largest datagram the echo answers, 1-2048 bytes [default: 1500] [env: RTPVISOR_ECHO_MAX_BYTES]
     #[arg(long, value_name = "BYTES")]
     pub echo_max_bytes: Option<String>,
+    /// Shared echo worker threads, one socket each on the echo port, 1-1024 [default: number of cores] [env: RTPVISOR_ECHO_WORKERS]
+    #[arg(long, value_name = "N")]
+    pub echo_workers: Option<String>,
     /// Listen address of the HTTP API, IP:PORT [default: 0.0.0.0:9090] [env: RTPVISOR_HTTP_ADDR]
     #[arg(long, value_name = "IP:PORT")]
     pub http_addr: Option<String>,
@@ -667,6 +681,7 @@ impl Cli {
             Key::EchoRatePps => &self.echo_rate_pps,
             Key::EchoBurst => &self.echo_burst,
             Key::EchoMaxBytes => &self.echo_max_bytes,
+            Key::EchoWorkers => &self.echo_workers,
             Key::HttpAddr => &self.http_addr,
             Key::HttpToken => return exposed_flag(&self.http_token),
             Key::HttpTokenFile => &self.http_token_file,
@@ -712,6 +727,7 @@ enum Key {
     EchoRatePps,
     EchoBurst,
     EchoMaxBytes,
+    EchoWorkers,
     HttpAddr,
     HttpToken,
     HttpTokenFile,
@@ -795,6 +811,7 @@ const SPECS: &[Spec] = &[
     Spec { key: Key::EchoRatePps, path: "echo.rate_pps", env: Some("RTPVISOR_ECHO_RATE_PPS"), flag: Some("--echo-rate-pps"), kind: Kind::Int },
     Spec { key: Key::EchoBurst, path: "echo.burst", env: Some("RTPVISOR_ECHO_BURST"), flag: Some("--echo-burst"), kind: Kind::Int },
     Spec { key: Key::EchoMaxBytes, path: "echo.max_bytes", env: Some("RTPVISOR_ECHO_MAX_BYTES"), flag: Some("--echo-max-bytes"), kind: Kind::Int },
+    Spec { key: Key::EchoWorkers, path: "echo.workers", env: Some("RTPVISOR_ECHO_WORKERS"), flag: Some("--echo-workers"), kind: Kind::Int },
     Spec { key: Key::HttpAddr, path: "http.addr", env: Some("RTPVISOR_HTTP_ADDR"), flag: Some("--http-addr"), kind: Kind::Str },
     Spec { key: Key::HttpToken, path: "http.token", env: Some("RTPVISOR_HTTP_TOKEN"), flag: Some("--http-token"), kind: Kind::Str },
     Spec { key: Key::HttpTokenFile, path: "http.token_file", env: Some("RTPVISOR_HTTP_TOKEN_FILE"), flag: Some("--http-token-file"), kind: Kind::Str },
@@ -1265,6 +1282,7 @@ impl Config {
             Key::EchoRatePps => self.echo.rate_pps = parse_count(raw, ECHO_RATE_RANGE, "datagrams per second")?,
             Key::EchoBurst => self.echo.burst = parse_count(raw, ECHO_BURST_RANGE, "datagrams")?,
             Key::EchoMaxBytes => self.echo.max_bytes = parse_count(raw, ECHO_MAX_BYTES_RANGE, "bytes")?,
+            Key::EchoWorkers => self.echo.workers = parse_count(raw, ECHO_WORKERS_RANGE, "workers")?,
             Key::HttpAddr => self.http.addr = parse_socket_addr(raw)?,
             Key::HttpToken => self.http.token = Some(Secret::new(&parse_token(raw)?)),
             Key::HttpTokenFile => self.http.token_file = Some(parse_path(raw)?),
@@ -1317,6 +1335,7 @@ impl Config {
             Key::EchoRatePps => self.echo.rate_pps.to_string(),
             Key::EchoBurst => self.echo.burst.to_string(),
             Key::EchoMaxBytes => self.echo.max_bytes.to_string(),
+            Key::EchoWorkers => self.echo.workers.to_string(),
             Key::HttpAddr => self.http.addr.to_string(),
             Key::HttpToken => match self.http.token {
                 Some(_) => REDACTED.to_owned(),
@@ -1722,6 +1741,7 @@ cZs2HdjlgtSnr/wyR7yvbuuaQ6bwr+2NHTJyKQIhAPbzHwzpJm2u64EmqyGOAXd/
             Key::EchoRatePps => ["0", "50", "10000000"],
             Key::EchoBurst => ["1", "100", "10000000"],
             Key::EchoMaxBytes => ["1", "172", "2048"],
+            Key::EchoWorkers => ["1", "3", "1024"],
             Key::HttpAddr => ["127.0.0.1:0", "[::]:9091", "0.0.0.0:80"],
             Key::HttpToken => ["file-token-0123456789", "env-token-0123456789", "cli-token-0123456789"],
             Key::HttpTokenFile => [
@@ -2021,6 +2041,7 @@ cZs2HdjlgtSnr/wyR7yvbuuaQ6bwr+2NHTJyKQIhAPbzHwzpJm2u64EmqyGOAXd/
         (Key::EchoBurst, "0", "0 is outside 1..=10000000"),
         (Key::EchoMaxBytes, "0", "0 is outside 1..=2048"),
         (Key::EchoMaxBytes, "9000", "9000 is outside 1..=2048"),
+        (Key::EchoWorkers, "0", "0 is outside 1..=1024"),
         (Key::HttpAddr, "abc", "not an IP:port socket address"),
         (Key::HttpTokenFile, "/nonexistent/api-token", "cannot read it"),
         (Key::ShutdownTimeoutMs, "600001", "outside 0..=600000"),
@@ -2653,6 +2674,8 @@ cZs2HdjlgtSnr/wyR7yvbuuaQ6bwr+2NHTJyKQIhAPbzHwzpJm2u64EmqyGOAXd/
                 flag_help(spec.flag.unwrap()).unwrap_or_else(|| panic!("{} missing", spec.path));
             let default = match spec.key {
                 Key::AriPassword => DEV_PASSWORD.to_owned(),
+                // Depends on the machine: the help says where it comes from.
+                Key::EchoWorkers => "number of cores".to_owned(),
                 key => defaults.value_text(key),
             };
             assert!(help.contains(&format!("[default: {default}]")), "{help}");
