@@ -35,7 +35,7 @@
 //! - [`sys`]: the socket syscalls std and mio lack (nix; libc for sendmmsg): kernel receive stamps,
 //!   recvmmsg/sendmmsg batches; and the stamp-to-`Instant` conversion.
 //! - [`actors`]: thin actor shells: supervisor, port manager, channel, echo, metrics.
-// `unsafe` only in `sys::raw` (one libc call, with its safety argument).
+// `unsafe` only in `sys::raw` (two libc calls, each with its safety argument).
 #![deny(unsafe_code)]
 
 pub mod actors;

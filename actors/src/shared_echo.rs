@@ -43,6 +43,10 @@ pub const READ_WAIT: Duration = Duration::from_millis(50);
 /// A worker that has not turned for this long is stalled and replaced. It turns at least every
 /// [`READ_WAIT`], or after [`BUDGET`] batches (a few milliseconds).
 pub const STALL_BOUND: Duration = Duration::from_millis(500);
+/// The workers' scheduling priority (nice): under CPU contention the kernel gives the media
+/// engine, the actors and Asterisk (all at 0) about ten times a worker's share, so a flood
+/// the workers are busy with cannot starve the calls' own media.
+pub const WORKER_NICE: i32 = 10;
 /// What an injected panic says.
 pub const INJECTED_PANIC: &str = "injected fault: panic in an echo worker";
 /// Fault flag: no fault pending.
@@ -370,6 +374,9 @@ struct Reflecting {
 
 impl Worker {
     fn run(mut self) {
+        if let Err(e) = sys::lower_thread_priority(WORKER_NICE) {
+            log::warn!("[Echo] worker {}: cannot lower its priority to nice {WORKER_NICE}: {e}", self.index);
+        }
         // The table's hash seed: unknown outside, so nobody can pick sources that share a set.
         // Without one, the worker panics and its supervisor tries again.
         let guard = self.common.guard.clone().map(|g| {
