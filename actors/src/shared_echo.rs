@@ -12,7 +12,10 @@
 //!
 //! Bounded work per wake-up: a worker handles at most [`BUDGET`] batches before it beats its
 //! heart and looks at its flags again, and waits at most [`READ_WAIT`] for a datagram, so it
-//! turns at least every few milliseconds whether it is flooded or idle.
+//! turns at least every few milliseconds whether it is flooded or idle. A wake-up that used
+//! the whole budget (a flood) is followed by a pause as long as it took (at most
+//! [`MAX_PAUSE`]), and the workers run at a lower priority ([`WORKER_NICE`]): a flood costs the
+//! echo's own answers, not the CPU the calls' media needs.
 //!
 //! Knows nothing of actors; allocates nothing per datagram.
 
@@ -38,6 +41,8 @@ const ECHO_BATCH: usize = 32;
 /// Batches a worker handles per wake-up (2,048 datagrams) before it turns again: under a
 /// flood it still beats its heart and sees its flags every few milliseconds.
 pub const BUDGET: usize = 64;
+/// Longest pause a flooded worker takes after a wake-up that used its whole [`BUDGET`].
+pub const MAX_PAUSE: Duration = Duration::from_millis(10);
 /// How long an idle worker waits for a datagram before it turns again.
 pub const READ_WAIT: Duration = Duration::from_millis(50);
 /// A worker that has not turned for this long is stalled and replaced. It turns at least every
@@ -47,6 +52,10 @@ pub const STALL_BOUND: Duration = Duration::from_millis(500);
 /// engine, the actors and Asterisk (all at 0) about ten times a worker's share, so a flood
 /// the workers are busy with cannot starve the calls' own media.
 pub const WORKER_NICE: i32 = 10;
+/// Receive buffer asked for each worker's socket (the kernel caps it at `net.core.rmem_max`):
+/// room for ~1,000 RTP datagrams, so a worker the scheduler holds back (its nice 10 on a busy
+/// machine) catches up instead of losing shared-echo media.
+const RECV_BUFFER: usize = 1 << 20;
 /// What an injected panic says.
 pub const INJECTED_PANIC: &str = "injected fault: panic in an echo worker";
 /// Fault flag: no fault pending.
@@ -178,6 +187,9 @@ pub struct EchoWorkers {
 fn bind_shared(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::ReusePort, &true).map_err(io::Error::from)?;
+    if let Err(e) = socket.set_recv_buffer_size(RECV_BUFFER) {
+        log::warn!("[Echo] cannot set the receive buffer of an echo socket to {RECV_BUFFER} bytes: {e}");
+    }
     socket.bind(&addr.into())?;
     socket.set_nonblocking(true)?;
     Ok(socket.into())
@@ -422,6 +434,13 @@ impl Worker {
             }
             drained = self.reflect(&mut r);
             self.publish(&mut r, now);
+            if !drained {
+                // A flood (more than a budget queued): pause as long as the work took, so a
+                // flooded worker takes at most about half a core; the kernel drops what its
+                // socket cannot hold meanwhile. A saturating client that waits for its
+                // answers never fills a budget, so it is not slowed.
+                std::thread::sleep(now.elapsed().min(MAX_PAUSE));
+            }
         }
     }
 
