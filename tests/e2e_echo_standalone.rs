@@ -42,6 +42,13 @@ fn call(svc: &Rtpvisor, id: &str) -> Value {
     calls(svc).into_iter().find(|c| c["channel_id"] == id).unwrap_or_else(|| panic!("call {id} is gone"))
 }
 
+/// Whether call `id` is listed and has more than `n` at `path` (false before it is set up).
+fn above(svc: &Rtpvisor, id: &str, path: &[&str], n: u64) -> bool {
+    calls(svc).iter().find(|c| c["channel_id"] == id).is_some_and(|c| {
+        path.iter().fold(c, |v, k| &v[*k]).as_u64().is_some_and(|v| v > n)
+    })
+}
+
 fn probe_of(svc: &Rtpvisor, id: &str) -> (u64, u64) {
     let p = &call(svc, id)["media"]["probe"];
     (p["returned"].as_u64().unwrap_or(0), p["lost"].as_u64().unwrap_or(0))
@@ -52,6 +59,9 @@ fn echo_of(svc: &Rtpvisor, id: &str) -> (u64, u64) {
     let m = &call(svc, id)["media"];
     (m["packets_out"].as_u64().unwrap_or(0), m["receive"]["lost"].as_u64().unwrap_or(0))
 }
+
+const RETURNED: &[&str] = &["media", "probe", "returned"];
+const REFLECTED: &[&str] = &["media", "packets_out"];
 
 fn echo_node(svc: &Rtpvisor) -> Value {
     let root = svc.get("/actors");
@@ -121,9 +131,9 @@ fn killed_echo_workers_are_restarted_in_place_and_calls_lose_nothing() {
     let echo = originate_in("rtpvisor-echo-restart", "milliwatt", "echo", "er-echo");
     let shared = originate_in("rtpvisor-echo-restart", "milliwatt", "shared-echo", "er-shared");
     wait_until("probes return, echo and shared-echo media flow", Duration::from_secs(20), || {
-        probes.iter().all(|p| probe_of(&svc, p).0 > 10)
-            && echo_of(&svc, &echo).0 > 10
-            && call(&svc, &shared)["shared_echo"]["packets"].as_u64() > Some(10)
+        probes.iter().all(|p| above(&svc, p, RETURNED, 10))
+            && above(&svc, &echo, REFLECTED, 10)
+            && above(&svc, &shared, &["shared_echo", "packets"], 10)
     });
     let node = echo_node(&svc);
     assert_eq!(node["restarts"], 0);
@@ -288,7 +298,7 @@ fn a_flood_at_the_echo_leaves_calls_their_full_media() {
     let quiet: Vec<String> = (0..3).map(|i| originate_in(APP, "echo", "probe", &format!("ef-probe-{i}"))).collect();
     let echoes: Vec<String> = (0..2).map(|i| originate_in(APP, "milliwatt", "echo", &format!("ef-echo-{i}"))).collect();
     wait_until("probes return and echo media flows", Duration::from_secs(20), || {
-        quiet.iter().all(|p| probe_of(&svc, p).0 > 10) && echoes.iter().all(|e| echo_of(&svc, e).0 > 10)
+        quiet.iter().all(|p| above(&svc, p, RETURNED, 10)) && echoes.iter().all(|e| above(&svc, e, REFLECTED, 10))
     });
 
     // Quiet: 6 s.

@@ -12,10 +12,9 @@
 //!
 //! Bounded work per wake-up: a worker handles at most [`BUDGET`] batches before it beats its
 //! heart and looks at its flags again, and waits at most [`READ_WAIT`] for a datagram, so it
-//! turns at least every few milliseconds whether it is flooded or idle. A wake-up that used
-//! the whole budget (a flood) is followed by a pause as long as it took (at most
-//! [`MAX_PAUSE`]), and the workers run at a lower priority ([`WORKER_NICE`]): a flood costs the
-//! echo's own answers, not the CPU the calls' media needs.
+//! turns at least every few milliseconds whether it is flooded or idle. The workers run at a
+//! lower priority ([`WORKER_NICE`]): a flood costs the echo's own answers, not the CPU the
+//! calls' media needs.
 //!
 //! Knows nothing of actors; allocates nothing per datagram.
 
@@ -41,8 +40,6 @@ const ECHO_BATCH: usize = 32;
 /// Batches a worker handles per wake-up (2,048 datagrams) before it turns again: under a
 /// flood it still beats its heart and sees its flags every few milliseconds.
 pub const BUDGET: usize = 64;
-/// Longest pause a flooded worker takes after a wake-up that used its whole [`BUDGET`].
-pub const MAX_PAUSE: Duration = Duration::from_millis(10);
 /// How long an idle worker waits for a datagram before it turns again.
 pub const READ_WAIT: Duration = Duration::from_millis(50);
 /// A worker that has not turned for this long is stalled and replaced. It turns at least every
@@ -434,13 +431,6 @@ impl Worker {
             }
             drained = self.reflect(&mut r);
             self.publish(&mut r, now);
-            if !drained {
-                // A flood (more than a budget queued): pause as long as the work took, so a
-                // flooded worker takes at most about half a core; the kernel drops what its
-                // socket cannot hold meanwhile. A saturating client that waits for its
-                // answers never fills a budget, so it is not slowed.
-                std::thread::sleep(now.elapsed().min(MAX_PAUSE));
-            }
         }
     }
 
