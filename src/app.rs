@@ -58,6 +58,7 @@ pub fn service_config(cfg: &Config) -> anyhow::Result<ServiceConfig> {
         rtp_ports: cfg.media.rtp_ports,
         quarantine: Duration::from_millis(cfg.media.quarantine_ms),
         echo_addr: cfg.echo.addr,
+        echo_workers: cfg.echo.workers as usize,
         echo_guard: GuardSettings {
             allow: cfg.echo.allow.clone(),
             rate_pps: cfg.echo.rate_pps,

@@ -145,6 +145,8 @@ pub fn configure(auth: ApiAuth) -> impl FnOnce(&mut web::ServiceConfig) {
             .route("/faults/supervisor/panic", web::post().to(fault_supervisor_panic))
             .route("/faults/media/stall", web::post().to(fault_media_stall))
             .route("/faults/media/panic", web::post().to(fault_media_panic))
+            .route("/faults/echo/panic", web::post().to(fault_echo_panic))
+            .route("/faults/echo/stall", web::post().to(fault_echo_stall))
             .route("/", web::get().to(dashboard))
             .route("/events", web::get().to(events))
             .route("/calls/ended", web::get().to(ended_calls))
@@ -195,6 +197,24 @@ async fn fault_media_panic(svc: web::Data<Service>) -> Result<HttpResponse, ApiE
     }
     svc.inject_media_panic().map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok(HttpResponse::Accepted().json(serde_json::json!({ "injected": "panic", "actor": "media-engine" })))
+}
+
+/// Every shared echo worker panics; the EchoActor restarts them in place.
+async fn fault_echo_panic(svc: web::Data<Service>) -> Result<HttpResponse, ApiError> {
+    if !svc.faults_enabled() {
+        return Err(ApiError::FaultsDisabled);
+    }
+    svc.inject_echo_panic();
+    Ok(HttpResponse::Accepted().json(serde_json::json!({ "injected": "panic", "actor": "echo" })))
+}
+
+/// Every shared echo worker blocks for 30 s; the EchoActor replaces them as stalled.
+async fn fault_echo_stall(svc: web::Data<Service>) -> Result<HttpResponse, ApiError> {
+    if !svc.faults_enabled() {
+        return Err(ApiError::FaultsDisabled);
+    }
+    svc.inject_echo_stall(std::time::Duration::from_secs(30));
+    Ok(HttpResponse::Accepted().json(serde_json::json!({ "injected": "stall", "actor": "echo" })))
 }
 
 /// The dashboard: never cached, and never sends its address (which may hold the token) as a
@@ -463,6 +483,8 @@ mod tests {
             ("POST", "/faults/channels/x/panic"),
             ("POST", "/faults/media/stall"),
             ("POST", "/faults/media/panic"),
+            ("POST", "/faults/echo/panic"),
+            ("POST", "/faults/echo/stall"),
             ("GET", "/no-such-route"),
         ];
         for (method, path) in protected {

@@ -39,6 +39,12 @@ pub fn render_actors(root: &ActorNode) -> String {
     }
     family(&mut o, "rtpvisor_channel_actor_failures_total", "counter", "Call actors that died (panic); their calls were ended cleanly.");
     sample(&mut o, "rtpvisor_channel_actor_failures_total", "", failures.iter().sum::<u64>() as f64);
+    let echo = root.children.iter().find(|n| n.kind == "EchoActor");
+    let workers = echo.map_or(&[][..], |e| &e.children[..]);
+    family(&mut o, "rtpvisor_echo_workers", "gauge", "Shared echo worker threads, by state (running, or not: dead or stalled until restarted).");
+    let running = workers.iter().filter(|w| w.state == "running").count();
+    sample(&mut o, "rtpvisor_echo_workers", "state=\"running\"", running as f64);
+    sample(&mut o, "rtpvisor_echo_workers", "state=\"failed\"", (workers.len() - running) as f64);
     o
 }
 
@@ -187,7 +193,7 @@ pub(crate) mod tests {
     use rtpvisor_actors::actors::metrics::{AriEventCounts, DroppedCounters, EndedCounters, ModesMetrics};
     use rtpvisor_actors::latency::LatencySummary;
     use rtpvisor_actors::echo_guard::EchoDrops;
-    use rtpvisor_actors::media::ReflectorCounters;
+    use rtpvisor_actors::shared_echo::ReflectorCounters;
     use rtpvisor_actors::ports::PortRange;
 
     use super::*;

@@ -21,6 +21,8 @@ use rtpvisor_actors::actors::port_manager::{AcquirePort, PortManager};
 use rtpvisor_actors::echo_guard::{EchoGuard, GuardSettings};
 use rtpvisor_actors::latency::LatencyHistogram;
 use rtpvisor_actors::media::{EngineOptions, MediaHandle};
+use rtpvisor_actors::intensity::Intensity;
+use rtpvisor_actors::shared_echo::{EchoSettings, EchoWorkers};
 use rtpvisor_actors::ports::{PortPool, PortRange};
 use rtpvisor_actors::probe::{ProbeSecret, ProbeStream, PACKET_LEN};
 use rtpvisor_actors::rtp::{write_packet, RtpHeader, RtpPacket, HEADER_LEN};
@@ -241,11 +243,12 @@ fn ports(c: &mut Criterion) {
     g.finish();
 }
 
-/// The media engine's reflector with no sinks, and `watched` shared-echo calls: the first
+/// The shared echo (one worker) beside a media engine with no sinks, and `watched` shared-echo calls: the first
 /// `hits` of them are the client's own sockets (every datagram is counted for a call), the
 /// rest are addresses that never send.
 struct Reflector {
     media: MediaHandle,
+    echo: EchoWorkers,
     join: Option<std::thread::JoinHandle<()>>,
     clients: Vec<std::net::UdpSocket>,
 }
@@ -263,9 +266,10 @@ impl Reflector {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         let (media, join) = MediaHandle::start(Box::new(|_| {}), Box::new(|_, _| {}), EngineOptions::default())
             .expect("media engine");
-        let echo = std::net::UdpSocket::bind("127.0.0.1:0").expect("echo socket");
-        let echo_addr = echo.local_addr().expect("bound");
-        rt.block_on(media.set_reflector(echo, guard)).expect("engine").expect("reflector");
+        let settings = EchoSettings { addr: "127.0.0.1:0".parse().expect("addr"), workers: 1, guard };
+        let echo = EchoWorkers::start(&settings, media.shared_watches(), Intensity::new(5, Duration::from_secs(10)))
+            .expect("echo workers");
+        let echo_addr = echo.local_addr();
         let clients: Vec<std::net::UdpSocket> = (0..CLIENTS)
             .map(|_| {
                 let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("client");
@@ -282,7 +286,7 @@ impl Reflector {
             };
             rt.block_on(media.watch_shared(i as u64, peer, Duration::ZERO)).expect("watch");
         }
-        Reflector { media, join: Some(join), clients }
+        Reflector { media, echo, join: Some(join), clients }
     }
 
     /// One round: every client sends PER_CLIENT datagrams, then reads them back.
@@ -302,6 +306,7 @@ impl Reflector {
 
 impl Drop for Reflector {
     fn drop(&mut self) {
+        self.echo.shutdown(Duration::from_secs(1));
         self.media.shutdown();
         if let Some(j) = self.join.take() {
             let _ = j.join();

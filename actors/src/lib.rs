@@ -14,6 +14,8 @@
 //! - [`mode`]: the call modes (echo, probe, shared-echo).
 //! - [`call`]: the call procedure (setup steps, waits and retries, teardown) as a state machine.
 //! - [`intensity`]: restart intensity (at most N failures in T), OTP style.
+//! - [`thread_health`]: whether a dedicated thread still turns (heartbeat, exit record) and
+//!   whether its supervisor restarts it or escalates.
 //! - [`latency`]: latency histograms (HdrHistogram) and their summaries in milliseconds.
 //! - [`ended`]: recently ended calls and what each measured, paged by sequence number.
 //! - [`quality`]: call quality: the G.107 E-model simplified for G.711 (R-factor, MOS).
@@ -29,10 +31,12 @@
 //! - [`ari::events`]: the events WebSocket protocol: frames, ping/pong, close, decoding into
 //!   typed items; the actor sees only events and link changes.
 //! - [`media`]: the media engine: owns every call's RTP socket, echoes, probes, measures.
+//! - [`shared_echo`]: the shared echo's workers (UDP 4000, one SO_REUSEPORT socket each):
+//!   reflect within the guard's limits, count for watched shared-echo calls; restarted in place.
 //! - [`sys`]: the socket syscalls std and mio lack (nix; libc for sendmmsg): kernel receive stamps,
 //!   recvmmsg/sendmmsg batches; and the stamp-to-`Instant` conversion.
 //! - [`actors`]: thin actor shells: supervisor, port manager, channel, echo, metrics.
-// `unsafe` only in `sys::raw` (one libc call, with its safety argument).
+// `unsafe` only in `sys::raw` (two libc calls, each with its safety argument).
 #![deny(unsafe_code)]
 
 pub mod actors;
@@ -50,5 +54,7 @@ pub mod probe;
 pub mod quality;
 pub mod reconcile;
 pub mod rtp;
+pub mod shared_echo;
 pub mod stats;
 pub mod sys;
+pub mod thread_health;

@@ -1,7 +1,9 @@
-//! The media engine: one dedicated thread that owns every call's RTP socket and the shared echo
-//! socket, waits on them with one epoll loop (mio), and does the per-packet work: reflect,
-//! probe, measure. Actors never see packets; they send it control commands (add, start, remove,
-//! snapshot, watch a shared-echo call) and it sends them reports and periodic metric flushes.
+//! The media engine: one dedicated thread that owns every call's RTP socket, waits on them
+//! with one epoll loop (mio), and does the per-packet work: reflect, probe, measure. Actors
+//! never see packets; they send it control commands (add, start, remove, snapshot, watch a
+//! shared-echo call) and it sends them reports and periodic metric flushes. The shared echo
+//! (UDP 4000) is not here: it has workers of its own ([`crate::shared_echo`]), which count
+//! what they reflect for watched shared-echo calls into [`SharedWatches`].
 //!
 //! Echo mode tells a media loop from a network duplicate: a packet whose (RTP timestamp,
 //! payload) matches one reflected recently is our reflection coming back only if it arrived
@@ -32,9 +34,8 @@ use std::collections::{BinaryHeap, HashMap};
 use std::cmp::Reverse;
 use std::io;
 use std::net::SocketAddr;
-use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, OnceLock};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -42,28 +43,27 @@ use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token, Waker};
 use tokio::sync::oneshot;
 
-use crate::echo_guard::{EchoDrops, EchoGuard, GuardSettings, Verdict};
+use crate::echo_guard::AllowList;
 use crate::latency::{LatencyHistogram, LatencySummary};
 use crate::mode::CallMode;
 use crate::probe::{ProbeOutcome, ProbeSecret, ProbeSnapshot, ProbeStream, PACKET_LEN};
 use crate::rtp::RtpPacket;
 use crate::stats::{ArrivalKind, ReceiveSnapshot, ReceiveStats};
 use crate::sys::{self, Batch, ClockPair, Family, TimestampingOn};
+use crate::thread_health::{self, Health};
+pub use crate::thread_health::Liveness;
 
 /// Identifies one call's media stream (the supervisor's call number).
 pub type StreamId = u64;
 
 const WAKER: Token = Token(0);
-const REFLECTOR: Token = Token(1);
-const FIRST_STREAM: usize = 2;
+const FIRST_STREAM: usize = 1;
 /// How often live totals and latency deltas go to the metrics sink, and probes are expired.
 const HOUSEKEEPING: Duration = Duration::from_millis(250);
 /// Datagrams read from a call socket per recvmmsg. A call brings 50 packets/s, so one read
 /// usually returns one; a short read tells the socket is drained, which saves the `EAGAIN`
 /// read per packet that reading until `WouldBlock` costs.
 const CALL_BATCH: usize = 8;
-/// Datagrams the shared echo reads (recvmmsg) and sends back (sendmmsg) per pair of syscalls.
-const REFLECT_BATCH: usize = 32;
 /// How many recently reflected packets echo mode remembers to recognise a media loop.
 const LOOP_RING: usize = 64;
 /// What an injected panic says (tests look for it in [`Liveness::Dead`]).
@@ -117,16 +117,6 @@ pub enum EngineError {
     Timeout(Duration),
 }
 
-/// Whether the engine's loop is alive, for a watchdog.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Liveness {
-    Running,
-    /// The loop has not turned for `since` (more than [`EngineOptions::stall_bound`]).
-    Stalled { since: Duration },
-    /// The engine's thread has ended: shut down, or panicked (with the panic's message).
-    Dead { reason: String },
-}
-
 /// Why a stream or watched call was reported through the idle sink.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 pub enum IdleReason {
@@ -153,19 +143,6 @@ pub struct StreamSpec {
     /// Report the stream idle when no packet came from `peer` for this long (zero: never).
     /// Counted from when media should flow: stream added (echo), probing started (probe).
     pub no_media_timeout: Duration,
-}
-
-/// Counters of the shared echo socket (UDP 4000). Every datagram read is either reflected
-/// (`packets`) or dropped (`dropped`, by reason).
-#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
-pub struct ReflectorCounters {
-    /// Datagrams reflected.
-    pub packets: u64,
-    /// Bytes reflected.
-    pub bytes: u64,
-    pub send_errors: u64,
-    /// Datagrams not answered, by reason (see [`crate::echo_guard`]).
-    pub dropped: EchoDrops,
 }
 
 /// One stream as it stands: what the HTTP API shows for a call, and the final report.
@@ -299,7 +276,6 @@ pub struct MediaFlush {
     pub live: [ModeTotals; 2],
     /// The final report of a stream that just ended (its totals left `live` in this same flush).
     pub ended: Option<StreamReport>,
-    pub reflector: ReflectorCounters,
 }
 
 /// Where flushes go (the MetricsActor's address, wrapped); called on the media thread.
@@ -313,7 +289,6 @@ enum Command {
     StartProbing(StreamId),
     Remove(StreamId, oneshot::Sender<Option<StreamReport>>),
     Snapshot(oneshot::Sender<MediaSnapshot>),
-    SetReflector(std::net::UdpSocket, GuardSettings, oneshot::Sender<io::Result<()>>),
     Watch { id: StreamId, peer: SocketAddr, no_media_timeout: Duration, reply: oneshot::Sender<()> },
     Unwatch(StreamId, oneshot::Sender<Option<SharedReport>>),
     LinkDown(Option<Duration>),
@@ -324,77 +299,13 @@ enum Command {
     Shutdown,
 }
 
-/// What the engine thread shares with its handles for [`MediaHandle::liveness`]: written by
-/// the loop (one relaxed store per turn) and by its exit guard, read by anyone, no messages,
-/// so a stalled engine can still be judged.
-struct Health {
-    /// The origin of `last_turn_ms`: an `Instant` does not fit an atomic, milliseconds do.
-    origin: Instant,
-    /// When the loop last began a turn, in milliseconds since `origin`.
-    last_turn_ms: AtomicU64,
-    /// Why the engine thread ended; set once, by whoever knows most (see [`ExitGuard`]).
-    ended: OnceLock<String>,
-    stall_bound: Duration,
-}
-
-impl Health {
-    fn ms_since_origin(&self, now: Instant) -> u64 {
-        u64::try_from(now.saturating_duration_since(self.origin).as_millis()).unwrap_or(u64::MAX)
-    }
-
-    fn turn(&self, now: Instant) {
-        self.last_turn_ms.store(self.ms_since_origin(now), Ordering::Relaxed);
-    }
-
-    fn liveness(&self, now: Instant) -> Liveness {
-        let gap = Duration::from_millis(self.ms_since_origin(now).saturating_sub(self.last_turn_ms.load(Ordering::Relaxed)));
-        judge(self.ended.get().map(String::as_str), gap, self.stall_bound)
-    }
-}
-
-/// Liveness from what is known: an ended thread is dead whatever its last turn; a running
-/// one is stalled when its last turn is more than `bound` ago.
-fn judge(ended: Option<&str>, since_last_turn: Duration, bound: Duration) -> Liveness {
-    match ended {
-        Some(reason) => Liveness::Dead { reason: reason.to_string() },
-        None if since_last_turn > bound => Liveness::Stalled { since: since_last_turn },
-        None => Liveness::Running,
-    }
-}
-
-/// Lives on the engine thread's stack: when the thread ends, by returning or by unwinding
-/// from a panic, its drop marks the engine dead. The thread records a more precise reason
-/// (the panic's message) first when it can; `OnceLock` keeps the first one.
-struct ExitGuard(Arc<Health>);
-
-impl ExitGuard {
-    fn record(&self, reason: String) {
-        let _ = self.0.ended.set(reason);
-    }
-}
-
-impl Drop for ExitGuard {
-    fn drop(&mut self) {
-        self.record(if thread::panicking() { "panicked".into() } else { "ended".into() });
-    }
-}
-
-/// The message of a panic payload (`panic!` with a literal gives `&str`, with arguments
-/// `String`).
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
-    payload
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("(no message)")
-}
-
 /// Send + Clone handle to the media thread: what actors hold.
 #[derive(Clone)]
 pub struct MediaHandle {
     tx: mpsc::Sender<Command>,
     waker: Arc<Waker>,
     health: Arc<Health>,
+    watches: Arc<SharedWatches>,
     request_timeout: Duration,
 }
 
@@ -413,31 +324,17 @@ impl MediaHandle {
         let stamping = TimestampingOn::new()
             .map_err(|e| log::warn!("[Media] cannot hold kernel receive timestamps on ({e}): the first packets after an idle period may be stamped late"))
             .ok();
-        let health = Arc::new(Health {
-            origin: Instant::now(),
-            last_turn_ms: AtomicU64::new(0),
-            ended: OnceLock::new(),
-            stall_bound: opts.stall_bound,
-        });
+        let health = Arc::new(Health::new(opts.stall_bound));
         let thread_health = Arc::clone(&health);
+        let watches = Arc::new(SharedWatches::default());
+        let engine_watches = Arc::clone(&watches);
         // Built on its thread: the batches' preallocated syscall headers hold raw pointers
         // into themselves, so nix does not let them cross threads.
-        let join = thread::Builder::new()
-            .name("rtpvisor-media".into())
-            .spawn(move || {
-                let guard = ExitGuard(Arc::clone(&thread_health));
-                let _stamping = stamping;
-                // Caught only to record the message for `liveness`, then unwound further, so
-                // the thread still ends as panicked (its JoinHandle says so).
-                match panic::catch_unwind(AssertUnwindSafe(|| Engine::new(poll, rx, sink, idle, thread_health).run())) {
-                    Ok(()) => guard.record("shut down".into()),
-                    Err(payload) => {
-                        guard.record(format!("panicked: {}", panic_message(payload.as_ref())));
-                        panic::resume_unwind(payload)
-                    }
-                }
-            })?;
-        Ok((MediaHandle { tx, waker, health, request_timeout: opts.request_timeout }, join))
+        let join = thread_health::spawn("rtpvisor-media", Arc::clone(&health), move || {
+            let _stamping = stamping;
+            Engine::new(poll, rx, sink, idle, thread_health, engine_watches).run()
+        })?;
+        Ok((MediaHandle { tx, waker, health, watches, request_timeout: opts.request_timeout }, join))
     }
 
     fn send(&self, cmd: Command) -> Result<(), EngineError> {
@@ -480,10 +377,10 @@ impl MediaHandle {
         self.request(Command::Snapshot).await
     }
 
-    /// Gives the engine the shared echo socket (UDP 4000) and the limits it answers within
-    /// ([`crate::echo_guard`]).
-    pub async fn set_reflector(&self, socket: std::net::UdpSocket, guard: GuardSettings) -> Result<io::Result<()>, EngineError> {
-        self.request(|tx| Command::SetReflector(socket, guard, tx)).await
+    /// The table of watched shared-echo calls, which the shared echo's workers
+    /// ([`crate::shared_echo`]) count into.
+    pub fn shared_watches(&self) -> Arc<SharedWatches> {
+        Arc::clone(&self.watches)
     }
 
     /// Watches a shared-echo call: datagrams reaching the shared echo socket from `peer`
@@ -758,6 +655,105 @@ struct Watch {
     silence: Silence,
 }
 
+/// The watched shared-echo calls: the engine adds and removes watches and judges their
+/// silence; the shared echo's workers ([`crate::shared_echo`], threads of their own) count what
+/// they reflect into it, one lock per batch of datagrams and none while nothing is watched.
+#[derive(Default)]
+pub struct SharedWatches {
+    table: Mutex<WatchTable>,
+    /// How many calls are watched: read by the workers before they take the lock.
+    watched: AtomicUsize,
+    /// The echo's allow-list (unset when it answers everyone): a call whose Asterisk address
+    /// it refuses is logged when its watch starts.
+    allow: OnceLock<AllowList>,
+}
+
+/// Watched calls, in no order (removal swaps the last one in), and an index of them by peer:
+/// the per-datagram lookup (a hash lookup of a `SocketAddr`, no allocation).
+#[derive(Default)]
+pub struct WatchTable {
+    watches: Vec<Watch>,
+    by_peer: HashMap<SocketAddr, usize>,
+}
+
+impl SharedWatches {
+    /// The table, also after a worker panicked holding it (it holds counters only).
+    fn lock(&self) -> MutexGuard<'_, WatchTable> {
+        self.table.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The table to count a batch into; None while no call is watched.
+    pub fn counting(&self) -> Option<MutexGuard<'_, WatchTable>> {
+        (self.watched.load(Ordering::Relaxed) > 0).then(|| self.lock())
+    }
+
+    /// The echo's allow-list, for the warning about calls it refuses (set once).
+    pub fn set_allow(&self, allow: AllowList) {
+        let _ = self.allow.set(allow);
+    }
+
+    fn publish_count(&self, t: &WatchTable) {
+        self.watched.store(t.watches.len(), Ordering::Relaxed);
+    }
+
+    fn watch(&self, id: StreamId, peer: SocketAddr, no_media_timeout: Duration) {
+        if let Some(allow) = self.allow.get() {
+            if !allow.contains(peer.ip()) {
+                log::warn!(
+                    "[Media] shared-echo call {id}: Asterisk sends from {peer}, outside echo.allow ({allow}): its media will not be reflected"
+                );
+            }
+        }
+        let mut t = self.lock();
+        t.unwatch(id);
+        if let Some(&i) = t.by_peer.get(&peer) {
+            let old = t.watches[i].id;
+            log::warn!("[Media] shared-echo peer {peer} moves from call {old} to call {id}");
+            t.unwatch(old);
+        }
+        let i = t.watches.len();
+        t.by_peer.insert(peer, i);
+        t.watches.push(Watch {
+            id,
+            peer,
+            packets: 0,
+            bytes: 0,
+            silence: Silence::new(Some(Instant::now()), no_media_timeout),
+        });
+        self.publish_count(&t);
+    }
+
+    fn unwatch(&self, id: StreamId) -> Option<SharedReport> {
+        let mut t = self.lock();
+        let report = t.unwatch(id);
+        self.publish_count(&t);
+        report
+    }
+}
+
+impl WatchTable {
+    /// A datagram of `len` bytes from `from`, reflected; `at`: when it was read (idle
+    /// detection needs milliseconds).
+    pub fn count(&mut self, from: SocketAddr, len: usize, at: Instant) {
+        if let Some(&w) = self.by_peer.get(&from) {
+            let w = &mut self.watches[w];
+            w.packets += 1;
+            w.bytes += len as u64;
+            w.silence.last_rx = Some(at);
+        }
+    }
+
+    fn unwatch(&mut self, id: StreamId) -> Option<SharedReport> {
+        let i = self.watches.iter().position(|w| w.id == id)?;
+        let w = self.watches.swap_remove(i);
+        self.by_peer.remove(&w.peer);
+        if let Some(moved) = self.watches.get(i) {
+            self.by_peer.insert(moved.peer, i);
+        }
+        Some(w.report(Instant::now()))
+    }
+}
+
 impl Watch {
     fn report(&self, now: Instant) -> SharedReport {
         SharedReport {
@@ -782,19 +778,8 @@ struct Engine {
     by_id: HashMap<StreamId, usize>,
     /// Probe send times, earliest first; entries of removed streams are skipped lazily.
     due: BinaryHeap<Reverse<(Instant, usize, StreamId)>>,
-    reflector: Option<(UdpSocket, Family)>,
-    reflector_counters: ReflectorCounters,
-    /// The shared echo's limits; None when they filter nothing (the reflector then skips the
-    /// per-datagram checks entirely).
-    guard: Option<EchoGuard>,
-    /// Drops by reason at the last log line about them, and when it was written: at most one
-    /// line a minute, so a flood cannot flood the log too.
-    drops_logged: (EchoDrops, Option<Instant>),
-    /// Watched shared-echo calls, in no order (removal swaps the last one in).
-    watches: Vec<Watch>,
-    /// Index into `watches` by peer: the shared echo's per-datagram lookup (a hash lookup of
-    /// a `SocketAddr`, no allocation), skipped while nothing is watched.
-    watch_by_peer: HashMap<SocketAddr, usize>,
+    /// Watched shared-echo calls, counted into by the shared echo's workers.
+    watches: Arc<SharedWatches>,
     /// The silence after which streams are reported while the link to Asterisk is down.
     link_down: Option<Duration>,
     /// Latency samples since the last flush, per mode (echo, probe).
@@ -802,8 +787,6 @@ struct Engine {
     delta_dirty: [bool; 2],
     /// Call sockets are read through this, with kernel receive stamps.
     call_rx: Batch<CALL_BATCH>,
-    /// The shared echo's datagrams, read and sent back in batches; unstamped.
-    reflect_batch: Batch<REFLECT_BATCH>,
     /// Both clocks, read once per wake-up: turns kernel receive stamps into `Instant`s.
     clock: ClockPair,
     out: Box<[u8; PACKET_LEN]>,
@@ -811,7 +794,14 @@ struct Engine {
 }
 
 impl Engine {
-    fn new(poll: Poll, rx: mpsc::Receiver<Command>, sink: FlushSink, idle: IdleSink, health: Arc<Health>) -> Self {
+    fn new(
+        poll: Poll,
+        rx: mpsc::Receiver<Command>,
+        sink: FlushSink,
+        idle: IdleSink,
+        health: Arc<Health>,
+        watches: Arc<SharedWatches>,
+    ) -> Self {
         Engine {
             poll,
             rx,
@@ -822,17 +812,11 @@ impl Engine {
             free_slots: Vec::new(),
             by_id: HashMap::new(),
             due: BinaryHeap::new(),
-            reflector: None,
-            reflector_counters: ReflectorCounters::default(),
-            guard: None,
-            drops_logged: (EchoDrops::default(), None),
-            watches: Vec::new(),
-            watch_by_peer: HashMap::new(),
+            watches,
             link_down: None,
             delta: [LatencyHistogram::new(), LatencyHistogram::new()],
             delta_dirty: [false; 2],
             call_rx: Batch::new(true),
-            reflect_batch: Batch::new(false),
             clock: ClockPair::now(),
             out: Box::new([0; PACKET_LEN]),
             running: true,
@@ -861,7 +845,6 @@ impl Engine {
             for ev in events.iter() {
                 match ev.token() {
                     WAKER => self.drain_commands(),
-                    REFLECTOR => self.reflect(),
                     Token(t) => self.on_readable(t - FIRST_STREAM),
                 }
             }
@@ -897,20 +880,17 @@ impl Engine {
                     let now = Instant::now();
                     let _ = reply.send(MediaSnapshot {
                         streams: self.streams.iter().flatten().map(|s| s.report(now)).collect(),
-                        shared: self.watches.iter().map(|w| w.report(now)).collect(),
+                        shared: self.watches.lock().watches.iter().map(|w| w.report(now)).collect(),
                     });
                 }
-                Command::SetReflector(sock, guard, reply) => {
-                    let _ = reply.send(self.set_reflector(sock, guard));
-                }
                 Command::Watch { id, peer, no_media_timeout, reply } => {
-                    self.watch(id, peer, no_media_timeout);
+                    self.watches.watch(id, peer, no_media_timeout);
                     if reply.send(()).is_err() {
-                        self.unwatch(id); // the asker gave up (timeout)
+                        self.watches.unwatch(id); // the asker gave up (timeout)
                     }
                 }
                 Command::Unwatch(id, reply) => {
-                    let report = self.unwatch(id);
+                    let report = self.watches.unwatch(id);
                     let _ = reply.send(report);
                 }
                 Command::LinkDown(silence) => {
@@ -1043,127 +1023,12 @@ impl Engine {
         }
     }
 
-    fn set_reflector(&mut self, sock: std::net::UdpSocket, guard: GuardSettings) -> io::Result<()> {
-        sock.set_nonblocking(true)?;
-        self.guard = if guard.is_off(sys::MAX_DATAGRAM) {
-            log::warn!("[Media] the shared echo answers every source at any rate: no allow-list, no rate limit");
-            None
-        } else {
-            // The table's hash seed: unknown outside, so nobody can pick sources that share a set.
-            let seed = getrandom::u64().map_err(|e| io::Error::other(format!("no random seed for the echo's table: {e}")))?;
-            Some(EchoGuard::new(guard, seed, Instant::now()))
-        };
-        let family = Family::of(&sock.local_addr()?);
-        let mut socket = UdpSocket::from_std(sock);
-        if let Some((mut old, _)) = self.reflector.take() {
-            let _ = self.poll.registry().deregister(&mut old);
-        }
-        self.poll.registry().register(&mut socket, REFLECTOR, Interest::READABLE)?;
-        self.reflector = Some((socket, family));
-        Ok(())
-    }
-
-    fn watch(&mut self, id: StreamId, peer: SocketAddr, no_media_timeout: Duration) {
-        self.unwatch(id);
-        if let Some(g) = &self.guard {
-            if !g.settings().allow.contains(peer.ip()) {
-                log::warn!(
-                    "[Media] shared-echo call {id}: Asterisk sends from {peer}, outside echo.allow ({}): its media will not be reflected",
-                    g.settings().allow
-                );
-            }
-        }
-        if let Some(&i) = self.watch_by_peer.get(&peer) {
-            let old = self.watches[i].id;
-            log::warn!("[Media] shared-echo peer {peer} moves from call {old} to call {id}");
-            self.unwatch(old);
-        }
-        self.watch_by_peer.insert(peer, self.watches.len());
-        self.watches.push(Watch {
-            id,
-            peer,
-            packets: 0,
-            bytes: 0,
-            silence: Silence::new(Some(Instant::now()), no_media_timeout),
-        });
-    }
-
-    fn unwatch(&mut self, id: StreamId) -> Option<SharedReport> {
-        let i = self.watches.iter().position(|w| w.id == id)?;
-        let w = self.watches.swap_remove(i);
-        self.watch_by_peer.remove(&w.peer);
-        if let Some(moved) = self.watches.get(i) {
-            self.watch_by_peer.insert(moved.peer, i);
-        }
-        Some(w.report(Instant::now()))
-    }
-
     fn rearm_link_down(&mut self) {
         for s in self.streams.iter_mut().flatten() {
             s.silence.link_down_reported = false;
         }
-        for w in &mut self.watches {
+        for w in &mut self.watches.lock().watches {
             w.silence.link_down_reported = false;
-        }
-    }
-
-    /// Shared echo: every datagram the guard accepts goes back to its sender as it came;
-    /// read with recvmmsg and sent back with sendmmsg, [`REFLECT_BATCH`] at a time, the
-    /// refused ones left out of the batch and counted by reason. Reflected datagrams from a
-    /// watched peer are also counted for its call.
-    fn reflect(&mut self) {
-        let Some((sock, family)) = &self.reflector else { return };
-        let c = &mut self.reflector_counters;
-        loop {
-            let n = match self.reflect_batch.recv(sock, *family) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                // ICMP errors from an earlier send surface here (ECONNREFUSED): keep going.
-                Err(_) => {
-                    c.send_errors += 1;
-                    continue;
-                }
-            };
-            // One pass over the batch, each sender's address built once: the guard decides
-            // (a dropped datagram is skipped by the send), then a watched call counts what was
-            // reflected for it.
-            let mut dropped = 0;
-            let watching = !self.watch_by_peer.is_empty();
-            if self.guard.is_some() || watching {
-                // One clock read per batch: a flood is read in many batches within one
-                // wake-up, and the buckets must refill between them.
-                let now = Instant::now();
-                // The wake-up's time for the watches: idle detection needs milliseconds.
-                let at = self.clock.instant;
-                for i in 0..n {
-                    let Some(d) = self.reflect_batch.get(i) else { break };
-                    if let Some(guard) = &mut self.guard {
-                        if let Verdict::Drop(_) = guard.check(d.from, d.data.len(), d.truncated, now) {
-                            self.reflect_batch.skip(i);
-                            dropped += 1;
-                            continue;
-                        }
-                    }
-                    if watching {
-                        if let Some(&w) = self.watch_by_peer.get(&d.from) {
-                            let w = &mut self.watches[w];
-                            w.packets += 1;
-                            w.bytes += d.data.len() as u64;
-                            w.silence.last_rx = Some(at);
-                        }
-                    }
-                }
-                if let Some(guard) = &self.guard {
-                    c.dropped = guard.drops();
-                }
-            }
-            c.packets += (n - dropped) as u64;
-            c.bytes += self.reflect_batch.bytes();
-            c.send_errors += self.reflect_batch.send_back(sock);
-            if n < REFLECT_BATCH {
-                break; // drained: the next datagram raises a new edge
-            }
         }
     }
 
@@ -1239,9 +1104,12 @@ impl Engine {
             }
             stream.add_to(&mut live[stream.mode.index().min(1)]);
         }
-        for w in &mut self.watches {
-            while let Some(reason) = w.silence.due(now, self.link_down) {
-                (self.idle)(w.id, reason);
+        {
+            let mut t = self.watches.lock();
+            for w in &mut t.watches {
+                while let Some(reason) = w.silence.due(now, self.link_down) {
+                    (self.idle)(w.id, reason);
+                }
             }
         }
         let mut latency_delta = [None, None];
@@ -1252,27 +1120,9 @@ impl Engine {
                 self.delta_dirty[i] = false;
             }
         }
-        self.log_echo_drops(now);
-        (self.sink)(MediaFlush { latency_delta, live, ended, reflector: self.reflector_counters });
+        (self.sink)(MediaFlush { latency_delta, live, ended });
     }
 
-    /// At most once a minute, what the echo refused since the last such line.
-    fn log_echo_drops(&mut self, now: Instant) {
-        let Some(guard) = &mut self.guard else { return };
-        let (before, at) = self.drops_logged;
-        let d = guard.drops();
-        if d == before || at.is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(60)) {
-            return;
-        }
-        let last = guard.take_last_refused().map(|a| format!(" (last refused source {a})")).unwrap_or_default();
-        log::warn!(
-            "[Media] the shared echo dropped {} datagram(s) from sources outside echo.allow{last}, {} over echo.rate_pps, {} over echo.max_bytes",
-            d.not_allowed - before.not_allowed,
-            d.rate_limited - before.rate_limited,
-            d.too_large - before.too_large,
-        );
-        self.drops_logged = (d, Some(now));
-    }
 }
 
 /// Identifies a reflected packet when it comes back: Asterisk rewrites sequence numbers and
@@ -1299,7 +1149,10 @@ fn loop_key(timestamp: u32, payload: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::echo_guard::GuardSettings;
+    use crate::intensity::Intensity;
     use crate::rtp::{write_header, RtpHeader, HEADER_LEN};
+    use crate::shared_echo::{EchoSettings, EchoWorkers};
 
     #[test]
     fn loop_key_tells_timestamp_and_payload_apart() {
@@ -1364,6 +1217,14 @@ mod tests {
                 got.push(n);
             }
             got
+        }
+    }
+
+    impl Harness {
+        /// The shared echo, one worker, counting into this engine's watches.
+        fn echo(&self) -> EchoWorkers {
+            let settings = EchoSettings { addr: "127.0.0.1:0".parse().unwrap(), workers: 1, guard: GuardSettings::default() };
+            EchoWorkers::start(&settings, self.media.shared_watches(), Intensity::new(5, Duration::from_secs(10))).unwrap()
         }
     }
 
@@ -1545,22 +1406,6 @@ mod tests {
         assert!(h.idle.recv_timeout(Duration::from_millis(600)).is_err(), "reported once");
     }
 
-    #[test]
-    fn shared_echo_reflects_any_sender_as_is() {
-        let h = Harness::new();
-        let echo = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let echo_addr = echo.local_addr().unwrap();
-        block_on(h.media.set_reflector(echo, GuardSettings::default())).unwrap().unwrap();
-        let a = udp();
-        let mut buf = [0u8; 2048];
-        for size in [1usize, 172, 1400] {
-            let msg = vec![0x5a; size];
-            a.send_to(&msg, echo_addr).unwrap();
-            let (n, _) = a.recv_from(&mut buf).unwrap();
-            assert_eq!(&buf[..n], &msg[..]);
-        }
-    }
-
     fn opts(request_ms: u64, stall_ms: u64) -> EngineOptions {
         EngineOptions {
             request_timeout: Duration::from_millis(request_ms),
@@ -1594,41 +1439,6 @@ mod tests {
             EngineError::Timeout(Duration::from_millis(1500)).to_string(),
             "the media engine did not answer within 1.5s"
         );
-    }
-
-    #[test]
-    fn liveness_is_judged_from_the_exit_and_the_last_turn() {
-        let bound = Duration::from_millis(500);
-        assert_eq!(judge(None, Duration::ZERO, bound), Liveness::Running);
-        assert_eq!(judge(None, bound, bound), Liveness::Running, "exactly the bound");
-        let gap = bound + Duration::from_millis(1);
-        assert_eq!(judge(None, gap, bound), Liveness::Stalled { since: gap });
-        assert_eq!(
-            judge(Some("panicked: x"), Duration::ZERO, bound),
-            Liveness::Dead { reason: "panicked: x".into() },
-            "an ended thread is dead however recent its last turn"
-        );
-        // Through `Health`, with made-up times.
-        let origin = Instant::now();
-        let h = Health { origin, last_turn_ms: AtomicU64::new(0), ended: OnceLock::new(), stall_bound: bound };
-        h.turn(origin + Duration::from_millis(1000));
-        assert_eq!(h.liveness(origin + Duration::from_millis(1400)), Liveness::Running);
-        assert_eq!(
-            h.liveness(origin + Duration::from_millis(1600)),
-            Liveness::Stalled { since: Duration::from_millis(600) }
-        );
-        assert_eq!(h.liveness(origin), Liveness::Running, "a reading before the last turn");
-    }
-
-    #[test]
-    fn panic_messages_are_read_from_both_payload_kinds() {
-        let literal = panic::catch_unwind(|| panic!("plain")).unwrap_err();
-        assert_eq!(panic_message(literal.as_ref()), "plain");
-        let n = 3;
-        let formatted = panic::catch_unwind(|| panic!("with {n}")).unwrap_err();
-        assert_eq!(panic_message(formatted.as_ref()), "with 3");
-        let other = panic::catch_unwind(|| panic::panic_any(7u8)).unwrap_err();
-        assert_eq!(panic_message(other.as_ref()), "(no message)");
     }
 
     #[test]
@@ -1690,8 +1500,6 @@ mod tests {
         let t = Instant::now();
         assert_eq!(block_on(h.media.snapshot()), Err(EngineError::Timeout(Duration::from_millis(150))));
         assert_eq!(block_on(h.media.remove(1)), Err(EngineError::Timeout(Duration::from_millis(150))));
-        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        assert!(matches!(block_on(h.media.set_reflector(sock, GuardSettings::default())), Err(EngineError::Timeout(_))));
         assert!(matches!(
             block_on(h.media.watch_shared(9, "127.0.0.1:9".parse().unwrap(), Duration::ZERO)),
             Err(EngineError::Timeout(_))
@@ -1815,9 +1623,8 @@ mod tests {
     #[test]
     fn watched_shared_calls_are_counted_reported_and_unwatched() {
         let h = Harness::new();
-        let echo = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let echo_addr = echo.local_addr().unwrap();
-        block_on(h.media.set_reflector(echo, GuardSettings::default())).unwrap().unwrap();
+        let echo = h.echo();
+        let echo_addr = echo.local_addr();
         let (a, b, c) = (udp(), udp(), udp());
         block_on(h.media.watch_shared(10, a.local_addr().unwrap(), Duration::ZERO)).unwrap();
         block_on(h.media.watch_shared(11, b.local_addr().unwrap(), Duration::ZERO)).unwrap();
@@ -1856,61 +1663,10 @@ mod tests {
     }
 
     #[test]
-    fn the_echo_answers_only_within_its_limits_and_counts_every_drop() {
-        let h = Harness::new();
-        let echo = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let echo_addr = echo.local_addr().unwrap();
-        let settings = GuardSettings { allow: "127.0.0.1/32".parse().unwrap(), rate_pps: 10, burst: 3, max_bytes: 1500 };
-        block_on(h.media.set_reflector(echo, settings)).unwrap().unwrap();
-        let stranger = std::net::UdpSocket::bind("127.0.0.2:0").expect("127.0.0.2 is loopback on Linux");
-        stranger.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
-        let (big, small) = (udp(), udp());
-        let mut buf = [0u8; 4096];
-        stranger.send_to(b"spoofed", echo_addr).unwrap();
-        assert!(stranger.recv_from(&mut buf).is_err(), "outside the allow-list: nothing back");
-        // Too large, and larger than the socket reads (truncated): nothing back, whatever fits.
-        big.send_to(&[7u8; 1501], echo_addr).unwrap();
-        big.send_to(&[7u8; 3000], echo_addr).unwrap();
-        assert!(big.recv_from(&mut buf).is_err(), "too large: nothing back");
-        big.send_to(&[9u8; 1500], echo_addr).unwrap();
-        let (n, _) = big.recv_from(&mut buf).expect("1500 bytes is within the limit");
-        assert_eq!(&buf[..n], &[9u8; 1500][..], "as it came, no byte more");
-        // A burst of 3: three answered at once, the rest of a quick volley dropped.
-        for i in 0..8u8 {
-            small.send_to(&[i; 20], echo_addr).unwrap();
-        }
-        let mut back = Vec::new();
-        while let Ok((n, _)) = small.recv_from(&mut buf) {
-            back.push(buf[..n].to_vec());
-        }
-        assert_eq!(back, vec![vec![0u8; 20], vec![1u8; 20], vec![2u8; 20]]);
-        thread::sleep(Duration::from_millis(350)); // the flush carries the counters
-        let f = h.flushes.try_iter().last().expect("a flush");
-        assert_eq!(f.reflector.packets, 4);
-        assert_eq!(f.reflector.bytes, 1500 + 60);
-        assert_eq!(f.reflector.dropped, EchoDrops { not_allowed: 1, rate_limited: 5, too_large: 2 });
-    }
-
-    #[test]
-    fn settings_that_filter_nothing_skip_the_guard() {
-        let h = Harness::new();
-        let echo = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let echo_addr = echo.local_addr().unwrap();
-        block_on(h.media.set_reflector(echo, GuardSettings::off(sys::MAX_DATAGRAM))).unwrap().unwrap();
-        let c = udp();
-        let mut buf = [0u8; 4096];
-        for _ in 0..500 {
-            c.send_to(&[1u8; 2000], echo_addr).unwrap();
-            c.recv_from(&mut buf).expect("every one answered");
-        }
-    }
-
-    #[test]
     fn a_silent_shared_call_is_reported_idle_once() {
         let h = Harness::new();
-        let echo = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let echo_addr = echo.local_addr().unwrap();
-        block_on(h.media.set_reflector(echo, GuardSettings::default())).unwrap().unwrap();
+        let echo = h.echo();
+        let echo_addr = echo.local_addr();
         let talker = udp();
         let silent = udp();
         block_on(h.media.watch_shared(20, talker.local_addr().unwrap(), Duration::from_millis(300))).unwrap();
@@ -1927,9 +1683,8 @@ mod tests {
     #[test]
     fn link_down_reports_silent_streams_once_and_clearing_rearms() {
         let h = Harness::new();
-        let echo = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let echo_addr = echo.local_addr().unwrap();
-        block_on(h.media.set_reflector(echo, GuardSettings::default())).unwrap().unwrap();
+        let echo = h.echo();
+        let echo_addr = echo.local_addr();
         let talker = udp();
         let talker_call = udp();
         let talker_addr = talker_call.local_addr().unwrap();

@@ -4,8 +4,12 @@
 //!
 //! Everything goes through `nix`'s safe wrappers except sendmmsg: nix's version reads its
 //! own never-written address slots when it reports how many datagrams were sent (an
-//! `assume_init` on uninitialised memory), so [`raw::sendmmsg`] calls libc directly. That is
-//! the crate's only `unsafe`, with its safety argument.
+//! `assume_init` on uninitialised memory), so [`raw::sendmmsg`] calls libc directly; and
+//! setpriority(2), which nix lacks. Those are the crate's only `unsafe`, with their safety
+//! arguments.
+//!
+//! Also a thread's scheduling priority ([`lower_thread_priority`]), for the shared echo's
+//! workers.
 //!
 //! Linux only. Knows nothing of RTP or calls, and allocates nothing per packet or per batch.
 
@@ -95,6 +99,13 @@ impl ClockPair {
         }
         self.instant_of(stamp).unwrap_or(self.instant)
     }
+}
+
+/// Lowers the calling thread's scheduling priority to `nice` (0 to 19): under CPU contention
+/// the kernel then gives other threads at the default priority more of the CPU (at nice 10,
+/// about ten times this thread's share). Raising a priority needs privileges; lowering does not.
+pub fn lower_thread_priority(nice: i32) -> io::Result<()> {
+    raw::lower_thread_priority(nice.clamp(0, 19)).map_err(io::Error::from)
 }
 
 /// Address family of a socket: which preallocated headers its datagrams are read with.
@@ -348,6 +359,19 @@ fn send_each<S: SockaddrLike + Copy, const N: usize>(
 #[allow(unsafe_code)]
 mod raw {
     use super::{Errno, RawFd, SockaddrLike, MAX_DATAGRAM};
+
+    /// setpriority(2) of the calling thread, which nix does not wrap. On Linux a thread has a
+    /// nice value of its own, and `who` 0 with PRIO_PROCESS names the calling thread only
+    /// (setpriority(2), NOTES).
+    pub(super) fn lower_thread_priority(nice: i32) -> Result<(), Errno> {
+        // SAFETY: setpriority takes three integers and touches no memory of ours.
+        let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
+        if r < 0 {
+            Err(Errno::last())
+        } else {
+            Ok(())
+        }
+    }
 
     /// Most datagrams one call sends (the batches are smaller).
     const MAX_BATCH: usize = 64;

@@ -123,6 +123,7 @@ fn run_calls(opts: AsteriskOpts) -> anyhow::Result<AsteriskResult> {
         rtp_ports: PORTS,
         default_mode: CallMode::Probe,
         echo_guard: rtpvisor_actors::echo_guard::GuardSettings::default(),
+        echo_workers: 1,
     })?;
     let connected = crate::fake_ari::wait_for(Duration::from_secs(15), || svc.ready().is_some_and(|r| r.ari.connected));
     if !connected {

@@ -1,10 +1,13 @@
-//! The echo benchmark: the shared echo (the media engine's reflector, started through
+//! The echo benchmark: the shared echo (the EchoActor's workers, started through
 //! `Service::start` with the echo on 127.0.0.1:0) against a minimal blocking
 //! `std::net::UdpSocket` recv/send loop, each at low load and at saturation, one after the
-//! other with the same client. The echo runs twice: with its limits off (every source, no
-//! rate, any size: the engine skips the checks), and on as a deployment has them (an
+//! other with the same client. The echo runs with one worker twice: with its limits off (every
+//! source, no rate, any size: the worker skips the checks), and on as a deployment has them (an
 //! allow-list that holds the client's 127.0.0.1, a size limit of 1500, a per-source rate far
-//! above what one client socket sends, so nothing is dropped and only the checks' cost shows):
+//! above what one client socket sends, so nothing is dropped and only the checks' cost shows);
+//! and with limits off on one worker per core (`rtpvisor-echo-cores`: the client's sockets
+//! spread over the workers' sockets by SO_REUSEPORT), which on a small machine shares the
+//! cores with the client:
 //! - low load: a paced stream (default 1,000 echoes/s from 10 sockets);
 //! - saturation: closed loop, K sockets each keeping W packets in flight (a reflection comes
 //!   back, the next packet goes out), so the echo is never idle.
@@ -87,6 +90,11 @@ fn limits_on() -> GuardSettings {
     }
 }
 
+/// One echo worker per core, as `echo.workers` defaults to.
+pub fn cores() -> u32 {
+    thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(1))
+}
+
 struct ClientResult {
     rtt: Histogram<u64>,
     sent: u64,
@@ -108,7 +116,7 @@ pub fn run_all(opts: EchoOpts) -> anyhow::Result<Vec<EchoResult>> {
         for _ in 0..rounds {
             systems.extend(["rtpvisor-echo", "rtpvisor-echo-limits"]);
         }
-        systems.push("blocking-loop");
+        systems.extend(["rtpvisor-echo-cores", "blocking-loop"]);
         for system in systems {
             eprintln!("== echo: {system}, {load:?}");
             let r = run_one(system, load, opts)?;
@@ -129,8 +137,9 @@ fn run_one(system: &'static str, load: Load, opts: EchoOpts) -> anyhow::Result<E
         Blocking(baselines::EchoBaseline),
     }
     let (sut, target, names): (Sut, SocketAddr, &[&str]) = if system.starts_with("rtpvisor-echo") {
-        let guard = if system == "rtpvisor-echo" { GuardSettings::off(MAX_DATAGRAM) } else { limits_on() };
-        let (svc, ari) = service_run::start_with_fake_ari_and_echo(crate::channels::RTP_PORTS, guard)?;
+        let guard = if system == "rtpvisor-echo-limits" { limits_on() } else { GuardSettings::off(MAX_DATAGRAM) };
+        let workers = if system == "rtpvisor-echo-cores" { cores() } else { 1 };
+        let (svc, ari) = service_run::start_with_fake_ari_and_echo(crate::channels::RTP_PORTS, guard, workers)?;
         let addr = svc.echo_addr;
         (Sut::Service(svc, ari), addr, SERVICE_THREADS)
     } else {

@@ -20,7 +20,7 @@ use rtpvisor_actors::mode::CallMode;
 
 /// Threads whose CPU time is the service's: the actix System (actors, ARI client, metrics)
 /// and the media engine.
-pub const SERVICE_THREADS: &[&str] = &["rtpvisor-svc", "rtpvisor-media"];
+pub const SERVICE_THREADS: &[&str] = &["rtpvisor-svc", "rtpvisor-media", "rtpvisor-echo"];
 
 /// How to start it.
 #[derive(Debug, Clone)]
@@ -34,18 +34,22 @@ pub struct SvcSettings {
     /// The shared echo's limits (`echo.allow`, `echo.rate_pps`, `echo.burst`,
     /// `echo.max_bytes`).
     pub echo_guard: GuardSettings,
+    /// Shared echo worker threads (`echo.workers`).
+    pub echo_workers: u32,
 }
 
 /// The real service in echo mode against a fresh fake ARI (app `rtpvisor`), leasing from
 /// `rtp_ports`: how items 1 and 2 start the system under test.
 pub fn start_with_fake_ari(rtp_ports: (u16, u16)) -> anyhow::Result<(ServiceUnderTest, crate::fake_ari::FakeAri)> {
-    start_with_fake_ari_and_echo(rtp_ports, GuardSettings::default())
+    start_with_fake_ari_and_echo(rtp_ports, GuardSettings::default(), 1)
 }
 
-/// [`start_with_fake_ari`] with the shared echo's limits set to `echo_guard`.
+/// [`start_with_fake_ari`] with the shared echo's limits set to `echo_guard`, on
+/// `echo_workers` workers.
 pub fn start_with_fake_ari_and_echo(
     rtp_ports: (u16, u16),
     echo_guard: GuardSettings,
+    echo_workers: u32,
 ) -> anyhow::Result<(ServiceUnderTest, crate::fake_ari::FakeAri)> {
     let ari = crate::fake_ari::FakeAri::start("rtpvisor")?;
     let svc = ServiceUnderTest::start(&SvcSettings {
@@ -56,6 +60,7 @@ pub fn start_with_fake_ari_and_echo(
         rtp_ports,
         default_mode: CallMode::Echo,
         echo_guard,
+        echo_workers,
     })?;
     Ok((svc, ari))
 }
@@ -71,7 +76,7 @@ enum Cmd {
 pub struct ServiceUnderTest {
     cmd: mpsc::UnboundedSender<Cmd>,
     join: Option<thread::JoinHandle<()>>,
-    /// Where its shared echo (the media engine's reflector) was bound.
+    /// Where its shared echo (the EchoActor's workers) was bound.
     pub echo_addr: SocketAddr,
 }
 
@@ -94,6 +99,7 @@ impl ServiceUnderTest {
         c.echo.rate_pps = s.echo_guard.rate_pps;
         c.echo.burst = s.echo_guard.burst;
         c.echo.max_bytes = s.echo_guard.max_bytes as u32;
+        c.echo.workers = s.echo_workers;
         let cfg = service_config(&c)?;
         let (cmd_tx, mut cmd_rx) = mpsc::unbounded_channel::<Cmd>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<SocketAddr, String>>();

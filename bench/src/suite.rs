@@ -411,6 +411,24 @@ fn echo_targets(e: &[EchoResult]) -> Vec<Target> {
                     quiet.then_some(r >= 0.95),
                 ));
             }
+            if let Some(c) = sat("rtpvisor-echo-cores") {
+                t.push(Target::new(
+                    "echo.workers",
+                    "echo: one worker per core against one worker at saturation (reported; the client shares the cores)",
+                    format!(
+                        "{} workers {:.0} vs 1 worker {:.0} echoes/s = {:.2}x; echo CPU {:.2} vs {:.2} cores, client {:.2} vs {:.2}",
+                        echo::cores(),
+                        c.echoes_per_s,
+                        s.echoes_per_s,
+                        c.echoes_per_s / s.echoes_per_s.max(1.0),
+                        c.echo_cpu_cores,
+                        s.echo_cpu_cores,
+                        c.client_cpu_cores,
+                        s.client_cpu_cores,
+                    ),
+                    None,
+                ));
+            }
             let r = s.echoes_per_s / b.echoes_per_s.max(1.0);
             t.push(Target::new(
                 "echo.vs_blocking",

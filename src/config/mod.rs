@@ -107,6 +107,14 @@ const ECHO_BURST_RANGE: std::ops::RangeInclusive<u64> = 1..=10_000_000;
 /// not be told from a truncated one.
 const ECHO_MAX_BYTES_RANGE: std::ops::RangeInclusive<u64> = 1..=rtpvisor_actors::sys::MAX_DATAGRAM as u64;
 
+/// Shared echo worker threads: at least one; more than 1024 is a typo.
+const ECHO_WORKERS_RANGE: std::ops::RangeInclusive<u64> = 1..=1024;
+
+/// One shared echo worker per core by default.
+fn default_echo_workers() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(1))
+}
+
 /// A secret setting (the ARI password, the API token). The value lives in a
 /// `secrecy::SecretString` (zeroed on drop); `Debug` and serialization show [`REDACTED`].
 /// Equality compares the values, for tests of the configuration.
@@ -414,6 +422,10 @@ settings! {
         /// Largest datagram the echo answers, 1-2048 bytes (an Ethernet MTU by default)
         max_bytes: u32 = 1500,
             env ECHO_MAX_BYTES, value "BYTES", parse |raw| parse_count(raw, ECHO_MAX_BYTES_RANGE, "bytes");
+        /// Shared echo worker threads, each with its own socket on the echo port (SO_REUSEPORT),
+        /// 1-1024; the default is this machine's number of cores
+        workers: u32 = default_echo_workers(),
+            env ECHO_WORKERS, value "N", parse |raw| parse_count(raw, ECHO_WORKERS_RANGE, "workers");
 
     section http: HttpConfig, "The HTTP API listener.";
         /// Listen address of the HTTP API, IP:PORT (port 0: the OS picks one)

@@ -166,6 +166,7 @@ fn samples(key: &str) -> [&'static str; 3] {
         "echo.rate_pps" => ["0", "50", "10000000"],
         "echo.burst" => ["1", "100", "10000000"],
         "echo.max_bytes" => ["1", "172", "2048"],
+        "echo.workers" => ["1", "3", "1024"],
         "http.addr" => ["127.0.0.1:0", "[::]:9091", "0.0.0.0:80"],
         "http.token" => ["file-token-0123456789", "env-token-0123456789", "cli-token-0123456789"],
         "http.token_file" => [
@@ -406,6 +407,7 @@ fn every_setting_keeps_its_documented_names() {
         ("echo.rate_pps", "RTPVISOR_ECHO_RATE_PPS", "--echo-rate-pps"),
         ("echo.burst", "RTPVISOR_ECHO_BURST", "--echo-burst"),
         ("echo.max_bytes", "RTPVISOR_ECHO_MAX_BYTES", "--echo-max-bytes"),
+        ("echo.workers", "RTPVISOR_ECHO_WORKERS", "--echo-workers"),
         ("http.addr", "RTPVISOR_HTTP_ADDR", "--http-addr"),
         ("http.token", "RTPVISOR_HTTP_TOKEN", "--http-token"),
         ("http.token_file", "RTPVISOR_HTTP_TOKEN_FILE", "--http-token-file"),
@@ -539,6 +541,7 @@ const INVALID: &[(&str, &str, &str)] = &[
     ("echo.burst", "0", "0 is outside 1..=10000000"),
     ("echo.max_bytes", "0", "0 is outside 1..=2048"),
     ("echo.max_bytes", "9000", "9000 is outside 1..=2048"),
+    ("echo.workers", "0", "0 is outside 1..=1024"),
     ("http.addr", "abc", "not an IP:port socket address"),
     ("http.token_file", "/nonexistent/api-token", "cannot read it"),
     ("shutdown_timeout_ms", "600001", "outside 0..=600000"),

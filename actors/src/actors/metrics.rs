@@ -11,7 +11,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::ended::{CallSummary, EndedCall, EndedCalls, EndedPage, Outcome};
 use crate::latency::{BucketCounts, LatencyHistogram, LatencySummary, BUCKET_BOUNDS_US};
 use crate::quality;
-use crate::media::{MediaFlush, ModeTotals, ReflectorCounters};
+use crate::media::{MediaFlush, ModeTotals};
+use crate::shared_echo::ReflectorCounters;
 use crate::mode::CallMode;
 use crate::reconcile::ReconcileReport;
 
@@ -295,6 +296,11 @@ pub struct ReconcileMetrics {
 #[rtype(result = "()")]
 pub struct Flush(pub MediaFlush);
 
+/// The shared echo's counters, sent by the EchoActor on its supervision tick.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct EchoCounters(pub ReflectorCounters);
+
 /// Per-mode figures.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct ModeMetrics {
@@ -467,7 +473,13 @@ impl Handler<Flush> for MetricsActor {
         if let Some(r) = &f.ended {
             self.ended[r.mode.index().min(1)].add_report(r);
         }
-        self.reflector = f.reflector;
+    }
+}
+
+impl Handler<EchoCounters> for MetricsActor {
+    type Result = ();
+    fn handle(&mut self, EchoCounters(c): EchoCounters, _: &mut Context<Self>) {
+        self.reflector = c;
     }
 }
 

@@ -4,8 +4,9 @@
 //! ```text
 //! Service
 //! ├── MetricsActor        aggregates call and media figures
-//! ├── media engine thread all RTP sockets, one epoll loop (not an actor: see crate::media)
-//! ├── EchoActor           the shared echo socket's owner (UDP 4000)
+//! ├── media engine thread every call's RTP socket, one epoll loop (not an actor: see crate::media)
+//! ├── EchoActor           the shared echo's owner (UDP 4000): restarts its workers in place
+//! │   └── echo worker*    one thread and SO_REUSEPORT socket each (see crate::shared_echo)
 //! ├── Supervisor          one per service
 //! │   ├── PortManager     the port pool's only owner
 //! │   └── ChannelActor*   one per call

@@ -3,7 +3,7 @@
 //! echo socket, supervisor (with its port manager), and last the ARI connection, so no event
 //! can arrive before there is someone to handle it.
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use super::ari_conn::{AriConnection, AriStatus, GetAriStatus};
 use super::channel::CallSettings;
-use super::echo::{EchoActor, EchoStatus, GetEchoStatus};
+use super::echo::{EchoActor, EchoStatus, GetEchoStatus, InjectEchoFault};
 use super::metrics::{
     CallEvent, Flush, GetEndedCalls, GetEvents, GetLatencyHistogram, GetMetrics, LatencyHistogramView, MetricsActor, MetricsSnapshot,
 };
@@ -28,6 +28,7 @@ use crate::intensity::Intensity;
 use crate::ari::client::{AriClient, AriSettings};
 use crate::ari::liveness::LivenessSettings;
 use crate::media::{EngineOptions, IdleReason, Liveness, MediaHandle, SharedReport, StreamReport};
+use crate::shared_echo::{EchoSettings, EchoWorkers};
 use crate::mode::CallMode;
 use crate::quality::{self, Quality};
 use crate::ports::{PoolSnapshot, PortRange};
@@ -40,6 +41,8 @@ pub struct ServiceConfig {
     pub rtp_ports: PortRange,
     pub quarantine: Duration,
     pub echo_addr: SocketAddr,
+    /// Shared echo worker threads, one SO_REUSEPORT socket each.
+    pub echo_workers: usize,
     /// What the shared echo answers: allow-list, per-source rate, size limit.
     pub echo_guard: GuardSettings,
     pub default_mode: CallMode,
@@ -174,15 +177,6 @@ impl ActorNode {
     }
 }
 
-/// `running`, `stalled for N ms`, `dead: why`.
-fn liveness_text(l: &Liveness) -> String {
-    match l {
-        Liveness::Running => "running".into(),
-        Liveness::Stalled { since } => format!("stalled for {} ms", since.as_millis()),
-        Liveness::Dead { reason } => format!("dead: {reason}"),
-    }
-}
-
 fn is_zero(n: &u64) -> bool {
     *n == 0
 }
@@ -206,15 +200,14 @@ impl Service {
             EngineOptions { request_timeout: cfg.media_stall / 2, stall_bound: cfg.media_stall },
         )
         .map_err(StartError::Media)?;
-        let echo_sock = UdpSocket::bind(cfg.echo_addr)
-            .map_err(|source| StartError::EchoBind { addr: cfg.echo_addr, source })?;
-        let echo_bound = echo_sock.local_addr().map_err(StartError::Media)?;
-        media
-            .set_reflector(echo_sock, cfg.echo_guard.clone())
-            .await
-            .map_err(|e| StartError::Media(std::io::Error::other(e)))?
-            .map_err(StartError::Media)?;
-        let echo = EchoActor::new(echo_bound).start();
+        // Restarted in place like call actors are not: under the same intensity.
+        let echo_workers = EchoWorkers::start(
+            &EchoSettings { addr: cfg.echo_addr, workers: cfg.echo_workers, guard: cfg.echo_guard.clone() },
+            media.shared_watches(),
+            Intensity::new(cfg.max_restarts, cfg.restart_window),
+        )
+        .map_err(|source| StartError::EchoBind { addr: cfg.echo_addr, source })?;
+        let echo = EchoActor::new(echo_workers, metrics.clone()).start();
         let ari = AriClient::new(cfg.ari.clone())?;
         let sup = Supervisor::new(
             ari.clone(),
@@ -303,9 +296,11 @@ impl Service {
         let reason = if supervisor != "running" {
             Some(format!("supervisor {supervisor}"))
         } else if !media_engine {
-            Some(format!("media engine {}", liveness_text(&liveness)))
+            Some(format!("media engine {liveness}"))
         } else if echo.bound.is_none() {
             Some("echo socket not bound".to_string())
+        } else if !echo.answering() {
+            Some("echo: no worker running".to_string())
         } else {
             ari.reason.clone().map(|r| format!("ARI: {r}"))
         };
@@ -356,18 +351,41 @@ impl Service {
         root.children = vec![
             escalate(ActorNode::leaf("metrics", "MetricsActor", running(self.metrics.connected()))),
             {
-                let mut n = ActorNode::leaf("media-engine", "MediaThread", liveness_text(&liveness));
+                let mut n = ActorNode::leaf("media-engine", "MediaThread", liveness.to_string());
                 n.policy = "escalate: a death or a stall (no loop turn for supervision.media_stall_ms) exits the process (70)";
                 if let Liveness::Dead { reason } = &liveness {
                     n.last_failure = Some(FailureRecord::now(reason.clone()));
                 }
                 n
             },
-            escalate(ActorNode::leaf("echo", "EchoActor", running(self.echo.connected()))),
+            self.echo_node().await,
             sup,
             ari_node,
         ];
         Ok(root)
+    }
+
+    /// The EchoActor and its workers; a stopped actor (escalated) has no status to give.
+    async fn echo_node(&self) -> ActorNode {
+        let status = self.echo.send(GetEchoStatus).await.ok();
+        let mut n = ActorNode::leaf("echo", "EchoActor", if status.is_some() { "running" } else { "stopped" });
+        n.policy = "restart in place: a dead or stalled worker gets a new thread and socket within 1 s; \
+                    past the restart intensity, escalate (exit 70)";
+        if let Some(s) = status {
+            n.restarts = s.restarts;
+            n.last_failure = s.last_failure;
+            n.children = s
+                .workers
+                .into_iter()
+                .map(|w| {
+                    let mut c = ActorNode::leaf(format!("echo-worker:{}", w.index), "EchoWorker", w.state);
+                    c.policy = "restarted in place by the EchoActor";
+                    c.restarts = w.restarts;
+                    c
+                })
+                .collect();
+        }
+        n
     }
 
     pub fn faults_enabled(&self) -> bool {
@@ -398,8 +416,18 @@ impl Service {
         }
         match self.media.liveness() {
             Liveness::Running => None,
-            l => Some(format!("media engine {}", liveness_text(&l))),
+            l => Some(format!("media engine {l}")),
         }
+    }
+
+    /// Fault injection: every shared echo worker panics (the EchoActor restarts them).
+    pub fn inject_echo_panic(&self) {
+        self.echo.do_send(InjectEchoFault::Panic);
+    }
+
+    /// Fault injection: every shared echo worker blocks for `d` (the EchoActor replaces them).
+    pub fn inject_echo_stall(&self, d: Duration) {
+        self.echo.do_send(InjectEchoFault::Stall(d));
     }
 
     /// Fault injection: panic in the Supervisor (the process escalates and exits).
