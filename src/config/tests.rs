@@ -97,19 +97,8 @@ fn sample_file(name: &str, text: &str) -> &'static str {
     path
 }
 
-/// A CA certificate in PEM (a self-signed test CA).
-const CA_PEM: &str = "-----BEGIN CERTIFICATE-----
-MIIBizCCATGgAwIBAgIUMuvBIkRvSsDi07Vt+PcJxZ599pswCgYIKoZIzj0EAwIw
-GzEZMBcGA1UEAwwQcnRwdmlzb3IgdGVzdCBDQTAeFw0yNjEyMDIxMzI4NDdaFw0z
-NjExMjkxMzI4NDdaMBsxGTAXBgNVBAMMEHJ0cHZpc29yIHRlc3QgQ0EwWTATBgcq
-hkjOPQIBBggqhkjOPQMBBwNCAAS3mlgfXIqWKGcyLAUEqvSc6r4Mxn7el7oPYiC/
-BDnn90oZevYq2kYDock1gDIwjG6s7C/JfYzKB2ln3p/apjkso1MwUTAdBgNVHQ4E
-FgQUyd82pGwNfgy2L1nsEIDpfSfXob4wHwYDVR0jBBgwFoAUyd82pGwNfgy2L1ns
-EIDpfSfXob4wDwYDVR0TAQH/BAUwAwEB/zAKBggqhkjOPQQDAgNIADBFAiB7rxp1
-cZs2HdjlgtSnr/wyR7yvbuuaQ6bwr+2NHTJyKQIhAPbzHwzpJm2u64EmqyGOAXd/
-0Poq4ECIJJ9Rhp2xyiMY
------END CERTIFICATE-----
-";
+/// A CA certificate in PEM (a self-signed test CA; the TLS tests of the actors crate use it too).
+const CA_PEM: &str = include_str!("../../actors/testdata/test-ca.pem");
 
 /// A valid API token for tests that need one (fault injection).
 const TOKEN: &str = "test-token-0123456789abcdef";

@@ -101,19 +101,9 @@ pub fn client_config_for(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, Tl
 mod tests {
     use super::*;
 
-    /// A self-signed CA certificate (openssl req -x509, EC P-256).
-    const CA: &str = "-----BEGIN CERTIFICATE-----
-MIIBizCCATGgAwIBAgIUMuvBIkRvSsDi07Vt+PcJxZ599pswCgYIKoZIzj0EAwIw
-GzEZMBcGA1UEAwwQcnRwdmlzb3IgdGVzdCBDQTAeFw0yNjEyMDIxMzI4NDdaFw0z
-NjExMjkxMzI4NDdaMBsxGTAXBgNVBAMMEHJ0cHZpc29yIHRlc3QgQ0EwWTATBgcq
-hkjOPQIBBggqhkjOPQMBBwNCAAS3mlgfXIqWKGcyLAUEqvSc6r4Mxn7el7oPYiC/
-BDnn90oZevYq2kYDock1gDIwjG6s7C/JfYzKB2ln3p/apjkso1MwUTAdBgNVHQ4E
-FgQUyd82pGwNfgy2L1nsEIDpfSfXob4wHwYDVR0jBBgwFoAUyd82pGwNfgy2L1ns
-EIDpfSfXob4wDwYDVR0TAQH/BAUwAwEB/zAKBggqhkjOPQQDAgNIADBFAiB7rxp1
-cZs2HdjlgtSnr/wyR7yvbuuaQ6bwr+2NHTJyKQIhAPbzHwzpJm2u64EmqyGOAXd/
-0Poq4ECIJJ9Rhp2xyiMY
------END CERTIFICATE-----
-";
+    /// A self-signed CA certificate (openssl req -x509, EC P-256), shared with the
+    /// configuration tests.
+    const CA: &str = include_str!("../../testdata/test-ca.pem");
 
     #[test]
     fn pem_blocks_are_found_and_other_blocks_skipped() {
