@@ -16,12 +16,15 @@
 #   5. echo     the same into `echo` mode (extension 100, sipp plays its pcap); checks that
 #               rtpvisor reflected it (echo-mode samples, packets out) and that Asterisk sent the
 #               reflected media on to the caller (RTP statistics of the caller's channel)
-#   6. crash    rtpvisor's process killed (SIGKILL) with live calls: the restart policy brings
+#   6. operator `rtpvisor check --call` and `rtpvisor loadgen` run inside the rtpvisor container
+#               with its environment (compose exec): every check ✓, 10 calls served, 0 failed,
+#               nothing left in Asterisk
+#   7. crash    rtpvisor's process killed (SIGKILL) with live calls: the restart policy brings
 #               the container back, it becomes healthy and reconciles Asterisk (the killed
 #               process's externalMedia channels, bridges and callers are gone); a new call works
 #      docker-kill  the same with `docker kill`, which Docker treats as a manual stop (no restart
 #               policy applies): `compose up -d` brings it back, then the same checks
-#   7. down     compose down -v: no container, network or volume of the project is left
+#   8. down     compose down -v: no container, network or volume of the project is left
 #
 # Media path of the host caller: its SIP goes to 127.0.0.1:<published SIP port> (docker-proxy
 # forwards it into the network; Asterisk sees the network's gateway as the source, which the
@@ -273,7 +276,26 @@ log "echo: $samples packets measured, $pin in / $pout reflected, jitter $jitter 
 assert_clean 10 echo
 step_done echo "$t"
 
-# 6. rtpvisor dies with 4 live probe calls (60 s long: they end by the reconciliation, not by
+# 6. the operator commands inside the rtpvisor container, with the service's own environment
+#    (`compose exec rtpvisor rtpvisor check|loadgen`, as the README says): check passes every
+#    line and places one probe call; loadgen places 10 calls through Asterisk, collects all of
+#    them from the service and exits 0 under its SLOs, nothing of them left in Asterisk.
+t="$(now)"
+out="$(compose exec -T rtpvisor rtpvisor check --call Local/echo@rtpvisor-test 2>&1)" ||
+    die "rtpvisor check in the container exited $?: $out"
+! grep -q '✗' <<<"$out" || die "rtpvisor check in the container: $out"
+grep -q '^✓ probe call to Local/echo@rtpvisor-test: setup' <<<"$out" || die "rtpvisor check --call placed no call: $out"
+log "check in the container: $(grep -c '^✓' <<<"$out") lines ✓; $(grep '^✓ probe call' <<<"$out")"
+json="$(compose exec -T rtpvisor rtpvisor loadgen --calls 10 --rate 5 --concurrency 5 --duration 2 \
+    --endpoint Local/echo@rtpvisor-test --mode probe --max-failed 0 --max-loss 0.01 --json 2>/dev/null)" ||
+    die "rtpvisor loadgen in the container exited $?: $json"
+read -r placed served failed left p99 mos <<<"$(jq -r '.summary | "\(.placed) \(.served) \(.failed) \(.left_channels + .left_bridges) \(.latency_ms.p99) \(.mos_mean * 100 | round / 100)"' <<<"$json")"
+log "loadgen in the container: placed $placed, served $served, failed $failed, RTT p99 $p99 ms, MOS $mos, left in Asterisk $left"
+[[ $placed -eq 10 && $served -eq 10 && $failed -eq 0 && $left -eq 0 ]] || die "loadgen in the container: $(jq -c .summary <<<"$json")"
+assert_clean 10 "operator commands"
+step_done operator "$t"
+
+# 7. rtpvisor dies with 4 live probe calls (60 s long: they end by the reconciliation, not by
 #    sipp), twice:
 #    crash        the process is killed (SIGKILL from the host, as the kernel's OOM killer or a
 #                 fatal fault would): the container's restart policy must bring it back.
@@ -327,7 +349,7 @@ kill_and_recover() {
 kill_and_recover crash
 kill_and_recover docker-kill
 
-# 7. down
+# 8. down
 t="$(now)"
 compose down -v --remove-orphans --timeout 20
 left_c="$(docker ps -aq --filter "label=com.docker.compose.project=$PROJECT" | wc -l)"
