@@ -78,10 +78,6 @@ impl EndReason {
             EndReason::ActorFailed => "actor_failed",
         }
     }
-
-    fn index(self) -> usize {
-        self as usize
-    }
 }
 
 #[derive(Message)]
@@ -109,34 +105,23 @@ pub struct EndedCounters {
 }
 
 impl EndedCounters {
-    fn from_counts(c: &[u64; 7]) -> Self {
-        EndedCounters {
-            hangup: c[0],
-            no_media: c[1],
-            silent_while_link_down: c[2],
-            vanished: c[3],
-            shutdown: c[4],
-            setup_failed: c[5],
-            actor_failed: c[6],
+    /// The counter of reason `r` (exhaustive: a new reason needs its field).
+    fn slot(&mut self, r: EndReason) -> &mut u64 {
+        match r {
+            EndReason::Hangup => &mut self.hangup,
+            EndReason::NoMedia => &mut self.no_media,
+            EndReason::SilentWhileLinkDown => &mut self.silent_while_link_down,
+            EndReason::Vanished => &mut self.vanished,
+            EndReason::Shutdown => &mut self.shutdown,
+            EndReason::SetupFailed => &mut self.setup_failed,
+            EndReason::ActorFailed => &mut self.actor_failed,
         }
     }
 
     /// (label, count) pairs in [`EndReason::ALL`] order.
-    pub fn pairs(&self) -> [(&'static str, u64); 7] {
-        let c = [
-            self.hangup,
-            self.no_media,
-            self.silent_while_link_down,
-            self.vanished,
-            self.shutdown,
-            self.setup_failed,
-            self.actor_failed,
-        ];
-        let mut out = [("", 0); 7];
-        for (i, r) in EndReason::ALL.iter().enumerate() {
-            out[i] = (r.as_str(), c[i]);
-        }
-        out
+    pub fn pairs(&self) -> [(&'static str, u64); EndReason::ALL.len()] {
+        let mut c = *self;
+        EndReason::ALL.map(|r| (r.as_str(), *c.slot(r)))
     }
 }
 
@@ -389,7 +374,7 @@ pub struct MetricsActor {
     ari: AriEventCounts,
     reconcile: ReconcileMetrics,
     /// Calls ended, by [`EndReason`] index.
-    ended_by: [u64; 7],
+    ended_by: EndedCounters,
     events: EventRing,
     /// The last calls that ended (or were refused), with their figures.
     ended_calls: EndedCalls,
@@ -420,7 +405,7 @@ impl Handler<CallEnded> for MetricsActor {
         } else {
             CallEventKind::Ended
         };
-        self.ended_by[m.reason.index()] += 1;
+        *self.ended_by.slot(m.reason) += 1;
         let outcome = if kind == CallEventKind::Failed { Outcome::Failed } else { Outcome::Ended };
         self.ended_calls.push(EndedCall {
             seq: 0,
@@ -626,7 +611,7 @@ impl MetricsActor {
             },
             ari: self.ari,
             reconcile: self.reconcile.clone(),
-            ended: EndedCounters::from_counts(&self.ended_by),
+            ended: self.ended_by,
         }
     }
 }
