@@ -66,13 +66,14 @@ cleanup() {
     mountpoint -q "$ROOT" || rm -rf "$RUN"
 }
 
-ip netns list | grep -qw "^$NAME" && { log "a namespace $NAME exists already (another run of that name?)"; exit 1; }
+# Creating the namespace is the claim on NAME: it fails while another run of that name holds
+# it, before this run has anything to clean up (so it cannot clean up the other run's).
+ip netns add "$NAME" 2>/dev/null || { log "cannot create the namespace $NAME (another run of that name?)"; exit 1; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM HUP
 
 mkdir -p "$RUN/upper" "$RUN/work" "$ROOT"
 mount -t overlay overlay -o "lowerdir=$BASE,upperdir=$RUN/upper,workdir=$RUN/work" "$ROOT"
-ip netns add "$NAME"
 ip netns exec "$NAME" ip link set lo up
 log "namespace $NAME, Asterisk root $ROOT (over $BASE), repo $REPO_DIR"
 

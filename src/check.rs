@@ -321,7 +321,11 @@ async fn probe_call(ari: &AriClient, api: &ApiClient, endpoint: &str, mode: &str
         actix_rt::time::sleep(Duration::from_millis(100)).await;
         match reader.read(api).await {
             Ok(records) => record = records.into_iter().find(|r| r["channel"] == channel.as_str()),
-            Err(e) => return Line::fail(format!("{what}: the service's API: {e}"), "set http.token (RTPVISOR_HTTP_TOKEN) to the service's token"),
+            Err(e) => {
+                // The call is up: end it before saying so.
+                let _ = ops::hang_up(ari, &channel).await;
+                return Line::fail(format!("{what}: the service's API: {e} (the call was hung up)"), "see GET /ready of the service and its log");
+            }
         }
     }
     let _ = ops::hang_up(ari, &channel).await;
@@ -343,7 +347,8 @@ pub fn call_line(what: &str, r: &report::CallResult, left: (usize, usize)) -> Li
         Fate::Failed => return Line::fail(format!("{what}: failed: {reason}"), "see the service's log for the failed setup step"),
         Fate::Served => {}
     }
-    if r.samples == 0 {
+    let shared = what.starts_with("shared-echo");
+    if shared && r.packets == 0 || !shared && r.samples == 0 {
         return Line::fail(
             format!("{what}: set up in {:.0} ms but no media measured", r.setup_ms.unwrap_or(0.0)),
             "the far end must send (echo mode) or echo back (probe mode) RTP: e.g. Local/echo@rtpvisor-test runs Echo()",
@@ -354,6 +359,14 @@ pub fn call_line(what: &str, r: &report::CallResult, left: (usize, usize)) -> Li
             format!("{what}: served, but Asterisk still lists {} channels and {} bridges of it", left.0, left.1),
             "see the service's log for the teardown",
         );
+    }
+    if shared {
+        // The shared echo measures nothing per call: it reflects.
+        return Line::pass(format!(
+            "{what}: setup {:.0} ms, {} packets reflected by the shared echo",
+            r.setup_ms.unwrap_or(0.0),
+            r.packets
+        ));
     }
     let kind = if what.starts_with("probe") { "RTT" } else { "delay" };
     Line::pass(format!(
@@ -427,5 +440,19 @@ mod tests {
         assert_eq!(call_line("x", &report::call_result("c", 0, None, None), (0, 0)).status, Status::Fail);
         let refused = report::call_result("c", 0, None, Some(&serde_json::json!({"outcome": "refused", "reason": "no free RTP port"})));
         assert!(call_line("x", &refused, (0, 0)).text.contains("no free RTP port"));
+    }
+
+    #[test]
+    fn a_shared_echo_call_line_is_judged_by_what_the_echo_reflected() {
+        // The shared echo measures no latency per call: its record has packets and no latency.
+        let rec = serde_json::json!({"outcome": "ended", "reason": "hangup", "active_at_ms": 1_020, "latency": null,
+            "packets_in": 101, "packets_out": 101, "expected": 0, "lost": 0, "mos": null});
+        let r = report::call_result("c", 1_000, None, Some(&rec));
+        let l = call_line("shared-echo call to Local/echo@t", &r, (0, 0));
+        assert_eq!(l.status, Status::Pass, "{l:?}");
+        assert_eq!(l.text, "shared-echo call to Local/echo@t: setup 20 ms, 101 packets reflected by the shared echo");
+        let silent = serde_json::json!({"outcome": "ended", "active_at_ms": 1_020, "packets_in": 0});
+        let l = call_line("shared-echo call", &report::call_result("c", 1_000, None, Some(&silent)), (0, 0));
+        assert!(l.text.contains("no media"), "{l:?}");
     }
 }

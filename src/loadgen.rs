@@ -84,8 +84,8 @@ impl LoadgenArgs {
 
     fn check(&self) -> Result<(), String> {
         self.mode.parse::<CallMode>().map_err(|e| format!("--mode: {e}"))?;
-        if !(self.rate > 0.0 && self.rate.is_finite()) {
-            return Err("--rate must be above 0".into());
+        if !(0.001..=100_000.0).contains(&self.rate) {
+            return Err("--rate must be 0.001-100000 calls per second".into());
         }
         if self.concurrency == 0 {
             return Err("--concurrency must be at least 1".into());
@@ -172,14 +172,18 @@ async fn run(args: &LoadgenArgs, cfg: &crate::config::Config) -> Result<i32, Str
     // limit moves the schedule on: starts never come faster than the rate (no catch-up burst).
     let interval = Duration::from_secs_f64(1.0 / args.rate);
     let mut due = start;
-    for i in 0..args.calls {
+    // The first error of the service's API: no more calls are placed, those placed are still
+    // held and hung up, then the run ends without a verdict.
+    let mut api_error: Option<String> = None;
+    'placing: for i in 0..args.calls {
         loop {
             let wait = due.saturating_duration_since(Instant::now());
             if wait.is_zero() && shared.borrow().live < args.concurrency {
                 break;
             }
-            if collector.tick(&shared, false).await? {
-                out.show(&progress(&shared.borrow(), args.calls, start));
+            collector.tick_shown(&shared, false, &out, args.calls, start, &mut api_error).await;
+            if api_error.is_some() {
+                break 'placing;
             }
             actix_rt::time::sleep(wait.clamp(Duration::from_millis(1), Duration::from_millis(20))).await;
         }
@@ -192,16 +196,13 @@ async fn run(args: &LoadgenArgs, cfg: &crate::config::Config) -> Result<i32, Str
     // Wait for every call to be hung up (bounded: the hold time plus ARI's answers).
     let placed_all = Instant::now();
     while shared.borrow().live > 0 && placed_all.elapsed() < hold + Duration::from_secs(60) {
-        if collector.tick(&shared, false).await? {
-            out.show(&progress(&shared.borrow(), args.calls, start));
-        }
+        collector.tick_shown(&shared, false, &out, args.calls, start, &mut api_error).await;
         actix_rt::time::sleep(Duration::from_millis(20)).await;
     }
     // Collect the records of every call Asterisk took.
     let deadline = Instant::now() + Duration::from_secs_f64(args.collect_timeout);
-    loop {
-        collector.tick(&shared, true).await?;
-        out.show(&progress(&shared.borrow(), args.calls, start));
+    while api_error.is_none() {
+        collector.tick_shown(&shared, true, &out, args.calls, start, &mut api_error).await;
         let done = {
             let s = shared.borrow();
             s.placed.len() == args.calls && s.placed.iter().all(|p| p.error.is_some() || s.records.contains_key(&p.channel))
@@ -213,6 +214,13 @@ async fn run(args: &LoadgenArgs, cfg: &crate::config::Config) -> Result<i32, Str
     }
     out.finish(&progress(&shared.borrow(), args.calls, start));
     let left = ops::wait_asterisk_clean(&ari, &marker, Duration::from_secs(5)).await.map_err(|e| e.to_string())?;
+    if let Some(e) = api_error {
+        let placed = shared.borrow().placed.len();
+        return Err(format!(
+            "the service's API failed ({e}): {placed} of {} calls placed and hung up, {} channels and {} bridges of the run left in Asterisk; no verdict",
+            args.calls, left.0, left.1
+        ));
+    }
 
     let s = shared.borrow();
     let placed: HashMap<&str, &Placed> = s.placed.iter().map(|p| (p.channel.as_str(), p)).collect();
@@ -282,6 +290,29 @@ struct Collector {
 }
 
 impl Collector {
+    /// [`Collector::tick`], then the progress shown when it read; an error is kept in `error`
+    /// (the first one) instead of ending the run, so that the calls placed are still hung up.
+    async fn tick_shown(
+        &mut self,
+        shared: &Rc<RefCell<Shared>>,
+        force: bool,
+        out: &ProgressOut,
+        total: usize,
+        start: Instant,
+        error: &mut Option<String>,
+    ) {
+        match self.tick(shared, force).await {
+            Ok(true) => out.show(&progress(&shared.borrow(), total, start)),
+            Ok(false) => {}
+            Err(e) => {
+                if error.is_none() {
+                    eprintln!("rtpvisor loadgen: reading the service's ended calls: {e}; placing no more calls");
+                }
+                error.get_or_insert(e);
+            }
+        }
+    }
+
     /// Whether it read (and the progress is worth showing again).
     async fn tick(&mut self, shared: &Rc<RefCell<Shared>>, force: bool) -> Result<bool, String> {
         if !force && self.last.is_some_and(|t| t.elapsed() < Duration::from_millis(250)) {
@@ -307,7 +338,7 @@ async fn one_call(ari: &AriClient, shared: &Rc<RefCell<Shared>>, endpoint: &str,
     if ok {
         let start = Instant::now();
         while start.elapsed() < hold && !shared.borrow().records.contains_key(channel) {
-            actix_rt::time::sleep((hold - start.elapsed()).min(Duration::from_millis(100))).await;
+            actix_rt::time::sleep(hold.saturating_sub(start.elapsed()).min(Duration::from_millis(100))).await;
         }
         if let Err(e) = ops::hang_up(ari, channel).await {
             eprintln!("rtpvisor loadgen: hanging up {channel}: {e}");

@@ -33,6 +33,8 @@ pub struct CallResult {
     pub p99_ms: Option<f64>,
     pub p999_ms: Option<f64>,
     pub samples: u64,
+    /// Packets the service took in for the call (for shared-echo: what the echo reflected).
+    pub packets: u64,
     pub expected: u64,
     pub lost: u64,
     pub late: u64,
@@ -51,6 +53,7 @@ pub fn call_result(channel: &str, sent_at_ms: u64, originate_error: Option<&str>
         p99_ms: None,
         p999_ms: None,
         samples: 0,
+        packets: 0,
         expected: 0,
         lost: 0,
         late: 0,
@@ -76,6 +79,7 @@ pub fn call_result(channel: &str, sent_at_ms: u64, originate_error: Option<&str>
         r.p99_ms = lat["p99_ms"].as_f64();
         r.p999_ms = lat["p999_ms"].as_f64();
     }
+    r.packets = rec["packets_in"].as_u64().unwrap_or(0);
     r.expected = rec["expected"].as_u64().unwrap_or(0);
     r.lost = rec["lost"].as_u64().unwrap_or(0);
     r.late = rec["late"].as_u64().unwrap_or(0);
@@ -328,6 +332,7 @@ mod tests {
             p99_ms: Some(p99),
             p999_ms: Some(p99 * 1.5),
             samples: 100,
+            packets: 100,
             expected: 100,
             lost,
             late: 1,

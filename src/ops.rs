@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rtpvisor_actors::ari::client::{AriClient, AriError};
 use rtpvisor_actors::ari::model::HangupReason;
+use rtpvisor_actors::sys::unix_ms;
 use serde_json::Value;
 
 use crate::config::{Cli, Config};
@@ -40,11 +41,6 @@ pub fn api_url(addr: SocketAddr) -> String {
         ip => ip,
     };
     format!("http://{}", SocketAddr::new(ip, addr.port()))
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Eight hex digits from the std hasher's per-process random keys: names one run's calls.

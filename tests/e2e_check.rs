@@ -2,7 +2,8 @@
 //! `rtpvisor check` against the real Asterisk: a healthy setup passes, and each failure it
 //! claims to detect is detected (exit 1, that line and no other one ✗): the app held by another
 //! client, wrong ARI credentials, ARI unreachable, a port of the range busy, the echo address
-//! busy, an invalid configuration; and `--call` places a probe call through a running rtpvisor.
+//! busy, an invalid configuration; and `--call` places a probe call (and a shared-echo call)
+//! through a running rtpvisor.
 
 mod common;
 
@@ -164,6 +165,18 @@ fn a_probe_call_through_the_running_service() {
     assert!(out.contains("is held by the running rtpvisor\n"), "{out}");
     let call = out.lines().find(|l| l.contains("probe call to Local/echo@rtpvisor-test")).unwrap_or_else(|| panic!("{out}"));
     assert!(call.starts_with("✓") && call.contains("setup ") && call.contains("RTT p50 "), "{call}");
+    // A shared-echo call (a tone, reflected by the shared echo): judged by what the echo
+    // reflected for it, the only figure the service keeps for such a call.
+    let (code, out) =
+        check(&env, &["--call", "Local/milliwatt@rtpvisor-test", "--call-mode", "shared-echo", "--call-secs", "2"]);
+    assert_eq!(code, 0, "{out}");
+    let call = out.lines().find(|l| l.contains("shared-echo call to Local/milliwatt")).unwrap_or_else(|| panic!("{out}"));
+    let reflected: u64 = call
+        .split(", ")
+        .find_map(|part| part.strip_suffix(" packets reflected by the shared echo"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{call}"));
+    assert!(call.starts_with("✓") && reflected >= 25, "2 s of 20 ms packets, less the setup: {call}");
     // Without a running service, --call fails and says so.
     drop(svc);
     wait_until("the stopped service's app is free", std::time::Duration::from_secs(5), || ari_get("/applications/rtpvisor").is_err());

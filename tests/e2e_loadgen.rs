@@ -1,7 +1,8 @@
 #![cfg(feature = "e2e")]
 //! `rtpvisor loadgen` against the real service and the real Asterisk: calls placed through ARI
 //! into the service, every call's figures collected from `GET /calls/ended`, nothing left in
-//! Asterisk, and the exit code set by the SLO flags (0 when they hold, 1 naming the broken one).
+//! Asterisk, and the exit code set by the SLO flags (0 when they hold, 1 naming the broken one);
+//! the service killed mid-run: exit 2, no more calls placed, every call placed hung up.
 
 mod common;
 
@@ -166,4 +167,47 @@ fn calls_to_a_pjsip_endpoint_reach_a_sip_phone() {
     assert!(out.contains("left in Asterisk   0 channels, 0 bridges"), "{out}");
     assert!(status.is_some_and(|s| s.success()), "sipp took 3 calls and ended: {status:?}");
     assert_all_released(&svc, "after loadgen over SIP");
+}
+
+#[test]
+fn the_service_dying_mid_run_stops_the_run_and_every_placed_call_is_hung_up() {
+    ensure_asterisk();
+    clean_asterisk();
+    let mut svc = Rtpvisor::start("e2e_loadgen_service_dies", Options::default());
+    // 20 calls at 4/s, 5 s each: the service is killed (SIGKILL) 2 s in, with calls up.
+    let child = Command::new(env!("CARGO_BIN_EXE_rtpvisor"))
+        .args(["loadgen", "--calls", "20", "--rate", "4", "--concurrency", "20", "--duration", "5"])
+        .args(["--mode", "probe", "--endpoint", "Local/echo@rtpvisor-test", "--collect-timeout", "3"])
+        .env_clear()
+        .env("RTPVISOR_ARI_URL", ARI)
+        .env("RTPVISOR_HTTP_ADDR", svc.http.trim_start_matches("http://"))
+        .env("RTPVISOR_HTTP_TOKEN", &svc.token)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running rtpvisor loadgen");
+    wait_until("loadgen's calls are up", std::time::Duration::from_secs(10), || {
+        asterisk_channels().iter().filter(|c| c.starts_with("lg") && c.contains("-c")).count() >= 4
+    });
+    let up = asterisk_channels().iter().filter(|c| c.starts_with("lg") && c.contains("-c")).count();
+    svc.signal("KILL");
+    let start = Instant::now();
+    let Output { status, stdout, stderr } = child.wait_with_output().unwrap();
+    let (out, err) = (String::from_utf8_lossy(&stdout), String::from_utf8_lossy(&stderr));
+    eprintln!("loadgen: exit {:?} {:.1} s after the kill, {up} calls up at the kill\n{out}{err}", status.code(), start.elapsed().as_secs_f64());
+    // The fault was seen: no verdict, exit 2, the API's failure named, no more calls placed.
+    assert_eq!(status.code(), Some(2), "{out}{err}");
+    assert!(err.contains("the service's API failed"), "{err}");
+    // "... N of 20 calls placed and hung up, ..."
+    let placed: usize = err
+        .find(" of 20 calls placed and hung up")
+        .and_then(|at| err[..at].split_whitespace().last())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(placed >= up && placed < 20, "placing stopped at the failure: {placed} placed, {up} were up at the kill");
+    // Nothing lost: every caller it placed (and its Local far half) is gone from Asterisk. The
+    // killed service's own externalMedia channels and bridges are its reconciliation's to end.
+    let ours: Vec<String> = asterisk_channels().into_iter().filter(|c| c.starts_with("lg")).collect();
+    assert!(ours.is_empty(), "loadgen's calls left in Asterisk: {ours:?}");
+    clean_asterisk();
 }

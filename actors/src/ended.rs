@@ -42,6 +42,8 @@ pub struct CallSummary {
     /// Echo: delay against the schedule; probe: round-trip time. Null without a stream of its
     /// own (shared-echo, or a call that ended before its media started).
     pub latency: Option<LatencySummary>,
+    /// Packets from Asterisk, and sent to it; for shared-echo, both are the datagrams the
+    /// shared echo reflected for the call.
     pub packets_in: u64,
     pub packets_out: u64,
     /// Echo: packets expected from sequence numbers; probe: probes back or lost.

@@ -203,6 +203,12 @@ impl EchoWorkers {
             watches.set_allow(settings.guard.allow.clone());
             Some(settings.guard.clone())
         };
+        // SO_REUSEPORT would let another process of this user (a second instance with the same
+        // echo address) join the port's group and take part of its senders, unnoticed: a plain
+        // bind first fails while anyone holds the port.
+        if settings.addr.port() != 0 {
+            drop(std::net::UdpSocket::bind(settings.addr)?);
+        }
         let first = bind_shared(settings.addr)?;
         let addr = first.local_addr()?;
         let common = Arc::new(Common { totals: Totals::default(), watches, guard, stop: AtomicBool::new(false) });
@@ -268,19 +274,21 @@ impl EchoWorkers {
 
     /// Judges every worker at `now` and restarts the dead and stalled ones in place (a new
     /// thread on a new socket on the same port; a stalled one's socket is taken out of the
-    /// group and its thread told to end when it wakes). Past the restart intensity, or when a
-    /// new socket cannot be bound, it says [`Supervised::Escalate`] and restarts nothing more.
+    /// group and its thread told to end when it wakes). The workers that fail in one judgement
+    /// count as one failure toward the restart intensity ([`thread_health::decide_group`]).
+    /// Past the intensity, or when a new socket cannot be bound, it says
+    /// [`Supervised::Escalate`] and restarts nothing more.
     pub fn supervise(&mut self, now: Instant) -> Vec<Supervised> {
+        let liveness: Vec<Liveness> = self.slots.iter().map(|s| s.health.liveness(now)).collect();
         let mut done = Vec::new();
-        for index in 0..self.slots.len() {
-            let liveness = self.slots[index].health.liveness(now);
-            match thread_health::decide(&liveness, &mut self.intensity, now) {
+        for (index, decision) in thread_health::decide_group(&liveness, &mut self.intensity, now) {
+            match decision {
                 Decision::Keep => {}
                 Decision::Escalate { reason } => {
                     done.push(Supervised::Escalate { reason: format!("echo worker {index}: {reason}") });
                     return done;
                 }
-                Decision::Restart { reason } => match self.restart(index, &liveness) {
+                Decision::Restart { reason } => match self.restart(index, &liveness[index]) {
                     Ok(()) => {
                         log::warn!("[Echo] worker {index} restarted: {reason}");
                         done.push(Supervised::Restarted { index, reason });
@@ -611,6 +619,21 @@ mod tests {
             assert!(answers(&client(), addr));
         }
         w.shutdown(Duration::from_millis(100));
+    }
+
+    #[test]
+    fn a_second_echo_on_a_port_in_use_does_not_start() {
+        let mut w = start(2, GuardSettings::default());
+        let taken = EchoSettings { addr: w.local_addr(), workers: 2, guard: GuardSettings::default() };
+        let second = EchoWorkers::start(&taken, Arc::new(SharedWatches::default()), Intensity::new(5, Duration::from_secs(10)));
+        assert_eq!(second.err().map(|e| e.kind()), Some(io::ErrorKind::AddrInUse));
+        w.shutdown(Duration::from_secs(1));
+        drop(w);
+        // Once the port is free again, an echo starts on it.
+        let mut again = EchoWorkers::start(&taken, Arc::new(SharedWatches::default()), Intensity::new(5, Duration::from_secs(10)))
+            .expect("the freed port");
+        assert!(answers(&client(), again.local_addr()));
+        again.shutdown(Duration::from_secs(1));
     }
 
     #[test]

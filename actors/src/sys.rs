@@ -101,6 +101,12 @@ impl ClockPair {
     }
 }
 
+/// Milliseconds since the Unix epoch (0 before it): the wall-clock times of the API
+/// (`GET /events`, `GET /calls/ended`).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
 /// Lowers the calling thread's scheduling priority to `nice` (0 to 19): under CPU contention
 /// the kernel then gives other threads at the default priority more of the CPU (at nice 10,
 /// about ten times this thread's share). Raising a priority needs privileges; lowering does not.

@@ -130,13 +130,18 @@ pub enum Decision {
     Escalate { reason: String },
 }
 
+/// Why a thread judged `liveness` failed; None while it runs.
+fn failure(liveness: &Liveness) -> Option<String> {
+    match liveness {
+        Liveness::Running => None,
+        Liveness::Stalled { since } => Some(format!("stalled: no loop turn for {} ms", since.as_millis())),
+        Liveness::Dead { reason } => Some(reason.clone()),
+    }
+}
+
 /// The decision for a thread judged `liveness` at `now`; a failure is counted in `intensity`.
 pub fn decide(liveness: &Liveness, intensity: &mut Intensity, now: Instant) -> Decision {
-    let reason = match liveness {
-        Liveness::Running => return Decision::Keep,
-        Liveness::Stalled { since } => format!("stalled: no loop turn for {} ms", since.as_millis()),
-        Liveness::Dead { reason } => reason.clone(),
-    };
+    let Some(reason) = failure(liveness) else { return Decision::Keep };
     if intensity.record(now) {
         let why = format!(
             "{reason} (more than {} failures within {} ms)",
@@ -147,6 +152,24 @@ pub fn decide(liveness: &Liveness, intensity: &mut Intensity, now: Instant) -> D
     } else {
         Decision::Restart { reason }
     }
+}
+
+/// The decisions for a group of like threads judged together at `now` (`liveness[i]` of
+/// thread `i`): every failed one is restarted, and the failures of one judgement count as one
+/// in `intensity`. They most likely share a cause (a fault that hits every worker, a host that
+/// paused them all past the stall bound), and a machine with more workers than the intensity
+/// allows must not end the process over one such event. Past the intensity the group gets one
+/// [`Decision::Escalate`] (for the first failed thread) and nothing is restarted. Returns only
+/// the threads that failed, in index order.
+pub fn decide_group(liveness: &[Liveness], intensity: &mut Intensity, now: Instant) -> Vec<(usize, Decision)> {
+    let mut failed = liveness.iter().enumerate().filter_map(|(i, l)| failure(l).map(|reason| (i, l, reason)));
+    let Some((first, l, _)) = failed.next() else { return Vec::new() };
+    let decision = decide(l, intensity, now);
+    if let Decision::Escalate { .. } = decision {
+        return vec![(first, decision)];
+    }
+    // The others of this judgement are restarted without counting again.
+    std::iter::once((first, decision)).chain(failed.map(|(i, _, reason)| (i, Decision::Restart { reason }))).collect()
 }
 
 #[cfg(test)]
@@ -222,6 +245,41 @@ mod tests {
         for k in 0..5u64 {
             let at = t0 + Duration::from_secs(11 * k);
             assert!(matches!(decide(&dead, &mut j, at), Decision::Restart { .. }), "failure {k}");
+        }
+    }
+
+    #[test]
+    fn a_group_failing_together_counts_once() {
+        let t0 = Instant::now();
+        let dead = Liveness::Dead { reason: "panicked: x".into() };
+        let stalled = Liveness::Stalled { since: Duration::from_millis(600) };
+        let mut i = Intensity::new(5, Duration::from_secs(10));
+        assert!(decide_group(&[Liveness::Running, Liveness::Running], &mut i, t0).is_empty());
+        // Eight workers fail at once (more than the intensity's 5): all restarted, one failure.
+        let eight = vec![dead.clone(); 8];
+        let d = decide_group(&eight, &mut i, t0);
+        assert_eq!(d.len(), 8);
+        assert!(d.iter().enumerate().all(|(k, (i, d))| *i == k && matches!(d, Decision::Restart { .. })), "{d:?}");
+        assert_eq!(i.total(), 1, "one event");
+        // Only the failed ones, each with its own reason.
+        let mixed = [Liveness::Running, stalled.clone(), Liveness::Running, dead.clone()];
+        assert_eq!(
+            decide_group(&mixed, &mut i, t0 + Duration::from_secs(1)),
+            vec![
+                (1, Decision::Restart { reason: "stalled: no loop turn for 600 ms".into() }),
+                (3, Decision::Restart { reason: "panicked: x".into() }),
+            ]
+        );
+        assert_eq!(i.total(), 2);
+        // Failing judgements past the intensity (6 within 10 s, max 5): one escalation.
+        for k in 2..5 {
+            assert!(decide_group(&eight, &mut i, t0 + Duration::from_secs(k)).len() == 8);
+        }
+        match decide_group(&eight, &mut i, t0 + Duration::from_secs(5)).as_slice() {
+            [(0, Decision::Escalate { reason })] => {
+                assert_eq!(reason, "panicked: x (more than 5 failures within 10000 ms)")
+            }
+            d => panic!("the sixth failing judgement within 10 s escalates once: {d:?}"),
         }
     }
 }

@@ -19,10 +19,11 @@ use crate::ari::client::AriClient;
 use crate::ari::model::{ExternalMediaParams, HangupReason};
 use crate::call::{Action, CallProcedure, End, Input, Report, Step, Teardown, Why};
 use crate::ended::CallSummary;
-use crate::media::{MediaHandle, ModeTotals, StreamReport, StreamSpec};
+use crate::media::{MediaHandle, ModeTotals, SharedReport, StreamReport, StreamSpec};
 use crate::mode::CallMode;
 use crate::naming::{bridge_id, external_media_id, host_port};
 use crate::ports::PoolError;
+use crate::sys::unix_ms;
 
 /// Settings every call shares.
 #[derive(Debug, Clone)]
@@ -179,8 +180,10 @@ pub struct ChannelActor {
     started_at: Instant,
     /// When the call became live: the instant, and Unix ms (`GET /calls/ended`).
     active_at: Option<(Instant, u64)>,
-    /// The stream's final figures, from the media engine at teardown.
-    final_media: Option<StreamReport>,
+    /// When its teardown began: the end of its live time.
+    ending_at: Option<Instant>,
+    /// The call's final media figures, from the media engine at teardown.
+    final_media: FinalMedia,
     guard: ExitGuard,
     /// What the owner's registry was last told.
     reported: Option<(CallState, Option<u16>, Option<SocketAddr>)>,
@@ -208,7 +211,8 @@ impl ChannelActor {
             socket: None,
             started_at: Instant::now(),
             active_at: None,
-            final_media: None,
+            ending_at: None,
+            final_media: FinalMedia::default(),
             guard,
             reported: None,
         }
@@ -373,9 +377,10 @@ impl ChannelActor {
             }
             Action::Teardown(plan) => {
                 let lease = self.lease.take();
+                self.ending_at.get_or_insert_with(Instant::now);
                 ctx.spawn(teardown(ari, media, call_no, caller, plan, lease).into_actor(self).map(
                     |report, act, ctx| {
-                        if let Some(r) = &report {
+                        if let Some(r) = &report.stream {
                             log::info!(
                                 "Call {} media: {} in, {} out, latency p50 {:.3} ms p99 {:.3} ms ({} samples)",
                                 act.caller_id, r.packets_in, r.packets_out, r.latency.p50_ms, r.latency.p99_ms, r.latency.count
@@ -437,10 +442,17 @@ impl ChannelActor {
         let mut s = CallSummary {
             active_at_ms: self.active_at.map(|(_, ms)| ms),
             service_setup_ms: self.active_at.map(|(at, _)| at.duration_since(self.started_at).as_secs_f64() * 1000.0),
-            live_ms: self.active_at.map(|(at, _)| at.elapsed().as_secs_f64() * 1000.0),
+            live_ms: self.active_at.map(|(at, _)| {
+                self.ending_at.unwrap_or_else(Instant::now).saturating_duration_since(at).as_secs_f64() * 1000.0
+            }),
             ..CallSummary::default()
         };
-        if let Some(r) = &self.final_media {
+        if let Some(r) = &self.final_media.shared {
+            // What the shared echo reflected for the call: every datagram it took was sent back.
+            s.packets_in = r.packets;
+            s.packets_out = r.packets;
+        }
+        if let Some(r) = &self.final_media.stream {
             let totals = {
                 let mut t = ModeTotals::default();
                 t.add_report(r);
@@ -540,6 +552,14 @@ async fn lease_and_bind(ports: Addr<PortManager>, bind_ip: IpAddr) -> Result<(Le
     Err(format!("no bindable RTP port after {BIND_ATTEMPTS} attempts"))
 }
 
+/// A call's final media figures: its own stream's (echo, probe) or what the shared echo
+/// reflected for it (shared-echo).
+#[derive(Debug, Default)]
+struct FinalMedia {
+    stream: Option<StreamReport>,
+    shared: Option<SharedReport>,
+}
+
 /// Carries out a [`Teardown`] in its order: stop our media, hang up our externalMedia channel,
 /// destroy our bridge, hang up the caller. Every step runs even when an earlier one failed; the
 /// lease drops last.
@@ -550,12 +570,11 @@ async fn teardown(
     caller_id: String,
     plan: Teardown,
     lease: Option<Lease>,
-) -> Option<StreamReport> {
-    let report = if plan.remove_stream { media.remove(call_no).await.ok().flatten() } else { None };
-    if plan.unwatch_shared {
-        if let Ok(Some(r)) = media.unwatch_shared(call_no).await {
-            log::info!("Call {caller_id} on the shared echo: {} packets from Asterisk", r.packets);
-        }
+) -> FinalMedia {
+    let stream = if plan.remove_stream { media.remove(call_no).await.ok().flatten() } else { None };
+    let shared = if plan.unwatch_shared { media.unwatch_shared(call_no).await.ok().flatten() } else { None };
+    if let Some(r) = &shared {
+        log::info!("Call {caller_id} on the shared echo: {} packets from Asterisk", r.packets);
     }
     if plan.hangup_media {
         if let Err(e) = ari.hangup(&external_media_id(ari.app(), &caller_id), HangupReason::Normal).await {
@@ -573,10 +592,5 @@ async fn teardown(
         }
     }
     drop(lease);
-    report
-}
-
-/// Milliseconds since the Unix epoch.
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    FinalMedia { stream, shared }
 }

@@ -6,7 +6,6 @@ use actix::prelude::*;
 use serde::Serialize;
 
 use std::collections::VecDeque;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::ended::{CallSummary, EndedCall, EndedCalls, EndedPage, Outcome};
 use crate::latency::{BucketCounts, LatencyHistogram, LatencySummary, BUCKET_BOUNDS_US};
@@ -15,6 +14,7 @@ use crate::media::{MediaFlush, ModeTotals};
 use crate::shared_echo::ReflectorCounters;
 use crate::mode::CallMode;
 use crate::reconcile::ReconcileReport;
+use crate::sys::unix_ms;
 
 /// A call was accepted and is being set up.
 #[derive(Message)]
@@ -255,10 +255,6 @@ pub fn bucket_counts(cumulative: &BucketCounts, total: u64) -> Vec<u64> {
     out
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
 /// A reconciliation with Asterisk finished.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -413,7 +409,7 @@ impl Handler<CallEnded> for MetricsActor {
             mode: m.mode,
             outcome,
             reason: m.reason.as_str().to_string(),
-            ended_at_ms: now_ms(),
+            ended_at_ms: unix_ms(),
             summary: m.summary,
         });
         self.event(kind, m.mode, m.channel, Some(m.reason.as_str().to_string()));
@@ -430,7 +426,7 @@ impl Handler<CallRejected> for MetricsActor {
             mode: m.mode,
             outcome: Outcome::Refused,
             reason: m.why.clone(),
-            ended_at_ms: now_ms(),
+            ended_at_ms: unix_ms(),
             summary: CallSummary::default(),
         });
         self.event(CallEventKind::Refused, m.mode, m.channel, Some(m.why));
@@ -534,7 +530,7 @@ fn ratio(num: u64, den: u64) -> f64 {
 
 impl MetricsActor {
     fn event(&mut self, kind: CallEventKind, mode: CallMode, channel: String, reason: Option<String>) {
-        self.events.push(CallEvent { at_ms: now_ms(), kind, mode, channel, reason });
+        self.events.push(CallEvent { at_ms: unix_ms(), kind, mode, channel, reason });
     }
 
     fn mode_metrics(&self, mode: CallMode) -> ModeMetrics {
