@@ -1,8 +1,9 @@
 //! What the operator commands (`rtpvisor loadgen`, `rtpvisor check`) share: the service's
 //! settings read exactly as the service reads them, a client of the service's HTTP API with
-//! its token, and placing one call into the service through Asterisk (originate, hold, hang
-//! up, collect what the service recorded for it). IO only; the figures are computed in
-//! [`crate::loadgen_report`].
+//! its token, and the steps of a call placed into the service through Asterisk: originate,
+//! hang up, read what the service recorded for it ([`EndedReader`]), see what is left in
+//! Asterisk. Each command holds its calls its own way (loadgen many at a rate, check one).
+//! IO only; the figures are computed in [`crate::loadgen_report`].
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
