@@ -49,45 +49,15 @@ FILE=docker-compose.cluster.yml
 SIP_PORT=5080
 PROM="http://127.0.0.1:9099"
 
-T0="$(date +%s.%N)"
-TIMINGS=()
+STACK_TEST=cluster-test
+source scripts/lib/stack-test.sh
 FIGURES=()
-log() { printf 'cluster-test: %s\n' "$*" >&2; }
-die() { log "FAIL: $*"; exit 1; }
-now() { date +%s.%N; }
-secs() { awk -v a="$1" -v b="${2:-$(now)}" 'BEGIN { printf "%.2f", b - a }'; }
-step_done() { # name start
-    local s
-    s="$(secs "$2")"
-    TIMINGS+=("$(printf '%-10s %7s s' "$1" "$s")")
-    log "$1: done in $s s"
-}
 figure() { FIGURES+=("$*"); log "$*"; }
-
-[[ $(id -u) -eq 0 ]] || die "must run as root (debootstrap, apt-get)"
-command -v docker >/dev/null || die "docker not found: this test needs a Docker engine"
-docker info >/dev/null 2>&1 || die "cannot talk to the Docker daemon (docker info failed)"
-need_pkg() { # command package
-    command -v "$1" >/dev/null && return 0
-    log "installing $2 (apt-get)"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$2" >/dev/null || die "could not install $2"
-}
 need_pkg curl curl
 need_pkg jq jq
 need_pkg sipp sip-tester
 PCAP=/usr/share/sip-tester/g711a.pcap
 [[ -r $PCAP ]] || PCAP="$(dpkg -L sip-tester | grep -m1 'g711a.pcap$')" || die "sip-tester ships no g711a.pcap"
-
-if [[ -n ${RTPVISOR_COMPOSE:-} ]]; then
-    read -r -a COMPOSE <<<"$RTPVISOR_COMPOSE"
-elif docker compose version >/dev/null 2>&1; then
-    COMPOSE=(docker compose)
-elif command -v docker-compose >/dev/null; then
-    COMPOSE=(docker-compose)
-else
-    die "neither 'docker compose' nor 'docker-compose' is installed"
-fi
-COMPOSE_VERSION="$("${COMPOSE[@]}" version 2>/dev/null | head -n 1 || true)"
 
 # The cluster's host ports must be free (another cluster stack would hold them).
 in_use() { # port proto
@@ -130,16 +100,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM HUP
 
-# Waits up to $1 seconds for the command "${@:2}" to succeed.
-wait_for() {
-    local limit="$1" t
-    shift
-    t="$(now)"
-    until "$@" >/dev/null 2>&1; do
-        awk -v a="$t" -v b="$(now)" -v l="$limit" 'BEGIN { exit !(b - a > l) }' && return 1
-        sleep 0.2
-    done
-}
 container() { compose ps -q "$1"; }
 health() { docker inspect --format '{{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}}' "$(container "$1")" 2>/dev/null; }
 SERVICES=(kamailio prometheus asterisk1 rtpvisor1 asterisk2 rtpvisor2)

@@ -51,39 +51,10 @@ SUBNET="${RTPVISOR_TEST_SUBNET:-172.31.251.0/24}"
 GATEWAY="${SUBNET%.*}.1" # Docker gives a /24 network its .1 as gateway, the host's address on it
 ARI_AUTH="${ARI_USER:-rtpvisor}:${ARI_PASSWORD:-rtpvisor}"
 
-T0="$(date +%s.%N)"
-TIMINGS=()
-log() { printf 'compose-test: %s\n' "$*" >&2; }
-die() { log "FAIL: $*"; exit 1; }
-now() { date +%s.%N; }
-secs() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
-step_done() { # name start
-    local s
-    s="$(secs "$2")"
-    TIMINGS+=("$(printf '%-12s %7s s' "$1" "$s")")
-    log "$1: done in $s s"
-}
-
-[[ $(id -u) -eq 0 ]] || die "must run as root (debootstrap, chroot)"
-command -v docker >/dev/null || die "docker not found: this test needs a Docker engine"
-docker info >/dev/null 2>&1 || die "cannot talk to the Docker daemon (docker info failed)"
-for tool in curl jq; do
-    if ! command -v "$tool" >/dev/null; then
-        log "installing $tool (apt-get)"
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$tool" >/dev/null || die "could not install $tool"
-    fi
-done
-
-if [[ -n ${RTPVISOR_COMPOSE:-} ]]; then
-    read -r -a COMPOSE <<<"$RTPVISOR_COMPOSE"
-elif docker compose version >/dev/null 2>&1; then
-    COMPOSE=(docker compose)
-elif command -v docker-compose >/dev/null; then
-    COMPOSE=(docker-compose)
-else
-    die "neither 'docker compose' nor 'docker-compose' is installed"
-fi
-COMPOSE_VERSION="$("${COMPOSE[@]}" version 2>/dev/null | head -n 1)"
+STACK_TEST=compose-test
+source scripts/lib/stack-test.sh
+need_pkg curl curl
+need_pkg jq jq
 
 # A host port nobody listens on (TCP and UDP), from a range away from the well-known ones.
 used_ports() {
@@ -158,16 +129,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM HUP
 
-# Waits up to $1 seconds for the command "${@:2}" to succeed.
-wait_for() {
-    local limit="$1" t
-    shift
-    t="$(now)"
-    until "$@" >/dev/null 2>&1; do
-        awk -v a="$t" -v b="$(now)" -v l="$limit" 'BEGIN { exit !(b - a > l) }' && return 1
-        sleep 0.2
-    done
-}
 container() { compose ps -a -q "$1"; } # -a: v2 lists running containers only
 health() { docker inspect --format '{{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}}' "$(container "$1")"; }
 healthy() { [[ "$(health asterisk)" == healthy && "$(health rtpvisor)" == healthy ]]; }
