@@ -70,6 +70,10 @@ SECRET_FILE="$TLS_DIR/ari-secret-test.password"
 
 log() { printf 'asterisk.sh: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
+# A command that ends the script through `set -e` says which one it was (conditions, `||`
+# lists and a function's own `return N`, such as status's, do not count).
+set -E
+trap 'rc=$?; [[ $BASH_COMMAND == return* ]] || log "error: exit $rc at line $LINENO: $BASH_COMMAND"' ERR
 
 now() { date +%s.%N; }
 # elapsed START -> "1.23 s"

@@ -9,8 +9,16 @@ use std::time::{Duration, Instant};
 use common::*;
 
 fn asterisk(cmd: &str) {
-    let status = Command::new("bash").arg(repo().join("scripts/asterisk.sh")).arg(cmd).status().unwrap();
-    assert!(status.success(), "scripts/asterisk.sh {cmd} failed");
+    let run = |cmd: &str| Command::new("bash").arg(repo().join("scripts/asterisk.sh")).arg(cmd).status().unwrap().success();
+    if run(cmd) {
+        return;
+    }
+    // The script said why (its error line). A restart whose stop part is done but whose start
+    // failed gets one more start: this test is about the service across Asterisk's restart,
+    // not about the test tooling's.
+    assert!(cmd == "restart", "scripts/asterisk.sh {cmd} failed");
+    eprintln!("scripts/asterisk.sh restart failed; starting Asterisk once more");
+    assert!(run("start"), "scripts/asterisk.sh restart failed, and start after it too");
 }
 
 /// Asterisk dies without a word (kill -9): no StasisEnd, no hangup events. Only the
