@@ -263,24 +263,28 @@ impl Flood {
     }
 }
 
-/// What the calls did over some windows of time: per probe call (returned, lost), per echo
-/// call (reflected, lost), the probe mode's latency samples per bucket, and the echo's reads.
+/// The counters a measurement adds up: per probe call (returned, lost), per echo call
+/// (reflected, lost), the probe mode's latency samples per bucket, and the datagrams the echo
+/// read. A reading holds their values at one moment, a window their growth over its time.
 #[derive(Default)]
-struct Window {
-    secs: f64,
+struct Counts {
     probes: Vec<(u64, u64)>,
     echoes: Vec<(u64, u64)>,
     buckets: Vec<u64>,
     echo_read: u64,
 }
 
-/// Every counter a window adds up, at one moment.
+/// The counters at one moment.
 struct Reading {
     at: Instant,
-    probes: Vec<(u64, u64)>,
-    echoes: Vec<(u64, u64)>,
-    buckets: Vec<u64>,
-    echo_read: u64,
+    counts: Counts,
+}
+
+/// What the calls did over some windows of time (the sum of their growth).
+#[derive(Default)]
+struct Window {
+    secs: f64,
+    counts: Counts,
 }
 
 fn read(svc: &Rtpvisor, probes: &[String], echoes: &[String]) -> Reading {
@@ -288,24 +292,25 @@ fn read(svc: &Rtpvisor, probes: &[String], echoes: &[String]) -> Reading {
     let e = &svc.metrics()["echo"];
     Reading {
         at: Instant::now(),
-        probes: probes.iter().map(|p| probe_of(svc, p)).collect(),
-        echoes: echoes.iter().map(|e| echo_of(svc, e)).collect(),
-        buckets: h["probe"].as_array().unwrap().iter().map(|c| c.as_u64().unwrap()).collect(),
-        echo_read: e["packets"].as_u64().unwrap()
-            + ["not_allowed", "rate_limited", "too_large"].iter().map(|r| e["dropped"][r].as_u64().unwrap()).sum::<u64>(),
+        counts: Counts {
+            probes: probes.iter().map(|p| probe_of(svc, p)).collect(),
+            echoes: echoes.iter().map(|e| echo_of(svc, e)).collect(),
+            buckets: h["probe"].as_array().unwrap().iter().map(|c| c.as_u64().unwrap()).collect(),
+            echo_read: e["packets"].as_u64().unwrap()
+                + ["not_allowed", "rate_limited", "too_large"].iter().map(|r| e["dropped"][r].as_u64().unwrap()).sum::<u64>(),
+        },
     }
 }
 
-impl Window {
-    /// Adds what happened between readings `a` and `b`.
-    fn add(&mut self, a: &Reading, b: &Reading) {
+impl Counts {
+    /// Adds the growth from `a` to `b`.
+    fn add_growth(&mut self, a: &Counts, b: &Counts) {
         let grow = |sum: &mut Vec<(u64, u64)>, x: &[(u64, u64)], y: &[(u64, u64)]| {
             sum.resize(x.len(), (0, 0));
             for (s, (x, y)) in sum.iter_mut().zip(x.iter().zip(y)) {
                 *s = (s.0 + y.0 - x.0, s.1 + y.1 - x.1);
             }
         };
-        self.secs += (b.at - a.at).as_secs_f64();
         grow(&mut self.probes, &a.probes, &b.probes);
         grow(&mut self.echoes, &a.echoes, &b.echoes);
         self.buckets.resize(a.buckets.len(), 0);
@@ -314,20 +319,28 @@ impl Window {
         }
         self.echo_read += b.echo_read - a.echo_read;
     }
+}
+
+impl Window {
+    /// Adds what happened between readings `a` and `b`.
+    fn add(&mut self, a: &Reading, b: &Reading) {
+        self.secs += (b.at - a.at).as_secs_f64();
+        self.counts.add_growth(&a.counts, &b.counts);
+    }
 
     /// Probe samples per second per call, and echo packets per second per call.
     fn rates(&self) -> (Vec<f64>, Vec<f64>) {
         let per = |x: &[(u64, u64)]| x.iter().map(|x| x.0 as f64 / self.secs).collect();
-        (per(&self.probes), per(&self.echoes))
+        (per(&self.counts.probes), per(&self.counts.echoes))
     }
 
     /// The `q` quantile of the window's probe samples, in ms, interpolated within its bucket as
     /// Prometheus's `histogram_quantile` does (infinite past the last bound); and the samples.
     fn quantile(&self, q: f64, bounds_ms: &[f64]) -> (f64, u64) {
-        let total: u64 = self.buckets.iter().sum();
+        let total: u64 = self.counts.buckets.iter().sum();
         let rank = q * total as f64;
         let mut below = 0u64;
-        for (i, &n) in self.buckets.iter().enumerate() {
+        for (i, &n) in self.counts.buckets.iter().enumerate() {
             if n > 0 && (below + n) as f64 >= rank {
                 let Some(&upper) = bounds_ms.get(i) else { return (f64::INFINITY, total) };
                 let lower = if i == 0 { 0.0 } else { bounds_ms[i - 1] };
@@ -388,7 +401,7 @@ fn a_flood_at_the_echo_leaves_calls_their_full_media() {
          probe samples/s per call quiet {q_probe:.1?} flood {f_probe:.1?}; echo packets/s quiet {q_echo:.1?} flood {f_echo:.1?}; \
          probe p99 quiet {quiet_p99:.3} ms ({quiet_n} samples), flood {flood_p99:.3} ms ({flood_n} samples), {:.2}x",
         sent as f64 / flood_time.as_secs_f64(),
-        flooded.echo_read,
+        flooded.counts.echo_read,
         flood_p99 / quiet_p99,
     );
     assert!(sent >= 1_000_000, "a real flood: {sent}");
@@ -398,10 +411,10 @@ fn a_flood_at_the_echo_leaves_calls_their_full_media() {
     for (q, f) in q_echo.iter().zip(&f_echo) {
         assert!(f >= &(0.95 * q), "echo call rate under the flood {f:.1}/s, quiet {q:.1}/s");
     }
-    for (p, (a, b)) in probes.iter().zip(first.probes.iter().zip(&last.probes)) {
+    for (p, (a, b)) in probes.iter().zip(first.counts.probes.iter().zip(&last.counts.probes)) {
         assert_eq!(a.1, b.1, "{p}: no probe lost");
     }
-    for (e, (a, b)) in echoes.iter().zip(first.echoes.iter().zip(&last.echoes)) {
+    for (e, (a, b)) in echoes.iter().zip(first.counts.echoes.iter().zip(&last.counts.echoes)) {
         assert_eq!(a.1, b.1, "{e}: no echo packet lost");
     }
     // Starved calls (the echo sharing their loop) showed a p99 of 70-80 ms under such a flood.
