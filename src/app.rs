@@ -89,7 +89,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     if let Some(warning) = open_api_warning(&cfg) {
         log::warn!("{warning}");
     }
-    let service = Service::start(svc_cfg).await?;
+    // Every local resource first (media engine, echo port, HTTP port), the Stasis app last: a
+    // process that cannot start must not take the app from a healthy instance on its way out.
+    let service = Service::start_local(svc_cfg).await?;
     actix_rt::spawn(watchdog(service.clone()));
     let data = web::Data::new(service.clone());
     let auth = api_auth(&cfg);
@@ -104,6 +106,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .run();
     let handle = server.handle();
     let server_task = actix_rt::spawn(server);
+    service.take_app();
     log::info!(
         "rtpvisor {} serving HTTP on {} ({}), ARI {} app {}{}",
         env!("CARGO_PKG_VERSION"),

@@ -569,6 +569,7 @@ mod tests {
                 external_media_channel: String::new(),
                 bridge: String::new(),
                 age_ms: 0,
+                adopted_at_ms: None,
             },
             media: None,
             shared_echo: None,

@@ -12,7 +12,11 @@
 //! - [`echo_guard`]: the shared echo's safeguards: allow-list (CIDRs), per-source token
 //!   buckets in a fixed table, size limit; drops counted by reason.
 //! - [`mode`]: the call modes (echo, probe, shared-echo).
-//! - [`call`]: the call procedure (setup steps, waits and retries, teardown) as a state machine.
+//! - [`call`]: the call procedure (setup steps, waits and retries, teardown; the takeover of an
+//!   adopted call) as a state machine.
+//! - [`adopt`]: which live calls found in Asterisk a (re)connected process takes over.
+//! - [`admission`]: whether a caller's StasisStart becomes a call (duplicates, mode, limits).
+//! - [`registry`]: the live calls, found by caller, externalMedia channel or bridge id.
 //! - [`intensity`]: restart intensity (at most N failures in T), OTP style.
 //! - [`thread_health`]: whether a dedicated thread still turns (heartbeat, exit record) and
 //!   whether its supervisor restarts it or escalates.
@@ -40,6 +44,8 @@
 #![deny(unsafe_code)]
 
 pub mod actors;
+pub mod admission;
+pub mod adopt;
 pub mod call;
 pub mod ari;
 pub mod echo_guard;
@@ -53,6 +59,7 @@ pub mod ports;
 pub mod probe;
 pub mod quality;
 pub mod reconcile;
+pub mod registry;
 pub mod rtp;
 pub mod shared_echo;
 pub mod stats;

@@ -100,6 +100,9 @@ pub struct ReconcileReport {
     pub orphan_bridges: usize,
     /// Live calls whose caller Asterisk no longer has: ended.
     pub vanished_calls: usize,
+    /// Calls found whole in Asterisk that no process of ours served: taken over
+    /// ([`crate::adopt`]).
+    pub adopted_calls: usize,
     /// Deletes that failed (retried at the next reconciliation).
     pub errors: usize,
     /// Reading Asterisk's state (our app, every channel, every bridge).

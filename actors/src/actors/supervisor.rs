@@ -1,36 +1,55 @@
 //! Supervisor: owns the PortManager and every ChannelActor. It turns ARI events into calls
-//! (one ChannelActor per caller's StasisStart), routes later events to the call they concern,
-//! keeps the registry the HTTP API lists, and ends every call on shutdown.
+//! (one ChannelActor per caller's StasisStart, [`crate::admission`] decides), routes later
+//! events to the call they concern ([`crate::registry`]), adopts the live calls a previous
+//! process left in Asterisk ([`crate::adopt`]) and reconciles ([`crate::reconcile`]) at every
+//! (re)connect, and ends every call on shutdown. The decisions are the pure modules'; this
+//! actor does the IO they ask for.
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use serde::Serialize;
 
+use super::call_io;
 use super::channel::{
-    CallContext, CallOwner, CallSettings, CallState, CallUpdate, ChannelActor, ChannelDone, ChannelFailed, EndCall, Gone,
+    CallContext, CallOwner, CallSettings, CallStart, CallUpdate, ChannelActor, ChannelDone, ChannelFailed, EndCall,
     InjectPanic, MediaInStasis, ResourceGone,
 };
 use super::failure::{take_last_panic, FailureRecord};
-use crate::intensity::Intensity;
 use super::metrics::{CallEnded, CallOutcome, CallRejected, EndReason, MetricsActor, Reconciled};
 use super::port_manager::PortManager;
+use crate::admission::{self, Decision, Load};
+use crate::adopt::{self, Found};
 use crate::ari::client::AriClient;
-use crate::ari::model::{Event, HangupReason};
+use crate::ari::model::{Application, Bridge, Channel, Event, HangupReason};
+use crate::call::{Adopted, CallState};
+use crate::intensity::Intensity;
 use crate::media::{IdleReason, MediaHandle};
 use crate::mode::CallMode;
-use crate::naming::{self, bridge_id, external_media_id};
+use crate::naming;
+use crate::ports::PortRange;
 use crate::reconcile::{self, ReconcileReport};
+pub use crate::registry::CallInfo;
+use crate::registry::{NewCall, Registry};
+use crate::sys::unix_ms;
 
 /// An event from the ARI connection.
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
 pub struct AriEvent(pub Event);
 
-/// The events WebSocket is (re)connected: compare what Asterisk holds for our app with our
-/// calls, end what is orphaned.
+/// A StasisStart that could not be decoded: its caller is answered at once (hung up with
+/// congestion, counted) instead of waiting in silence for a reconciliation.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct UndecodableStasisStart {
+    pub channel_id: String,
+    pub error: String,
+}
+
+/// The events WebSocket is (re)connected: adopt the live calls a previous process left, then
+/// end what is orphaned.
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
 pub struct AriConnected {
@@ -107,41 +126,16 @@ pub struct ShutdownReport {
 #[rtype(result = "Vec<CallInfo>")]
 pub struct GetCalls;
 
-/// One live call as the registry knows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct CallInfo {
-    /// The call's number: also the media engine's stream id.
-    pub call_no: u64,
-    /// The caller's ARI channel id.
-    pub channel_id: String,
-    pub channel_name: String,
-    pub mode: CallMode,
-    pub state: CallState,
-    pub port: Option<u16>,
-    /// Asterisk's side of the externalMedia channel (where our RTP goes, and comes from).
-    pub asterisk_address: Option<SocketAddr>,
-    pub external_media_channel: String,
-    pub bridge: String,
-    pub age_ms: u64,
-}
-
-struct Call {
-    info: CallInfo,
-    addr: Addr<ChannelActor>,
-    started: Instant,
-}
-
 pub struct Supervisor {
     ari: AriClient,
     ports: Addr<PortManager>,
+    /// The pool's range: an adopted call's port must be in it.
+    rtp_ports: PortRange,
     metrics: Addr<MetricsActor>,
     media: MediaHandle,
     settings: CallSettings,
     default_mode: CallMode,
-    calls: HashMap<String, Call>,
-    /// externalMedia channel id and bridge id -> caller id.
-    resources: HashMap<String, String>,
-    next_call_no: u64,
+    calls: Registry<Addr<ChannelActor>>,
     accepting: bool,
     /// Shutdown requests waiting for the last call to end; each gets the count left.
     drained: Vec<tokio::sync::oneshot::Sender<usize>>,
@@ -154,6 +148,10 @@ pub struct Supervisor {
     /// When reconciliations run: one at a time, at most one waiting, one timer for delayed
     /// requests.
     reconcile_gate: reconcile::Gate,
+    /// Ids of channels and bridges Asterisk reported ended, with no live call of ours to route
+    /// to, while a reconciliation's lists were being read (None: no read in flight). A call
+    /// they belong to may still be in those lists: it is not adopted.
+    gone_during_fetch: Option<HashSet<String>>,
     /// While the ARI link is down, a call whose media stopped this long is ended locally
     /// (zero: never).
     link_down_silence: Duration,
@@ -171,21 +169,21 @@ impl Supervisor {
         intensity: Intensity,
     ) -> Self {
         Supervisor {
+            calls: Registry::new(ari.app()),
             ari,
+            rtp_ports: ports.range(),
             ports: ports.start(),
             metrics,
             media,
             settings,
             default_mode,
-            calls: HashMap::new(),
-            resources: HashMap::new(),
-            next_call_no: 1,
             accepting: true,
             drained: Vec::new(),
             intensity,
             last_failure: None,
             max_calls: usize::MAX,
             reconcile_gate: reconcile::Gate::default(),
+            gone_during_fetch: None,
             link_down_silence: Duration::ZERO,
         }
     }
@@ -202,7 +200,12 @@ impl Supervisor {
         self
     }
 
-    fn reject(&self, channel_id: String, mode: CallMode, why: String, ctx: &mut Context<Self>) {
+    pub fn port_manager(&self) -> Addr<PortManager> {
+        self.ports.clone()
+    }
+
+    /// Hangs `channel_id` up with congestion and counts the refusal.
+    fn refuse(&self, channel_id: String, mode: CallMode, why: String, ctx: &mut Context<Self>) {
         log::warn!("Rejecting call {channel_id}: {why}");
         self.metrics.do_send(CallRejected { mode, channel: channel_id.clone(), why });
         let ari = self.ari.clone();
@@ -216,67 +219,57 @@ impl Supervisor {
         );
     }
 
-    fn on_stasis_start(
-        &mut self,
-        channel: crate::ari::model::Channel,
-        args: Vec<String>,
-        ctx: &mut Context<Self>,
-    ) {
+    fn on_stasis_start(&mut self, channel: Channel, args: Vec<String>, ctx: &mut Context<Self>) {
         if naming::parse(&channel.id).is_some() || channel.is_external_media() {
-            let owner_live = self
-                .resources
-                .get(&channel.id)
-                .and_then(|caller| self.calls.get(caller))
-                .is_some_and(|c| c.info.state != CallState::TearingDown);
-            if owner_live {
-                log::debug!("externalMedia channel {} entered Stasis (ours)", channel.id);
-                if let Some(call) = self.resources.get(&channel.id).and_then(|caller| self.calls.get(caller)) {
-                    call.addr.do_send(MediaInStasis);
-                }
-            } else {
-                // Created by a request Asterisk executed after its call had given up on it.
-                log::warn!("externalMedia channel {} belongs to no live call: hanging it up", channel.id);
+            return self.on_media_in_stasis(channel.id, ctx);
+        }
+        log::info!("StasisStart event received for channel {} ({})", channel.id, channel.name);
+        let now = Instant::now();
+        let load = Load {
+            accepting: self.accepting,
+            degraded: self
+                .intensity
+                .exceeded(now)
+                .then(|| (self.intensity.max(), self.intensity.window().as_millis() as u64)),
+            live: self.calls.len(),
+            max_calls: self.max_calls,
+        };
+        match admission::decide(&args, self.default_mode, self.calls.get(&channel.id).is_some(), load) {
+            Decision::Duplicate => log::warn!("duplicate StasisStart for live call {}: ignored", channel.id),
+            Decision::Refuse { mode, why } => self.refuse(channel.id, mode, why, ctx),
+            Decision::Start(mode) => {
+                let start = CallStart::New { caller_up: channel.state == "Up" };
+                self.start_call(NewCall { caller_id: channel.id, caller_name: channel.name, mode, adopted_at_ms: None }, start, ctx);
+            }
+        }
+    }
+
+    /// An externalMedia channel of ours entered Stasis: its call may bridge it now. One that
+    /// belongs to no live call was created by a request Asterisk executed after its call had
+    /// given up on it: hung up.
+    fn on_media_in_stasis(&mut self, id: String, ctx: &mut Context<Self>) {
+        match self.calls.owner_of(&id).filter(|c| c.info.state != CallState::TearingDown) {
+            Some(call) => {
+                log::debug!("externalMedia channel {id} entered Stasis (ours)");
+                call.addr.do_send(MediaInStasis);
+            }
+            None => {
+                log::warn!("externalMedia channel {id} belongs to no live call: hanging it up");
                 let ari = self.ari.clone();
                 ctx.spawn(
                     async move {
-                        if let Err(e) = ari.hangup(&channel.id, HangupReason::Normal).await {
-                            log::error!("hanging up stray externalMedia channel {} failed: {e}", channel.id);
+                        if let Err(e) = ari.hangup(&id, HangupReason::Normal).await {
+                            log::error!("hanging up stray externalMedia channel {id} failed: {e}");
                         }
                     }
                     .into_actor(self),
                 );
             }
-            return;
         }
-        log::info!("StasisStart event received for channel {} ({})", channel.id, channel.name);
-        let mode = match args.first().filter(|a| !a.is_empty()) {
-            None => self.default_mode,
-            Some(a) => match a.parse::<CallMode>() {
-                Ok(m) => m,
-                Err(e) => return self.reject(channel.id, self.default_mode, e.to_string(), ctx),
-            },
-        };
-        if !self.accepting {
-            return self.reject(channel.id, mode, "shutting down".into(), ctx);
-        }
-        if self.intensity.exceeded(Instant::now()) {
-            let why = format!(
-                "degraded: more than {} call actor failures within {} ms",
-                self.intensity.max(),
-                self.intensity.window().as_millis()
-            );
-            return self.reject(channel.id, mode, why, ctx);
-        }
-        if self.calls.contains_key(&channel.id) {
-            log::warn!("duplicate StasisStart for {}: ignored", channel.id);
-            return;
-        }
-        if self.calls.len() >= self.max_calls {
-            let why = format!("at the admission limit of {} concurrent calls", self.max_calls);
-            return self.reject(channel.id, mode, why, ctx);
-        }
-        let call_no = self.next_call_no;
-        self.next_call_no += 1;
+    }
+
+    /// Registers a call and starts its actor.
+    fn start_call(&mut self, call: NewCall, start: CallStart, ctx: &mut Context<Self>) {
         let cx = CallContext {
             ari: self.ari.clone(),
             ports: self.ports.clone(),
@@ -289,28 +282,25 @@ impl Supervisor {
             },
             settings: self.settings.clone(),
         };
-        let addr = ChannelActor::new(call_no, channel.id.clone(), channel.state.clone(), mode, cx).start();
-        let em = external_media_id(self.ari.app(), &channel.id);
-        let br = bridge_id(self.ari.app(), &channel.id);
-        self.resources.insert(em.clone(), channel.id.clone());
-        self.resources.insert(br.clone(), channel.id.clone());
-        let info = CallInfo {
-            call_no,
-            channel_id: channel.id.clone(),
-            channel_name: channel.name.clone(),
-            mode,
-            state: CallState::SettingUp,
-            port: None,
-            asterisk_address: None,
-            external_media_channel: em,
-            bridge: br,
-            age_ms: 0,
-        };
-        self.calls.insert(channel.id, Call { info, addr, started: Instant::now() });
+        let (caller, mode) = (call.caller_id.clone(), call.mode);
+        self.calls.insert(call, Instant::now(), |call_no| ChannelActor::new(call_no, caller, start, mode, cx).start());
     }
 
-    pub fn port_manager(&self) -> Addr<PortManager> {
-        self.ports.clone()
+    /// Takes over a call a previous process left whole in Asterisk.
+    fn adopt(&mut self, found: Found, ctx: &mut Context<Self>) {
+        log::info!(
+            "Adopting live call {} ({}, {}{}) found in Asterisk",
+            found.caller_id,
+            found.caller_name,
+            found.mode,
+            found.port.map(|p| format!(", port {p}")).unwrap_or_default()
+        );
+        if self.calls.len() >= self.max_calls {
+            log::warn!("adopting call {} beyond the admission limit of {}: it is live already", found.caller_id, self.max_calls);
+        }
+        let start = CallStart::Adopt(Adopted { port: found.port });
+        let call = NewCall { caller_id: found.caller_id, caller_name: found.caller_name, mode: found.mode, adopted_at_ms: Some(unix_ms()) };
+        self.start_call(call, start, ctx);
     }
 
     fn notify_drained(&mut self) {
@@ -320,16 +310,17 @@ impl Supervisor {
         }
     }
 
-    /// Routes an event about a channel or bridge to the call that owns it.
-    fn route(&self, id: &str, event: &'static str, is_bridge: bool) {
-        let (caller, which) = if let Some(c) = self.calls.get(id) {
-            (c, Gone::Caller)
-        } else if let Some(c) = self.resources.get(id).and_then(|cid| self.calls.get(cid)) {
-            (c, if is_bridge { Gone::Bridge } else { Gone::ExternalMedia })
-        } else {
-            return;
-        };
-        caller.addr.do_send(ResourceGone { which, event });
+    /// Routes an event about a channel or bridge to the call that owns it; an event that
+    /// routes nowhere while a reconciliation reads Asterisk's lists is remembered for it.
+    fn route(&mut self, id: &str, event: &'static str, is_bridge: bool) {
+        match self.calls.route(id, is_bridge) {
+            Some((call, which)) => call.addr.do_send(ResourceGone { which, event }),
+            None => {
+                if let Some(gone) = &mut self.gone_during_fetch {
+                    gone.insert(id.to_string());
+                }
+            }
+        }
     }
 }
 
@@ -352,15 +343,29 @@ impl Handler<AriEvent> for Supervisor {
             Event::StasisStart { channel, args, .. } => self.on_stasis_start(channel, args, ctx),
             Event::StasisEnd { channel, .. } => self.route(&channel.id, "StasisEnd", false),
             Event::ChannelDestroyed { channel, .. } => self.route(&channel.id, "ChannelDestroyed", false),
-            Event::ChannelHangupRequest { channel, .. } => {
-                self.route(&channel.id, "ChannelHangupRequest", false)
-            }
+            Event::ChannelHangupRequest { channel, .. } => self.route(&channel.id, "ChannelHangupRequest", false),
             Event::BridgeDestroyed { bridge } => self.route(&bridge.id, "BridgeDestroyed", true),
             // Asterisk does not always tell an app that a bridge it made was destroyed, but it
             // does tell it that its channels left: a channel leaving our bridge ends the call.
-            Event::ChannelLeftBridge { bridge, .. } => self.route(&bridge.id, "ChannelLeftBridge", true),
+            Event::ChannelLeftBridge { bridge, channel } => {
+                if let Some(gone) = self.gone_during_fetch.as_mut().filter(|_| !self.calls.knows(&bridge.id)) {
+                    gone.insert(channel.id);
+                }
+                self.route(&bridge.id, "ChannelLeftBridge", true)
+            }
             _ => {}
         }
+    }
+}
+
+impl Handler<UndecodableStasisStart> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, m: UndecodableStasisStart, ctx: &mut Context<Self>) {
+        if self.calls.get(&m.channel_id).is_some() {
+            return log::warn!("undecodable duplicate StasisStart for live call {}: ignored ({})", m.channel_id, m.error);
+        }
+        self.refuse(m.channel_id, self.default_mode, format!("undecodable StasisStart: {}", m.error), ctx);
     }
 }
 
@@ -372,7 +377,7 @@ impl Handler<AriConnected> for Supervisor {
             log::error!("[Supervisor] telling the media engine the link is up: {e}");
         }
         log::info!(
-            "[Supervisor] ARI {}: reconciling with Asterisk",
+            "[Supervisor] ARI {}: adopting live calls and reconciling with Asterisk",
             if msg.first { "connected" } else { "reconnected" }
         );
         self.reconcile(ctx);
@@ -396,10 +401,10 @@ impl Handler<AriDisconnected> for Supervisor {
 
 impl Supervisor {
     /// Looks at Asterisk's side (our app's channels and bridges, every channel and bridge),
-    /// then ends what no live call owns and the live calls whose caller is
-    /// gone ([`reconcile::plan`] decides). Unknown callers get [`ORPHAN_GRACE`] to show up as
-    /// calls before they are hung up. Three steps: fetch, [`Self::carry_out`], and
-    /// [`Self::end_orphan_callers`] after the grace.
+    /// adopts the whole calls no process of ours serves ([`adopt::survey`]), then ends what no
+    /// live call owns and the live calls whose caller is gone ([`reconcile::plan`]). Unknown
+    /// callers get [`ORPHAN_GRACE`] to show up as calls before they are hung up. Steps: fetch,
+    /// [`Self::fetched`] (adopt, plan), [`Self::carry_out`], [`Self::end_orphan_callers`].
     ///
     /// At most one runs at a time; a request meanwhile makes one more run after it (never
     /// more than one waits). Calls that began after the fetch started are never ended by it.
@@ -411,36 +416,64 @@ impl Supervisor {
 
     /// One reconciliation, admitted by the gate.
     fn run_reconcile(&mut self, ctx: &mut Context<Self>) {
-        let ari = self.ari.clone();
         let started = Instant::now();
         // Calls numbered from here on began after the fetch started.
-        let watermark = self.next_call_no;
-        let fetch = async move {
-            let app = ari.application().await?;
-            let channels = ari.channels().await?;
-            let bridges = ari.bridges().await?;
-            Ok::<_, crate::ari::client::AriError>((app, channels, bridges))
-        };
-        ctx.spawn(fetch.into_actor(self).map(move |res, act, ctx| match res {
-            Ok((app, channels, bridges)) => {
-                let live = act.calls.values().map(|c| reconcile::LiveCall {
-                    caller_id: &c.info.channel_id,
-                    setting_up: c.info.state == CallState::SettingUp,
-                    began_after_fetch: c.info.call_no >= watermark,
-                });
-                let known = |id: &str| act.calls.contains_key(id) || act.resources.contains_key(id);
-                let plan = reconcile::plan(&app, &channels, &bridges, live, known);
-                let fetched = Fetched {
-                    fetch_ms: started.elapsed().as_millis() as u64,
-                    listed: channels.len() + bridges.len(),
-                };
-                act.carry_out(plan, fetched, started, ctx);
-            }
-            Err(e) => {
-                log::error!("[Supervisor] reconciliation could not read Asterisk's state: {e}");
-                act.reconcile_done(ctx);
+        let watermark = self.calls.watermark();
+        self.gone_during_fetch = Some(HashSet::new());
+        ctx.spawn(call_io::fetch_state(self.ari.clone()).into_actor(self).map(move |res, act, ctx| {
+            let gone = act.gone_during_fetch.take().unwrap_or_default();
+            match res {
+                Ok(state) => act.fetched(state, gone, watermark, started, ctx),
+                Err(e) => {
+                    log::error!("[Supervisor] reconciliation could not read Asterisk's state: {e}");
+                    act.reconcile_done(ctx);
+                }
             }
         }));
+    }
+
+    /// Asterisk's lists are in: adopt first (never while shutting down), then plan what to end
+    /// with the adopted calls known.
+    fn fetched(
+        &mut self,
+        (app, channels, bridges): (Application, Vec<Channel>, Vec<Bridge>),
+        gone: HashSet<String>,
+        watermark: u64,
+        started: Instant,
+        ctx: &mut Context<Self>,
+    ) {
+        let mut adopted = 0;
+        if self.accepting {
+            let (echo_host, echo_port) = self.settings.echo_target.rsplit_once(':').unwrap_or((&self.settings.echo_target, "0"));
+            let expect = adopt::Expect {
+                app: self.ari.app(),
+                media_host: &self.settings.media_host,
+                ports: self.rtp_ports,
+                echo_host: echo_host.trim_start_matches('[').trim_end_matches(']'),
+                echo_port: echo_port.parse().unwrap_or(0),
+            };
+            let survey = adopt::survey(&app, &channels, &bridges, &expect, |id| self.calls.knows(id), |id| gone.contains(id));
+            for (caller, why) in &survey.skipped {
+                log::warn!("[Supervisor] not adopting call {caller}: {why}; the reconciliation ends what is left of it");
+            }
+            adopted = survey.adopt.len();
+            for found in survey.adopt {
+                self.adopt(found, ctx);
+            }
+        }
+        let live = self.calls.values().map(|c| reconcile::LiveCall {
+            caller_id: &c.info.channel_id,
+            setting_up: c.info.state == CallState::SettingUp,
+            began_after_fetch: c.info.call_no >= watermark,
+        });
+        let plan = reconcile::plan(&app, &channels, &bridges, live, |id| self.calls.knows(id));
+        let report = ReconcileReport {
+            fetch_ms: started.elapsed().as_millis() as u64,
+            listed: channels.len() + bridges.len(),
+            adopted_calls: adopted,
+            ..ReconcileReport::default()
+        };
+        self.carry_out(plan, report, started, ctx);
     }
 
     /// The running reconciliation is over: start the one asked for meanwhile, if any.
@@ -469,90 +502,48 @@ impl Supervisor {
 
     /// Ends the vanished calls, hangs up the orphan media channels and destroys the orphan
     /// bridges, then schedules the look at the orphan callers.
-    fn carry_out(&mut self, plan: reconcile::Plan, fetched: Fetched, started: Instant, ctx: &mut Context<Self>) {
+    fn carry_out(&mut self, plan: reconcile::Plan, mut report: ReconcileReport, started: Instant, ctx: &mut Context<Self>) {
         for id in &plan.vanished_calls {
             if let Some(c) = self.calls.get(id) {
                 c.addr.do_send(EndCall { reason: EndReason::Vanished, why: "caller vanished while ARI was disconnected" });
             }
         }
-        let mut report = ReconcileReport {
-            vanished_calls: plan.vanished_calls.len(),
-            orphan_media_channels: plan.media_orphans.len(),
-            orphan_bridges: plan.bridge_orphans.len(),
-            fetch_ms: fetched.fetch_ms,
-            listed: fetched.listed,
-            ..ReconcileReport::default()
-        };
+        report.vanished_calls = plan.vanished_calls.len();
+        report.orphan_media_channels = plan.media_orphans.len();
+        report.orphan_bridges = plan.bridge_orphans.len();
         let reconcile::Plan { media_orphans, bridge_orphans, caller_candidates, .. } = plan;
         let ari = self.ari.clone();
         let cleanup = async move {
-            hang_up_all(&ari, &media_orphans, "orphan", HangupReason::Normal).await + destroy_all(&ari, &bridge_orphans).await
+            call_io::hang_up_all(&ari, &media_orphans, "orphan", HangupReason::Normal).await
+                + call_io::destroy_all(&ari, &bridge_orphans).await
         };
         ctx.spawn(cleanup.into_actor(self).map(move |errors, _, ctx| {
             report.errors += errors;
-            ctx.run_later(ORPHAN_GRACE, move |act, ctx| {
-                act.end_orphan_callers(caller_candidates, report, started, ctx)
-            });
+            ctx.run_later(ORPHAN_GRACE, move |act, ctx| act.end_orphan_callers(caller_candidates, report, started, ctx));
         }));
     }
 
     /// Hangs up the candidates that still are no call of ours, then reports.
-    fn end_orphan_callers(
-        &mut self,
-        candidates: Vec<String>,
-        mut report: ReconcileReport,
-        started: Instant,
-        ctx: &mut Context<Self>,
-    ) {
-        let orphans: Vec<String> = candidates.into_iter().filter(|id| !self.calls.contains_key(id)).collect();
+    fn end_orphan_callers(&mut self, candidates: Vec<String>, mut report: ReconcileReport, started: Instant, ctx: &mut Context<Self>) {
+        let orphans: Vec<String> = candidates.into_iter().filter(|id| self.calls.get(id).is_none()).collect();
         report.orphan_app_channels = orphans.len();
         let ari = self.ari.clone();
         // Congestion: a caller still ringing (it entered Stasis while no process of ours could
         // answer it, e.g. just before a crash) is refused with 503 cause 34, which a SIP proxy
         // in front retries on another Asterisk; an answered one just gets its BYE.
-        let hangups = async move { hang_up_all(&ari, &orphans, "orphan caller", HangupReason::Congestion).await };
+        let hangups = async move { call_io::hang_up_all(&ari, &orphans, "orphan caller", HangupReason::Congestion).await };
         ctx.spawn(hangups.into_actor(self).map(move |errors, act, ctx| {
             report.errors += errors;
             report.took_ms = started.elapsed().as_millis() as u64;
             log::info!(
-                "[Supervisor] reconciled in {} ms (fetch of {} channels and bridges {} ms): {} orphan caller(s), {} orphan media channel(s), {} orphan bridge(s) cleaned, {} vanished call(s) ended, {} error(s)",
-                report.took_ms, report.listed, report.fetch_ms, report.orphan_app_channels, report.orphan_media_channels,
-                report.orphan_bridges, report.vanished_calls, report.errors
+                "[Supervisor] reconciled in {} ms (fetch of {} channels and bridges {} ms): {} call(s) adopted, {} orphan caller(s), {} orphan media channel(s), {} orphan bridge(s) cleaned, {} vanished call(s) ended, {} error(s)",
+                report.took_ms, report.listed, report.fetch_ms, report.adopted_calls, report.orphan_app_channels,
+                report.orphan_media_channels, report.orphan_bridges, report.vanished_calls, report.errors
             );
             act.metrics.do_send(Reconciled(report));
             act.reconcile_done(ctx);
         }));
     }
-}
-
-/// What the fetch of a reconciliation cost.
-struct Fetched {
-    fetch_ms: u64,
-    listed: usize,
-}
-
-/// Hangs up every channel in `ids` with `reason`; returns how many failed (each logged).
-async fn hang_up_all(ari: &AriClient, ids: &[String], what: &str, reason: HangupReason) -> usize {
-    let mut errors = 0;
-    for id in ids {
-        if let Err(e) = ari.hangup(id, reason).await {
-            log::error!("[Supervisor] hanging up {what} {id} failed: {e}");
-            errors += 1;
-        }
-    }
-    errors
-}
-
-/// Destroys every bridge in `ids`; returns how many failed (each logged).
-async fn destroy_all(ari: &AriClient, ids: &[String]) -> usize {
-    let mut errors = 0;
-    for id in ids {
-        if let Err(e) = ari.destroy_bridge(id).await {
-            log::error!("[Supervisor] destroying orphan bridge {id} failed: {e}");
-            errors += 1;
-        }
-    }
-    errors
 }
 
 impl Handler<ChannelFailed> for Supervisor {
@@ -569,12 +560,6 @@ impl Handler<ChannelFailed> for Supervisor {
                 self.intensity.window().as_millis()
             );
         }
-        // The dead actor's lease was dropped with it (port back in the pool); its socket is
-        // still in the media engine and its channels and bridge in Asterisk.
-        if let Some(c) = self.calls.remove(&f.caller_id) {
-            self.resources.remove(&c.info.external_media_channel);
-            self.resources.remove(&c.info.bridge);
-        }
         self.metrics.do_send(CallEnded {
             mode: f.mode,
             outcome: CallOutcome::Failed,
@@ -582,35 +567,26 @@ impl Handler<ChannelFailed> for Supervisor {
             channel: f.caller_id.clone(),
             summary: crate::ended::CallSummary::default(),
         });
-        let (ari, media, caller) = (self.ari.clone(), self.media.clone(), f.caller_id);
-        ctx.spawn(
-            async move {
-                let _ = media.remove(f.call_no).await;
-                for (what, result) in [
-                    ("externalMedia channel", ari.hangup(&external_media_id(ari.app(), &caller), HangupReason::Normal).await),
-                    ("bridge", ari.destroy_bridge(&bridge_id(ari.app(), &caller)).await),
-                    ("caller", ari.hangup(&caller, HangupReason::Normal).await),
-                ] {
-                    if let Err(e) = result {
-                        log::error!("[Supervisor] cleaning up the {what} of failed call {caller}: {e}");
-                    }
-                }
-                log::info!("Cleaned up channel {caller} after its actor failed");
+        // The dead actor's lease was dropped with it (port back in the pool); its socket is
+        // still in the media engine and its channels and bridge in Asterisk. The call stays
+        // known (tearing down) until they are gone, so no reconciliation meanwhile adopts it.
+        if let Some(c) = self.calls.get_mut(&f.caller_id) {
+            c.info.state = CallState::TearingDown;
+        }
+        let cleanup = call_io::clean_up_failed(self.ari.clone(), self.media.clone(), f.call_no, f.caller_id.clone());
+        ctx.spawn(cleanup.into_actor(self).map(move |(), act, _| {
+            act.calls.remove(&f.caller_id);
+            if !act.accepting && act.calls.is_empty() {
+                act.notify_drained();
             }
-            .into_actor(self)
-            .map(|_, act, _| {
-                if !act.accepting && act.calls.is_empty() {
-                    act.notify_drained();
-                }
-            }),
-        );
+        }));
     }
 }
 
 impl Handler<InjectChannelPanic> for Supervisor {
     type Result = bool;
     fn handle(&mut self, InjectChannelPanic(id): InjectChannelPanic, _: &mut Context<Self>) -> bool {
-        match self.calls.values().find(|c| c.info.channel_id == id || c.info.call_no.to_string() == id) {
+        match self.calls.find(&id) {
             Some(c) => {
                 log::warn!("[Supervisor] fault injection: panic in the ChannelActor of {}", c.info.channel_id);
                 c.addr.do_send(InjectPanic);
@@ -653,24 +629,21 @@ impl Handler<GetSupervisorStatus> for Supervisor {
 impl Handler<MediaIdle> for Supervisor {
     type Result = ();
     fn handle(&mut self, MediaIdle(call_no, why): MediaIdle, _: &mut Context<Self>) {
-        if let Some(c) = self.calls.values().find(|c| c.info.call_no == call_no) {
-            match why {
-                IdleReason::NoMedia => {
-                    log::warn!("No media on call {} for the no-media timeout: ending it", c.info.channel_id);
-                    c.addr.do_send(EndCall { reason: EndReason::NoMedia, why: "no media" });
-                }
-                IdleReason::SilentWhileLinkDown => {
-                    log::warn!(
-                        "Call {} is silent while the ARI link is down: ending it locally (Asterisk is left to the reconciliation)",
-                        c.info.channel_id
-                    );
-                    c.addr.do_send(EndCall {
-                        reason: EndReason::SilentWhileLinkDown,
-                        why: "media stopped while the ARI link is down",
-                    });
-                }
+        let Some(c) = self.calls.by_call_no(call_no) else { return };
+        let end = match why {
+            IdleReason::NoMedia => {
+                log::warn!("No media on call {} for the no-media timeout: ending it", c.info.channel_id);
+                EndCall { reason: EndReason::NoMedia, why: "no media" }
             }
-        }
+            IdleReason::SilentWhileLinkDown => {
+                log::warn!(
+                    "Call {} is silent while the ARI link is down: ending it locally (Asterisk is left to the reconciliation)",
+                    c.info.channel_id
+                );
+                EndCall { reason: EndReason::SilentWhileLinkDown, why: "media stopped while the ARI link is down" }
+            }
+        };
+        c.addr.do_send(end);
     }
 }
 
@@ -679,12 +652,8 @@ impl Handler<CallUpdate> for Supervisor {
     fn handle(&mut self, u: CallUpdate, _: &mut Context<Self>) {
         if let Some(c) = self.calls.get_mut(&u.caller_id) {
             c.info.state = u.state;
-            if u.port.is_some() {
-                c.info.port = u.port;
-            }
-            if u.asterisk.is_some() {
-                c.info.asterisk_address = u.asterisk;
-            }
+            c.info.port = u.port.or(c.info.port);
+            c.info.asterisk_address = u.asterisk.or(c.info.asterisk_address);
         }
     }
 }
@@ -698,10 +667,7 @@ impl Handler<ChannelDone> for Supervisor {
             let later = self.ari.settings().request_timeout * 2 + Duration::from_secs(1);
             self.reconcile_later(later, ctx);
         }
-        if let Some(c) = self.calls.remove(&d.caller_id) {
-            self.resources.remove(&c.info.external_media_channel);
-            self.resources.remove(&c.info.bridge);
-        }
+        self.calls.remove(&d.caller_id);
         if !self.accepting && self.calls.is_empty() {
             self.notify_drained();
         }
@@ -711,17 +677,7 @@ impl Handler<ChannelDone> for Supervisor {
 impl Handler<GetCalls> for Supervisor {
     type Result = MessageResult<GetCalls>;
     fn handle(&mut self, _: GetCalls, _: &mut Context<Self>) -> Self::Result {
-        let mut v: Vec<CallInfo> = self
-            .calls
-            .values()
-            .map(|c| {
-                let mut i = c.info.clone();
-                i.age_ms = c.started.elapsed().as_millis() as u64;
-                i
-            })
-            .collect();
-        v.sort_by_key(|c| c.call_no);
-        MessageResult(v)
+        MessageResult(self.calls.list(Instant::now()))
     }
 }
 
@@ -744,11 +700,7 @@ impl Handler<Shutdown> for Supervisor {
         ctx.run_later(s.deadline, |act, _| act.notify_drained());
         Box::pin(async move {
             let left = rx.await.unwrap_or(0);
-            ShutdownReport {
-                calls_ended: n.saturating_sub(left),
-                calls_left: left,
-                took_ms: started.elapsed().as_millis() as u64,
-            }
+            ShutdownReport { calls_ended: n.saturating_sub(left), calls_left: left, took_ms: started.elapsed().as_millis() as u64 }
         })
     }
 }

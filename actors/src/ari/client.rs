@@ -183,6 +183,18 @@ impl AriClient {
         self.call_empty(Method::POST, path, &q).await
     }
 
+    /// `GET /channels/{id}/variable?variable=NAME`: the variable's value (404 when the channel
+    /// or the variable does not exist).
+    pub async fn channel_variable(&self, channel_id: &str, name: &str) -> Result<String, AriError> {
+        #[derive(serde::Deserialize)]
+        struct Value {
+            value: String,
+        }
+        let q = [("variable", name.to_string())];
+        let v: Value = self.call_json(Method::GET, format!("/channels/{channel_id}/variable"), &q).await?;
+        Ok(v.value)
+    }
+
     pub async fn answer(&self, channel_id: &str) -> Result<(), AriError> {
         self.call_empty(Method::POST, format!("/channels/{channel_id}/answer"), &[]).await
     }
