@@ -232,7 +232,13 @@ impl Default for Options {
 impl Rtpvisor {
     pub fn start(name: &str, opts: Options) -> Rtpvisor {
         let http_port = free_tcp_port();
-        let echo_port = free_udp_port();
+        // A test that restarts a service on the same echo port passes RTPVISOR_ECHO_ADDR.
+        let echo_port = opts
+            .env
+            .iter()
+            .find(|(k, _)| k == "RTPVISOR_ECHO_ADDR")
+            .and_then(|(_, v)| v.rsplit(':').next()?.parse().ok())
+            .unwrap_or_else(free_udp_port);
         let dir = repo().join("target/test-logs");
         std::fs::create_dir_all(&dir).unwrap();
         let log = dir.join(format!("{name}.log"));
