@@ -11,7 +11,7 @@ use rtpvisor_actors::naming::host_port;
 use rtpvisor_actors::actors::{failure, Service, ServiceConfig};
 use rtpvisor_actors::ari::client::AriSettings;
 
-use crate::config::Config;
+use crate::config::{Config, TOKEN_HOWTO};
 use crate::http::ApiAuth;
 
 /// Who may use the API, from `http.token` (or its file).
@@ -22,16 +22,16 @@ pub fn api_auth(cfg: &Config) -> ApiAuth {
     }
 }
 
-/// The warning to log at start, if any: an API without a token that other hosts can reach.
+/// The warning to log at start, if any: an API without a token that other hosts can reach
+/// (the configuration allows it only with `http.allow_open`).
 pub fn open_api_warning(cfg: &Config) -> Option<String> {
     let addr = cfg.http.addr;
-    if cfg.http.token.is_some() || addr.ip().is_loopback() {
+    if !cfg.http.open_beyond_loopback() {
         return None;
     }
     Some(format!(
-        "the HTTP API on {addr} is reachable from other hosts and has no token: anyone who \
-         reaches it reads calls and metrics; set http.token or http.token_file \
-         (RTPVISOR_HTTP_TOKEN / RTPVISOR_HTTP_TOKEN_FILE), or bind http.addr to 127.0.0.1"
+        "the HTTP API on {addr} is reachable from other hosts and has no token (http.allow_open): \
+         anyone who reaches it reads calls and metrics; {TOKEN_HOWTO}, or bind http.addr to 127.0.0.1"
     ))
 }
 
@@ -181,8 +181,10 @@ mod tests {
     #[test]
     fn an_open_api_off_loopback_is_warned_about() {
         let mut cfg = Config::default();
+        assert_eq!(open_api_warning(&cfg), None, "the default is loopback");
+        cfg.http.addr = "0.0.0.0:9090".parse().unwrap();
         let warning = open_api_warning(&cfg).expect("0.0.0.0 without a token");
-        assert!(warning.contains("0.0.0.0:9090") && warning.contains("http.token"), "{warning}");
+        assert!(warning.contains("0.0.0.0:9090") && warning.contains("http.token_file"), "{warning}");
         cfg.http.addr = "127.0.0.1:9090".parse().unwrap();
         assert_eq!(open_api_warning(&cfg), None);
         cfg.http.addr = "[::1]:9090".parse().unwrap();
