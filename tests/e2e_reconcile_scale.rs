@@ -30,11 +30,10 @@ fn five_hundred_unrelated_channels_untouched_orphans_found_new_calls_kept() {
     wait_until("500 bystander channels", Duration::from_secs(60), || bystanders() == 500);
     eprintln!("500 dialplan channels up in {} ms", t.elapsed().as_millis());
 
-    let opts = || Options {
-        rtp_ports: "10550-10569".into(),
-        env: vec![("RTPVISOR_ARI_APP".into(), APP_SCALE.into())],
-    };
-    let mut old = Rtpvisor::start("e2e_reconcile_scale_old", opts());
+    // The new instance leases other ports than the old one: the old calls do not fit it, so
+    // they are orphans to clean, not calls to adopt.
+    let opts = |ports: &str| Options { rtp_ports: ports.into(), env: vec![("RTPVISOR_ARI_APP".into(), APP_SCALE.into())] };
+    let mut old = Rtpvisor::start("e2e_reconcile_scale_old", opts("10550-10559"));
     for i in 0..5 {
         originate_in(APP_SCALE, "echo", "probe", &format!("scale-old-{i}"));
     }
@@ -43,7 +42,7 @@ fn five_hundred_unrelated_channels_untouched_orphans_found_new_calls_kept() {
     assert_eq!(ours_named(), 10, "5 media channels and 5 bridges of the dead instance");
 
     // The new instance reconciles at connect; calls arrive while it does.
-    let svc = Rtpvisor::start("e2e_reconcile_scale_new", opts());
+    let svc = Rtpvisor::start("e2e_reconcile_scale_new", opts("10560-10569"));
     for i in 0..5 {
         originate_in(APP_SCALE, "echo", "probe", &format!("scale-new-{i}"));
     }
