@@ -5,11 +5,13 @@
 //! (re)connect, and ends every call on shutdown. The decisions are the pure modules'; this
 //! actor does the IO they ask for.
 
+mod messages;
+mod reconciliation;
+
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use serde::Serialize;
 
 use super::call_io;
 use super::channel::{
@@ -17,114 +19,25 @@ use super::channel::{
     InjectPanic, MediaInStasis, ResourceGone,
 };
 use super::failure::{take_last_panic, FailureRecord};
-use super::metrics::{CallEnded, CallOutcome, CallRejected, EndReason, MetricsActor, Reconciled};
+use super::metrics::{CallEnded, CallOutcome, CallRejected, EndReason, MetricsActor};
 use super::port_manager::PortManager;
 use crate::admission::{self, Decision, Load};
-use crate::adopt::{self, Found};
+use crate::adopt::Found;
 use crate::ari::client::AriClient;
-use crate::ari::model::{Application, Bridge, Channel, Event, HangupReason};
+use crate::ari::model::{Channel, Event, HangupReason};
 use crate::call::{Adopted, CallState};
 use crate::intensity::Intensity;
 use crate::media::{IdleReason, MediaHandle};
 use crate::mode::CallMode;
 use crate::naming;
 use crate::ports::PortRange;
-use crate::reconcile::{self, ReconcileReport};
-pub use crate::registry::CallInfo;
+use crate::reconcile;
+pub use messages::*;
 use crate::registry::{NewCall, Registry};
 use crate::sys::unix_ms;
 
-/// An event from the ARI connection.
-#[derive(Message, Debug)]
-#[rtype(result = "()")]
-pub struct AriEvent(pub Event);
-
-/// A StasisStart that could not be decoded: its caller is answered at once (hung up with
-/// congestion, counted) instead of waiting in silence for a reconciliation.
-#[derive(Message, Debug)]
-#[rtype(result = "()")]
-pub struct UndecodableStasisStart {
-    pub channel_id: String,
-    pub error: String,
-}
-
-/// The events WebSocket is (re)connected: adopt the live calls a previous process left, then
-/// end what is orphaned.
-#[derive(Message, Debug)]
-#[rtype(result = "()")]
-pub struct AriConnected {
-    pub first: bool,
-}
-
-/// The events WebSocket is down (lost, declared dead, or the app was taken by another
-/// client): no events can arrive until [`AriConnected`].
-#[derive(Message, Debug)]
-#[rtype(result = "()")]
-pub struct AriDisconnected {
-    pub reason: String,
-}
-
 /// Interval of the background reconciliation.
 const PERIODIC_RECONCILE: Duration = Duration::from_secs(60);
-
-/// How long an unknown caller must stay unknown before it counts as an orphan: its
-/// StasisStart may still be on its way to us.
-const ORPHAN_GRACE: Duration = Duration::from_millis(1000);
-
-/// The media engine saw no packet on this call's stream (or, for a shared-echo call, from its
-/// Asterisk address at the echo) for the no-media timeout, or for the link-down silence while
-/// the ARI link is down.
-#[derive(Message, Debug)]
-#[rtype(result = "()")]
-pub struct MediaIdle(pub u64, pub IdleReason);
-
-/// Fault injection: make the ChannelActor of this call (channel id or call number) panic.
-/// Answers whether such a call exists.
-#[derive(Message, Debug)]
-#[rtype(result = "bool")]
-pub struct InjectChannelPanic(pub String);
-
-/// Fault injection: panic in the supervisor itself (escalates: the process exits).
-#[derive(Message, Debug)]
-#[rtype(result = "()")]
-pub struct InjectSupervisorPanic;
-
-#[derive(Message)]
-#[rtype(result = "SupervisorStatus")]
-pub struct GetSupervisorStatus;
-
-/// The supervisor's own state, for `/actors`, `/ready` and metrics.
-#[derive(Debug, Clone, Serialize)]
-pub struct SupervisorStatus {
-    /// `running`, `degraded` (restart intensity exceeded: new calls refused until the window
-    /// clears) or `shutting_down`.
-    pub state: &'static str,
-    /// ChannelActors that died without finishing their call, since start.
-    pub channel_failures: u64,
-    /// Failures within the current window, and its limits.
-    pub recent_failures: usize,
-    pub max_restarts: u32,
-    pub window_ms: u64,
-    pub last_failure: Option<FailureRecord>,
-}
-
-/// Stop taking calls, end every call, answer when all are gone or the deadline passed.
-#[derive(Message, Debug)]
-#[rtype(result = "ShutdownReport")]
-pub struct Shutdown {
-    pub deadline: Duration,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ShutdownReport {
-    pub calls_ended: usize,
-    pub calls_left: usize,
-    pub took_ms: u64,
-}
-
-#[derive(Message)]
-#[rtype(result = "Vec<CallInfo>")]
-pub struct GetCalls;
 
 pub struct Supervisor {
     ari: AriClient,
@@ -396,153 +309,6 @@ impl Handler<AriDisconnected> for Supervisor {
                 log::error!("[Supervisor] telling the media engine the link is down: {e}");
             }
         }
-    }
-}
-
-impl Supervisor {
-    /// Looks at Asterisk's side (our app's channels and bridges, every channel and bridge),
-    /// adopts the whole calls no process of ours serves ([`adopt::survey`]), then ends what no
-    /// live call owns and the live calls whose caller is gone ([`reconcile::plan`]). Unknown
-    /// callers get [`ORPHAN_GRACE`] to show up as calls before they are hung up. Steps: fetch,
-    /// [`Self::fetched`] (adopt, plan), [`Self::carry_out`], [`Self::end_orphan_callers`].
-    ///
-    /// At most one runs at a time; a request meanwhile makes one more run after it (never
-    /// more than one waits). Calls that began after the fetch started are never ended by it.
-    fn reconcile(&mut self, ctx: &mut Context<Self>) {
-        if self.reconcile_gate.request() {
-            self.run_reconcile(ctx);
-        }
-    }
-
-    /// One reconciliation, admitted by the gate.
-    fn run_reconcile(&mut self, ctx: &mut Context<Self>) {
-        let started = Instant::now();
-        // Calls numbered from here on began after the fetch started.
-        let watermark = self.calls.watermark();
-        self.gone_during_fetch = Some(HashSet::new());
-        ctx.spawn(call_io::fetch_state(self.ari.clone()).into_actor(self).map(move |res, act, ctx| {
-            let gone = act.gone_during_fetch.take().unwrap_or_default();
-            match res {
-                Ok(state) => act.fetched(state, gone, watermark, started, ctx),
-                Err(e) => {
-                    log::error!("[Supervisor] reconciliation could not read Asterisk's state: {e}");
-                    act.reconcile_done(ctx);
-                }
-            }
-        }));
-    }
-
-    /// Asterisk's lists are in: adopt first (never while shutting down), then plan what to end
-    /// with the adopted calls known.
-    fn fetched(
-        &mut self,
-        (app, channels, bridges): (Application, Vec<Channel>, Vec<Bridge>),
-        gone: HashSet<String>,
-        watermark: u64,
-        started: Instant,
-        ctx: &mut Context<Self>,
-    ) {
-        let mut adopted = 0;
-        if self.accepting {
-            let (echo_host, echo_port) = self.settings.echo_target.rsplit_once(':').unwrap_or((&self.settings.echo_target, "0"));
-            let expect = adopt::Expect {
-                app: self.ari.app(),
-                media_host: &self.settings.media_host,
-                ports: self.rtp_ports,
-                echo_host: echo_host.trim_start_matches('[').trim_end_matches(']'),
-                echo_port: echo_port.parse().unwrap_or(0),
-            };
-            let survey = adopt::survey(&app, &channels, &bridges, &expect, |id| self.calls.knows(id), |id| gone.contains(id));
-            for (caller, why) in &survey.skipped {
-                log::warn!("[Supervisor] not adopting call {caller}: {why}; the reconciliation ends what is left of it");
-            }
-            adopted = survey.adopt.len();
-            for found in survey.adopt {
-                self.adopt(found, ctx);
-            }
-        }
-        let live = self.calls.values().map(|c| reconcile::LiveCall {
-            caller_id: &c.info.channel_id,
-            setting_up: c.info.state == CallState::SettingUp,
-            began_after_fetch: c.info.call_no >= watermark,
-        });
-        let plan = reconcile::plan(&app, &channels, &bridges, live, |id| self.calls.knows(id));
-        let report = ReconcileReport {
-            fetch_ms: started.elapsed().as_millis() as u64,
-            listed: channels.len() + bridges.len(),
-            adopted_calls: adopted,
-            ..ReconcileReport::default()
-        };
-        self.carry_out(plan, report, started, ctx);
-    }
-
-    /// The running reconciliation is over: start the one asked for meanwhile, if any.
-    fn reconcile_done(&mut self, ctx: &mut Context<Self>) {
-        if self.reconcile_gate.finished() {
-            self.run_reconcile(ctx);
-        }
-    }
-
-    /// A reconciliation no earlier than `delay` from now. One timer at a time: when it fires,
-    /// one reconciliation serves every request due by then, and the timer is armed again for
-    /// the latest request made meanwhile, if that one is due later.
-    fn reconcile_later(&mut self, delay: Duration, ctx: &mut Context<Self>) {
-        if let Some(at) = self.reconcile_gate.request_at(Instant::now() + delay) {
-            ctx.run_later(at.saturating_duration_since(Instant::now()), Self::reconcile_timer_fired);
-        }
-    }
-
-    fn reconcile_timer_fired(&mut self, ctx: &mut Context<Self>) {
-        let now = Instant::now();
-        if let Some(at) = self.reconcile_gate.timer_fired(now) {
-            ctx.run_later(at.saturating_duration_since(now), Self::reconcile_timer_fired);
-        }
-        self.reconcile(ctx);
-    }
-
-    /// Ends the vanished calls, hangs up the orphan media channels and destroys the orphan
-    /// bridges, then schedules the look at the orphan callers.
-    fn carry_out(&mut self, plan: reconcile::Plan, mut report: ReconcileReport, started: Instant, ctx: &mut Context<Self>) {
-        for id in &plan.vanished_calls {
-            if let Some(c) = self.calls.get(id) {
-                c.addr.do_send(EndCall { reason: EndReason::Vanished, why: "caller vanished while ARI was disconnected" });
-            }
-        }
-        report.vanished_calls = plan.vanished_calls.len();
-        report.orphan_media_channels = plan.media_orphans.len();
-        report.orphan_bridges = plan.bridge_orphans.len();
-        let reconcile::Plan { media_orphans, bridge_orphans, caller_candidates, .. } = plan;
-        let ari = self.ari.clone();
-        let cleanup = async move {
-            call_io::hang_up_all(&ari, &media_orphans, "orphan", HangupReason::Normal).await
-                + call_io::destroy_all(&ari, &bridge_orphans).await
-        };
-        ctx.spawn(cleanup.into_actor(self).map(move |errors, _, ctx| {
-            report.errors += errors;
-            ctx.run_later(ORPHAN_GRACE, move |act, ctx| act.end_orphan_callers(caller_candidates, report, started, ctx));
-        }));
-    }
-
-    /// Hangs up the candidates that still are no call of ours, then reports.
-    fn end_orphan_callers(&mut self, candidates: Vec<String>, mut report: ReconcileReport, started: Instant, ctx: &mut Context<Self>) {
-        let orphans: Vec<String> = candidates.into_iter().filter(|id| self.calls.get(id).is_none()).collect();
-        report.orphan_app_channels = orphans.len();
-        let ari = self.ari.clone();
-        // Congestion: a caller still ringing (it entered Stasis while no process of ours could
-        // answer it, e.g. just before a crash) is refused with 503 cause 34, which a SIP proxy
-        // in front retries on another Asterisk; an answered one just gets its BYE.
-        let hangups = async move { call_io::hang_up_all(&ari, &orphans, "orphan caller", HangupReason::Congestion).await };
-        ctx.spawn(hangups.into_actor(self).map(move |errors, act, ctx| {
-            report.errors += errors;
-            report.took_ms = started.elapsed().as_millis() as u64;
-            log::info!(
-                "[Supervisor] reconciled in {} ms (fetch of {} channels and bridges {} ms): {} call(s) adopted, {} orphan caller(s), {} orphan media channel(s), {} orphan bridge(s) cleaned, {} vanished call(s) ended, {} error(s)",
-                report.took_ms, report.listed, report.fetch_ms, report.adopted_calls, report.orphan_app_channels,
-                report.orphan_media_channels, report.orphan_bridges, report.vanished_calls, report.errors
-            );
-            act.metrics.do_send(Reconciled(report));
-            act.reconcile_done(ctx);
-        }));
     }
 }
 
