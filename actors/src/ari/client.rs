@@ -123,11 +123,13 @@ pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
 /// these are well under 4 KiB.
 pub const MAX_ANSWER_BYTES: usize = 1 << 20;
 /// Most bytes read of a listing: `GET /channels`, `GET /bridges`, and our application's ids.
-/// Asterisk 22 lists a channel in 350-400 bytes (measured with 20,000 Local channels, caller
-/// ID set on half; BENCHMARKS.md) and one of our bridges in ~250: 64 MiB holds ~170,000
-/// channels, or ~65,000 at 1 KiB each (long caller IDs, several `channelvars`), beyond what one
-/// Asterisk carries (each of its channels holds one or two file descriptors). Reading one costs
-/// this much memory at most, plus the decoded list; a reconciliation reads one at a time.
+/// Asterisk 22 lists a channel in ~400 bytes (405 measured beside 19,576 Local channels with
+/// caller IDs on half of them; BENCHMARKS.md), so 64 MiB holds ~165,000 such channels, or
+/// ~65,000 at 1 KiB each (long caller IDs, several `channelvars`): more than one Asterisk
+/// carries (each channel holds one or two of its file descriptors, a thread per call). What a
+/// fetch costs: the answer (20,000 channels: 8 MB; awc's buffer grows by doubling) and the
+/// decoded list (~790 bytes a channel: 16 MB); at the bound ~64 MiB plus ~130 MB. A
+/// reconciliation reads one listing at a time.
 pub const MAX_LISTING_BYTES: usize = 64 << 20;
 
 /// `Authorization: Basic base64(user:password)` (RFC 7617), marked sensitive: `Debug` of the
