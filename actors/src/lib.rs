@@ -27,6 +27,7 @@
 //! - [`naming`]: names of what rtpvisor creates in Asterisk, scoped by instance (app).
 //! - [`reconcile`]: what a reconciliation with Asterisk must end (orphans, vanished calls).
 //! - [`ari::model`]: ARI resources and events, decoded by their `type`.
+//! - [`ari::path`]: ids in ARI URLs, percent-encoded as one path segment each.
 //! - [`ari::liveness`]: when the events WebSocket is pinged and when it is declared dead.
 //! - [`ari::link`]: the link's state: connection generations, backoff, why it is down.
 //!
