@@ -174,6 +174,10 @@ pub fn render(m: &MetricsSnapshot, ports: &PoolSnapshot) -> String {
     sample(&mut o, "rtpvisor_reconcile_orphans_cleaned_total", "", m.reconcile.orphans_cleaned as f64);
     family(&mut o, "rtpvisor_reconcile_vanished_calls_total", "counter", "Live calls ended by reconciliation because their caller had vanished.");
     sample(&mut o, "rtpvisor_reconcile_vanished_calls_total", "", m.reconcile.vanished_calls as f64);
+    family(&mut o, "rtpvisor_reconcile_adopted_calls_total", "counter", "Live calls found whole in Asterisk after a restart and taken over by reconciliation.");
+    sample(&mut o, "rtpvisor_reconcile_adopted_calls_total", "", m.reconcile.adopted_calls as f64);
+    family(&mut o, "rtpvisor_reconcile_failed_total", "counter", "Reconciliations that could not read Asterisk's state.");
+    sample(&mut o, "rtpvisor_reconcile_failed_total", "", m.reconcile.failed as f64);
 
     family(&mut o, "rtpvisor_ports", "gauge", "RTP ports of the pool, by state.");
     for (state, n) in [

@@ -271,6 +271,11 @@ pub fn bucket_counts(cumulative: &BucketCounts, total: u64) -> Vec<u64> {
 #[rtype(result = "()")]
 pub struct Reconciled(pub ReconcileReport);
 
+/// A reconciliation could not read Asterisk's state (the error): nothing was adopted or ended.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ReconcileFailed(pub String);
+
 /// Reconciliations since start (at every ARI connect and reconnect, after a failed setup, and
 /// every 60 s).
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
@@ -282,6 +287,10 @@ pub struct ReconcileMetrics {
     pub vanished_calls: u64,
     /// Live calls found whole in Asterisk and taken over (after a restart), all runs together.
     pub adopted_calls: u64,
+    /// Reconciliations that could not read Asterisk's state (not in `runs`), and the last
+    /// such error.
+    pub failed: u64,
+    pub last_error: Option<String>,
     pub last: Option<ReconcileReport>,
 }
 
@@ -478,6 +487,14 @@ impl Handler<EchoCounters> for MetricsActor {
     type Result = ();
     fn handle(&mut self, EchoCounters(c): EchoCounters, _: &mut Context<Self>) {
         self.reflector = c;
+    }
+}
+
+impl Handler<ReconcileFailed> for MetricsActor {
+    type Result = ();
+    fn handle(&mut self, ReconcileFailed(e): ReconcileFailed, _: &mut Context<Self>) {
+        self.reconcile.failed += 1;
+        self.reconcile.last_error = Some(e);
     }
 }
 

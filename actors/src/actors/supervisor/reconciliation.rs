@@ -9,7 +9,7 @@ use actix::prelude::*;
 use super::Supervisor;
 use crate::actors::call_io;
 use crate::actors::channel::EndCall;
-use crate::actors::metrics::{EndReason, Reconciled};
+use crate::actors::metrics::{EndReason, ReconcileFailed, Reconciled};
 use crate::adopt;
 use crate::ari::model::{Application, Bridge, Channel, HangupReason};
 use crate::call::CallState;
@@ -37,6 +37,7 @@ impl Supervisor {
                 Ok(state) => act.fetched(run, state, gone, ctx),
                 Err(e) => {
                     log::error!("[Supervisor] reconciliation could not read Asterisk's state: {e}");
+                    act.metrics.do_send(ReconcileFailed(e.to_string()));
                     act.reconcile_done(ctx);
                 }
             }
