@@ -297,6 +297,8 @@ kill_and_adopt() {
     gaps="$(api /channels | jq -c --argjson now "$(date +%s%3N)" --argjson k "$tk_ms" '[.[] | $now - .media.first_packet_ms_ago - $k] | sort')"
     worst="$(jq 'max' <<<"$gaps")"
     back="$(( $(date +%s%3N) - tk_ms ))"
+    reconciled() { [[ "$(metric .reconcile.runs)" -ge 1 ]]; }
+    wait_for 10 reconciled || die "$how: the new process's reconciliation was not reported"
     adopted="$(metric .reconcile.adopted_calls)"
     log "$how: back by $by after $restarted ms; $adopted calls adopted, media gap per call since the kill $gaps ms; all seen adopted after $back ms"
     [[ $adopted -eq 4 && "$(metric .reconcile.orphans_cleaned)" -eq 0 ]] || die "$how: adopted $adopted, cleaned $(metric .reconcile.orphans_cleaned): $(api /metrics | jq -c .reconcile)"

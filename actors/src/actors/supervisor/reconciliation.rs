@@ -96,6 +96,9 @@ impl Supervisor {
     /// Hangs up the orphan callers (those that still are no call of ours), then reports.
     fn end_orphan_callers(&mut self, mut run: reconcile::Run, ctx: &mut Context<Self>) {
         let orphans = run.grace_over(|id| self.calls.get(id).is_some());
+        for id in &orphans {
+            log::info!("Hanging up orphan caller {id} (in our app, no call of ours)");
+        }
         let ari = self.ari.clone();
         // Congestion: a caller still ringing (it entered Stasis while no process of ours could
         // answer it, e.g. just before a crash) is refused with 503 cause 34, which a SIP proxy
