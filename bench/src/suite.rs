@@ -14,6 +14,7 @@ use crate::channels::{self, RunResult, Sut};
 use crate::echo::{self, EchoOpts, EchoResult, Load};
 use crate::generator::Plan;
 use crate::micro_alloc::{self, AllocCheck};
+use crate::removal::{self, RemovalResult};
 use crate::report::{self, Curve, Target};
 use crate::{logcap, sys};
 
@@ -30,6 +31,8 @@ pub enum What {
     Echo,
     /// Item 3: probe calls through the real Asterisk (skipped unless it runs).
     Asterisk,
+    /// The media engine ending many calls at once, against a few.
+    Removal,
 }
 
 /// rtpvisor's benchmark suite. Prints tables; writes results.json, results.md and
@@ -77,6 +80,9 @@ pub struct Args {
     /// Item 3: measured seconds once every call is up (default 60; --quick: 10).
     #[arg(long)]
     pub asterisk_seconds: Option<f64>,
+    /// Stream counts removed at once (`removal`); the smallest is the baseline.
+    #[arg(long, value_delimiter = ',', default_values_t = [10, 1000])]
+    pub removal_streams: Vec<usize>,
     /// Output directory (default: the workspace's target/bench).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -115,6 +121,7 @@ struct Results<'a> {
     channel_failures: Vec<String>,
     echo: Option<Vec<EchoResult>>,
     asterisk: Option<AsteriskOutcome>,
+    removal: Option<RemovalResult>,
     targets: Vec<Target>,
     log_lines_suppressed: u64,
 }
@@ -143,7 +150,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let warmup = Duration::from_secs_f64(args.warmup.unwrap_or(if args.quick { 1.0 } else { 2.0 }));
     let measure = Duration::from_secs_f64(args.seconds.unwrap_or(if args.quick { 3.0 } else { 10.0 }));
     let plan = Plan { pps: args.pps, warmup, measure, grace: Duration::from_millis(500) };
-    let max_n = counts.iter().copied().max().unwrap_or(0) as u64;
+    let max_n = counts.iter().chain(&args.removal_streams).copied().max().unwrap_or(0) as u64;
     let limit = sys::raise_nofile(3 * max_n + 1024);
     if limit < 2 * max_n + 256 {
         eprintln!("warning: open-files limit {limit} may be too low for {max_n} channels");
@@ -184,6 +191,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         asterisk::run(&root, AsteriskOpts { calls: args.asterisk_calls, measure: Duration::from_secs_f64(secs) })
     });
 
+    let removal_out = if want(What::Removal) {
+        eprintln!("== removal: {:?} streams removed at once", args.removal_streams);
+        match removal::run(&args.removal_streams) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                eprintln!("removal: FAILED: {e:#}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+
     // Judge the targets.
     let mut targets = Vec::new();
     if let Some(runs) = &channel_runs {
@@ -202,6 +222,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     if let Some(a) = &asterisk_out {
         targets.extend(asterisk_targets(a));
+    }
+    if let Some(r) = &removal_out {
+        targets.extend(removal_targets(r));
     }
 
     // Print and write.
@@ -256,6 +279,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         md.push_str(&text);
         md.push('\n');
     }
+    if let Some(r) = &removal_out {
+        println!("\nEnding many calls at once (the media engine, {} streams talking meanwhile)", removal::TALKERS);
+        md.push_str("### Ending many calls at once\n\n");
+        for line in removal::lines(r) {
+            println!("{line}");
+            md.push_str(&format!("- {line}\n"));
+        }
+        md.push('\n');
+    }
     println!("\nTargets");
     println!("{}", report::targets_table(&targets, false));
     md.push_str("### Targets\n\n");
@@ -272,6 +304,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         channel_failures,
         echo: echo_runs,
         asterisk: asterisk_out,
+        removal: removal_out,
         targets,
         log_lines_suppressed: logcap::suppressed(),
     };
@@ -438,6 +471,27 @@ fn echo_targets(e: &[EchoResult]) -> Vec<Target> {
             ));
         }
         _ => t.push(Target::new("echo.saturation", "echo: >= 300k echoes/s at saturation", "not run".into(), None)),
+    }
+    t
+}
+
+fn removal_targets(r: &RemovalResult) -> Vec<Target> {
+    let mut t = Vec::new();
+    if let Some(m) = r.medians.iter().max_by_key(|m| m.streams).filter(|m| m.streams >= 1000) {
+        t.push(Target::new(
+            "removal.time",
+            &format!("{} calls ended at once in < 1 s on the media thread", m.streams),
+            format!("{} streams: {:.1} ms media thread CPU, {:.1} ms wall", m.streams, m.media_cpu_ms, m.wall_ms),
+            Some(m.media_cpu_ms < 1000.0 && m.wall_ms < 1000.0),
+        ));
+    }
+    if let Some(c) = r.cpu_per_removal_ratio {
+        t.push(Target::new(
+            "removal.per_call",
+            "a removal costs the media thread the same with many streams as with few (<= 2x per removal)",
+            format!("media CPU per removal, largest count against smallest: {c:.2}x"),
+            Some(c <= 2.0),
+        ));
     }
     t
 }
