@@ -14,6 +14,8 @@
 //! - [`mode`]: the call modes (echo, probe, shared-echo).
 //! - [`call`]: the call procedure (setup steps, waits and retries, teardown) as a state machine.
 //! - [`intensity`]: restart intensity (at most N failures in T), OTP style.
+//! - [`command_queue`]: what bounds the media engine's command queue: a counted capacity for
+//!   the commands it may refuse, requests that share one answer.
 //! - [`thread_health`]: whether a dedicated thread still turns (heartbeat, exit record) and
 //!   whether its supervisor restarts it or escalates.
 //! - [`latency`]: latency histograms (HdrHistogram) and their summaries in milliseconds.
@@ -42,6 +44,7 @@
 pub mod actors;
 pub mod call;
 pub mod ari;
+pub mod command_queue;
 pub mod echo_guard;
 pub mod ended;
 pub mod intensity;
