@@ -12,6 +12,7 @@
 //! - [`asterisk`]: item 3, probe calls through the real Asterisk (only if it runs); [`wire`]:
 //!   the same round trips captured on the loopback interface.
 //! - [`removal`]: the media engine ending many calls at once, against a few.
+//! - [`scrape`]: a Prometheus scrape with many live calls, against a few.
 //! - [`micro_alloc`]: allocations of the per-packet operations (timings: criterion, in
 //!   `actors/benches/`).
 //! - [`generator`]: the load generator (the "Asterisk side": one socket per channel, paced RTP).
@@ -33,6 +34,7 @@ mod logcap;
 mod micro_alloc;
 mod removal;
 mod report;
+mod scrape;
 mod service_run;
 mod suite;
 mod sys;

@@ -1,8 +1,11 @@
 //! Ending many calls at once, in the media engine alone (`MediaHandle::start` as the service
 //! calls it): N echo streams talking at 50 packets/s each (a call's pace), beside
-//! [`TALKERS`] more that stay; after 300 ms of media the N are removed at once while they still
-//! talk, as at a mass hang-up: N `remove` requests sent together, as N ChannelActors tearing
-//! down together, every answer (each with the stream's final report) awaited. Measured: the wall
+//! [`TALKERS`] more that stay and keep talking; after 300 ms of media the N fall silent and
+//! are removed at once: N `remove` requests sent together, as N ChannelActors tearing down
+//! together, every answer (each with the stream's final report) awaited. They fall silent
+//! first so that what the media thread spends is the removals' cost alone: the engine reads
+//! the call sockets between batches of commands, and packets of the streams being removed
+//! would add their own cost, which grows with N. Measured: the wall
 //! time from the first request to the last answer, and the CPU time the media thread used
 //! meanwhile (its thread CPU clock). Baseline: the same with a small N on the same engine in
 //! the same process, a few seconds apart: per removal, the large N against the small one
@@ -155,14 +158,16 @@ pub fn run(counts: &[usize]) -> anyhow::Result<RemovalResult> {
             let hush = Arc::new(AtomicBool::new(false));
             let far = talk(peer, targets, Arc::clone(&hush));
             thread::sleep(TALK_BEFORE);
+            hush.store(true, Ordering::Relaxed);
+            let _ = far.join();
+            // Their last packets read.
+            thread::sleep(Duration::from_millis(50));
             let f0 = flushes.load(Ordering::Relaxed);
             let c0 = cpu();
             let t0 = Instant::now();
             let answers = rt.block_on(futures_util::future::join_all(ids.iter().map(|&id| media.remove(id))));
             let wall_ms = t0.elapsed().as_secs_f64() * 1e3;
             let media_cpu_ms = cpu() - c0;
-            hush.store(true, Ordering::Relaxed);
-            let _ = far.join();
             let reports = answers.iter().filter(|a| matches!(a, Ok(Some(_)))).count();
             let run = RemovalRun { streams: n, wall_ms, media_cpu_ms, reports, flushes: flushes.load(Ordering::Relaxed) - f0 };
             eprintln!(

@@ -15,6 +15,7 @@ use crate::echo::{self, EchoOpts, EchoResult, Load};
 use crate::generator::Plan;
 use crate::micro_alloc::{self, AllocCheck};
 use crate::removal::{self, RemovalResult};
+use crate::scrape::{self, ScrapeResult};
 use crate::report::{self, Curve, Target};
 use crate::{logcap, sys};
 
@@ -33,6 +34,8 @@ pub enum What {
     Asterisk,
     /// The media engine ending many calls at once, against a few.
     Removal,
+    /// A Prometheus scrape with many live calls, against a few.
+    Scrape,
 }
 
 /// rtpvisor's benchmark suite. Prints tables; writes results.json, results.md and
@@ -83,6 +86,9 @@ pub struct Args {
     /// Stream counts removed at once (`removal`); the smallest is the baseline.
     #[arg(long, value_delimiter = ',', default_values_t = [10, 1000])]
     pub removal_streams: Vec<usize>,
+    /// Live call counts of `scrape`; the smallest is the baseline.
+    #[arg(long, value_delimiter = ',', default_values_t = [10, 1000])]
+    pub scrape_calls: Vec<usize>,
     /// Output directory (default: the workspace's target/bench).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -122,6 +128,7 @@ struct Results<'a> {
     echo: Option<Vec<EchoResult>>,
     asterisk: Option<AsteriskOutcome>,
     removal: Option<RemovalResult>,
+    scrape: Option<ScrapeResult>,
     targets: Vec<Target>,
     log_lines_suppressed: u64,
 }
@@ -204,6 +211,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         None
     };
 
+    let scrape_out = if want(What::Scrape) {
+        eprintln!("== scrape: Prometheus scrapes with {:?} live calls", args.scrape_calls);
+        match scrape::run(&args.scrape_calls) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                eprintln!("scrape: FAILED: {e:#}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+
     // Judge the targets.
     let mut targets = Vec::new();
     if let Some(runs) = &channel_runs {
@@ -225,6 +245,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     if let Some(r) = &removal_out {
         targets.extend(removal_targets(r));
+    }
+    if let Some(r) = &scrape_out {
+        targets.extend(scrape_targets(r));
     }
 
     // Print and write.
@@ -288,6 +311,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         md.push('\n');
     }
+    if let Some(r) = &scrape_out {
+        println!("\nPrometheus scrape ({} scrapes per count and path)", scrape::ROUNDS * scrape::REPS);
+        md.push_str("### Prometheus scrape\n\n");
+        for line in scrape::lines(r) {
+            println!("{line}");
+            md.push_str(&format!("- {line}\n"));
+        }
+        md.push('\n');
+    }
     println!("\nTargets");
     println!("{}", report::targets_table(&targets, false));
     md.push_str("### Targets\n\n");
@@ -305,6 +337,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         echo: echo_runs,
         asterisk: asterisk_out,
         removal: removal_out,
+        scrape: scrape_out,
         targets,
         log_lines_suppressed: logcap::suppressed(),
     };
@@ -494,6 +527,18 @@ fn removal_targets(r: &RemovalResult) -> Vec<Target> {
         ));
     }
     t
+}
+
+fn scrape_targets(r: &ScrapeResult) -> Vec<Target> {
+    let (Some(ratio), Some(small), Some(large)) = (r.ratio, r.runs.first(), r.runs.last()) else { return Vec::new() };
+    let all_live = r.runs.iter().all(|x| x.active_after == x.calls as u64);
+    let why = if all_live { String::new() } else { "; not valid: calls ended during the run".into() };
+    vec![Target::new(
+        "scrape.per_call",
+        &format!("a Prometheus scrape costs the same with {} as with {} live calls (<= 1.5x)", large.calls, small.calls),
+        format!("median {:.0} vs {:.0} us = {ratio:.2}x{why}", large.median_us, small.median_us),
+        all_live.then_some(ratio <= 1.5),
+    )]
 }
 
 fn asterisk_targets(a: &AsteriskOutcome) -> Vec<Target> {
