@@ -12,6 +12,7 @@
 //! - [`asterisk`]: item 3, probe calls through the real Asterisk (only if it runs); [`wire`]:
 //!   the same round trips captured on the loopback interface.
 //! - [`removal`]: the media engine ending many calls at once, against a few.
+//! - [`flood`]: a flood at live call ports, and what it costs the other calls.
 //! - [`scrape`]: a Prometheus scrape with many live calls, against a few.
 //! - [`micro_alloc`]: allocations of the per-packet operations (timings: criterion, in
 //!   `actors/benches/`).
@@ -29,6 +30,7 @@ mod baselines;
 mod channels;
 mod echo;
 mod fake_ari;
+mod flood;
 mod generator;
 mod logcap;
 mod micro_alloc;

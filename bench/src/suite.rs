@@ -14,6 +14,7 @@ use crate::channels::{self, RunResult, Sut};
 use crate::echo::{self, EchoOpts, EchoResult, Load};
 use crate::generator::Plan;
 use crate::micro_alloc::{self, AllocCheck};
+use crate::flood::{self, FloodResult};
 use crate::removal::{self, RemovalResult};
 use crate::scrape::{self, ScrapeResult};
 use crate::report::{self, Curve, Target};
@@ -36,6 +37,8 @@ pub enum What {
     Removal,
     /// A Prometheus scrape with many live calls, against a few.
     Scrape,
+    /// A flood at live call ports: what it costs the other calls, against quiet windows.
+    Flood,
 }
 
 /// rtpvisor's benchmark suite. Prints tables; writes results.json, results.md and
@@ -129,6 +132,7 @@ struct Results<'a> {
     asterisk: Option<AsteriskOutcome>,
     removal: Option<RemovalResult>,
     scrape: Option<ScrapeResult>,
+    flood: Option<FloodResult>,
     targets: Vec<Target>,
     log_lines_suppressed: u64,
 }
@@ -224,6 +228,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         None
     };
 
+    let flood_out = if want(What::Flood) {
+        eprintln!("== flood: {} call ports flooded, {} probe calls measured", flood::FLOODED, flood::PROBES);
+        match flood::run() {
+            Ok(r) => Some(r),
+            Err(e) => {
+                eprintln!("flood: FAILED: {e:#}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+
     // Judge the targets.
     let mut targets = Vec::new();
     if let Some(runs) = &channel_runs {
@@ -248,6 +265,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     if let Some(r) = &scrape_out {
         targets.extend(scrape_targets(r));
+    }
+    if let Some(r) = &flood_out {
+        targets.push(Target::new(
+            "flood.samples",
+            "a flood at live call ports leaves the other calls >= 95 % of their probe samples",
+            format!(
+                "{:.1} vs {:.1} samples per call per second = {:.3}x",
+                r.flooded.samples_per_call_s, r.quiet.samples_per_call_s, r.samples_ratio
+            ),
+            Some(r.samples_ratio >= 0.95),
+        ));
     }
 
     // Print and write.
@@ -320,6 +348,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         md.push('\n');
     }
+    if let Some(r) = &flood_out {
+        println!("\nFlood at live call ports ({} ports, one sender each; {} quiet and {} flooded windows)", flood::FLOODED, flood::ROUNDS, flood::ROUNDS);
+        md.push_str("### Flood at live call ports\n\n");
+        for line in flood::lines(r) {
+            println!("{line}");
+            md.push_str(&format!("- {line}\n"));
+        }
+        md.push('\n');
+    }
     println!("\nTargets");
     println!("{}", report::targets_table(&targets, false));
     md.push_str("### Targets\n\n");
@@ -338,6 +375,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         asterisk: asterisk_out,
         removal: removal_out,
         scrape: scrape_out,
+        flood: flood_out,
         targets,
         log_lines_suppressed: logcap::suppressed(),
     };
