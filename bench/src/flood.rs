@@ -6,6 +6,11 @@
 //! that whatever else the machine does weighs on both sides. Per window: the probe calls'
 //! samples (probes back) per second, probes lost, and the round trip's p99 from the engine's
 //! own latency deltas; flooded against quiet, in the same process.
+//!
+//! Then the control: the same senders at sockets nobody reads (the kernel drops what does not
+//! fit), the probe calls as before. On one machine the senders take CPU from everyone (the
+//! reflector, which plays Asterisk, included), which a remote attacker would not: what the
+//! call-port flood costs beyond the control is the engine's share.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -46,13 +51,31 @@ pub struct FloodSide {
     pub flood_read_per_s: f64,
 }
 
+/// Where the senders aim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Target {
+    /// Live calls' ports, read by the engine.
+    CallPorts,
+    /// Sockets nobody reads: the control.
+    Unread,
+}
+
 #[derive(Debug, Clone, Serialize)]
-pub struct FloodResult {
+pub struct FloodRun {
+    pub target: Target,
     pub quiet: FloodSide,
     pub flooded: FloodSide,
     /// Samples per call per second, flooded / quiet.
     pub samples_ratio: f64,
     pub p99_ratio: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FloodResult {
+    /// At live call ports.
+    pub calls: FloodRun,
+    /// At sockets nobody reads.
+    pub control: FloodRun,
 }
 
 fn spec(id: u64, mode: CallMode, socket: UdpSocket, peer: SocketAddr) -> StreamSpec {
@@ -110,6 +133,10 @@ fn counts(s: &MediaSnapshot) -> (u64, u64, u64) {
 }
 
 pub fn run() -> anyhow::Result<FloodResult> {
+    Ok(FloodResult { calls: run_one(Target::CallPorts)?, control: run_one(Target::Unread)? })
+}
+
+fn run_one(target: Target) -> anyhow::Result<FloodRun> {
     let flushes: Arc<Mutex<Vec<(Instant, LatencyHistogram)>>> = Arc::default();
     let sink_flushes = Arc::clone(&flushes);
     let (media, join) = MediaHandle::start(
@@ -134,10 +161,18 @@ pub fn run() -> anyhow::Result<FloodResult> {
     let on = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU64::new(0));
     let silent_peer = UdpSocket::bind("127.0.0.1:0")?;
+    // The control's targets, held open (unread) until the end.
+    let mut unread = Vec::new();
     for i in 0..FLOODED as u64 {
         let port = UdpSocket::bind("127.0.0.1:0")?;
         let to = port.local_addr()?;
-        rt.block_on(media.add(spec(100 + i, CallMode::Echo, port, silent_peer.local_addr()?)))?.context("adding a flooded call")?;
+        match target {
+            Target::CallPorts => {
+                rt.block_on(media.add(spec(100 + i, CallMode::Echo, port, silent_peer.local_addr()?)))?
+                    .context("adding a flooded call")?;
+            }
+            Target::Unread => unread.push(port),
+        }
         threads.push(flooder(to, Arc::clone(&on), Arc::clone(&stop), Arc::clone(&sent))?);
     }
     thread::sleep(Duration::from_millis(500)); // probing under way
@@ -165,7 +200,7 @@ pub fn run() -> anyhow::Result<FloodResult> {
             }
         }
         eprintln!(
-            "   {} window {}: {:.1} samples per call per second, {} lost, {:.0} flood datagrams/s sent, {:.0}/s read",
+            "   {target:?}: {} window {}: {:.1} samples per call per second, {} lost, {:.0} flood datagrams/s sent, {:.0}/s read",
             if flooded { "flooded" } else { "quiet" },
             round / 2 + 1,
             (b1 - b0) as f64 / secs / PROBES as f64,
@@ -189,8 +224,10 @@ pub fn run() -> anyhow::Result<FloodResult> {
         side.rtt_p99_ms = h.value_at_quantile_us(0.99) as f64 / 1000.0;
         side.rtt_samples = h.count();
     }
+    drop(unread);
     let [quiet, flooded] = sides;
-    Ok(FloodResult {
+    Ok(FloodRun {
+        target,
         samples_ratio: flooded.samples_per_call_s / quiet.samples_per_call_s.max(1e-9),
         p99_ratio: flooded.rtt_p99_ms / quiet.rtt_p99_ms.max(1e-9),
         quiet,
@@ -206,9 +243,11 @@ pub fn lines(r: &FloodResult) -> Vec<String> {
             s.samples_per_call_s, s.probes_lost, s.rtt_p99_ms, s.rtt_samples, s.flood_sent_per_s, s.flood_read_per_s
         )
     };
-    vec![
-        side("quiet", &r.quiet),
-        side("flooded", &r.flooded),
-        format!("flooded / quiet: probe samples {:.3}x, RTT p99 {:.2}x", r.samples_ratio, r.p99_ratio),
-    ]
+    let mut out = Vec::new();
+    for (what, run) in [("at live call ports", &r.calls), ("control, at sockets nobody reads", &r.control)] {
+        out.push(side(&format!("{what}, quiet"), &run.quiet));
+        out.push(side(&format!("{what}, flooded"), &run.flooded));
+        out.push(format!("{what}: flooded / quiet: probe samples {:.3}x, RTT p99 {:.2}x", run.samples_ratio, run.p99_ratio));
+    }
+    out
 }

@@ -271,10 +271,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "flood.samples",
             "a flood at live call ports leaves the other calls >= 95 % of their probe samples",
             format!(
-                "{:.1} vs {:.1} samples per call per second = {:.3}x",
-                r.flooded.samples_per_call_s, r.quiet.samples_per_call_s, r.samples_ratio
+                "{:.1} vs {:.1} samples per call per second = {:.3}x (control, at unread sockets: {:.3}x)",
+                r.calls.flooded.samples_per_call_s, r.calls.quiet.samples_per_call_s, r.calls.samples_ratio, r.control.samples_ratio
             ),
-            Some(r.samples_ratio >= 0.95),
+            Some(r.calls.samples_ratio >= 0.95),
         ));
     }
 
