@@ -90,6 +90,11 @@ LABEL org.rtpvisor.stage=runtime
 RUN useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin rtpvisor
 COPY --from=builder /rtpvisor /usr/local/bin/rtpvisor
 USER rtpvisor
+# In a container the API must answer beyond the container's own loopback: bind every address,
+# which rtpvisor accepts only with a token (RTPVISOR_HTTP_TOKEN or _FILE). `docker run` of this
+# image without one stops at once with the one-line how-to instead of serving an API nobody
+# outside the container can reach.
+ENV RTPVISOR_HTTP_ADDR=0.0.0.0:9090
 # 9090/tcp: HTTP API (/ready, /metrics); 4000/udp: shared echo. The per-call RTP ports
 # (RTPVISOR_RTP_PORTS, default 10000-10100/udp) are reached by Asterisk on the compose network.
 EXPOSE 9090/tcp 4000/udp

@@ -5,9 +5,10 @@
 #   scripts/isolated.sh [--repo DIR] [--name NAME] -- COMMAND [ARGS...]
 #
 # What the command gets:
-#   * its own network namespace (`ip netns add`, loopback up, nothing else): 127.0.0.1:8088
-#     (ARI), 8089 (ARI over TLS), 5060 (SIP), the RTP range and every port a test picks are the
-#     namespace's own, whatever other runs or services on the host hold;
+#   * its own network namespace (`ip netns add`, loopback up with 127.0.0.1 and ::1, nothing
+#     else): 127.0.0.1:8088 (ARI), 8089 (ARI over TLS), 5060 (SIP), the RTP range and every
+#     port a test picks are the namespace's own, whatever other runs or services on the host
+#     hold;
 #   * its own Asterisk state: the chroot that scripts/asterisk.sh builds once (read-only here)
 #     is the lower layer of an overlay mount; this run's writes (/etc/asterisk installed from
 #     DIR/asterisk-conf, logs, spool, astdb, pid files, sipp's files) go to an upper layer that
@@ -75,6 +76,13 @@ trap 'exit 130' INT TERM HUP
 mkdir -p "$RUN/upper" "$RUN/work" "$ROOT"
 mount -t overlay overlay -o "lowerdir=$BASE,upperdir=$RUN/upper,workdir=$RUN/work" "$ROOT"
 ip netns exec "$NAME" ip link set lo up
+# IPv6 on loopback (::1) for the tests that cover IPv6 (a new namespace has it unless the
+# host's defaults turn it off); without it those tests say they were skipped.
+if [[ $(ip netns exec "$NAME" cat /proc/sys/net/ipv6/conf/lo/disable_ipv6 2>/dev/null) == 1 ]]; then
+    ip netns exec "$NAME" sysctl -qw net.ipv6.conf.lo.disable_ipv6=0 || true
+fi
+ip netns exec "$NAME" ip -6 addr show dev lo 2>/dev/null | grep -q 'inet6 ::1/' ||
+    log "no IPv6 on loopback in the namespace (kernel without IPv6?): IPv6 test cases will be skipped"
 log "namespace $NAME, Asterisk root $ROOT (over $BASE), repo $REPO_DIR"
 
 set +e

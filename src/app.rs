@@ -11,7 +11,7 @@ use rtpvisor_actors::naming::host_port;
 use rtpvisor_actors::actors::{failure, Service, ServiceConfig};
 use rtpvisor_actors::ari::client::AriSettings;
 
-use crate::config::Config;
+use crate::config::{Config, TOKEN_HOWTO};
 use crate::http::ApiAuth;
 
 /// Who may use the API, from `http.token` (or its file).
@@ -22,16 +22,16 @@ pub fn api_auth(cfg: &Config) -> ApiAuth {
     }
 }
 
-/// The warning to log at start, if any: an API without a token that other hosts can reach.
+/// The warning to log at start, if any: an API without a token that other hosts can reach
+/// (the configuration allows it only with `http.allow_open`).
 pub fn open_api_warning(cfg: &Config) -> Option<String> {
     let addr = cfg.http.addr;
-    if cfg.http.token.is_some() || addr.ip().is_loopback() {
+    if !cfg.http.open_beyond_loopback() {
         return None;
     }
     Some(format!(
-        "the HTTP API on {addr} is reachable from other hosts and has no token: anyone who \
-         reaches it reads calls and metrics; set http.token or http.token_file \
-         (RTPVISOR_HTTP_TOKEN / RTPVISOR_HTTP_TOKEN_FILE), or bind http.addr to 127.0.0.1"
+        "the HTTP API on {addr} is reachable from other hosts and has no token (http.allow_open): \
+         anyone who reaches it reads calls and metrics; {TOKEN_HOWTO}, or bind http.addr to 127.0.0.1"
     ))
 }
 
@@ -89,7 +89,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     if let Some(warning) = open_api_warning(&cfg) {
         log::warn!("{warning}");
     }
-    let service = Service::start(svc_cfg).await?;
+    // Every local resource first (media engine, echo port, HTTP port), the Stasis app last: a
+    // process that cannot start must not take the app from a healthy instance on its way out.
+    let service = Service::start_local(svc_cfg).await?;
     actix_rt::spawn(watchdog(service.clone()));
     let data = web::Data::new(service.clone());
     let auth = api_auth(&cfg);
@@ -104,6 +106,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .run();
     let handle = server.handle();
     let server_task = actix_rt::spawn(server);
+    service.take_app();
     log::info!(
         "rtpvisor {} serving HTTP on {} ({}), ARI {} app {}{}",
         env!("CARGO_PKG_VERSION"),
@@ -178,8 +181,10 @@ mod tests {
     #[test]
     fn an_open_api_off_loopback_is_warned_about() {
         let mut cfg = Config::default();
+        assert_eq!(open_api_warning(&cfg), None, "the default is loopback");
+        cfg.http.addr = "0.0.0.0:9090".parse().unwrap();
         let warning = open_api_warning(&cfg).expect("0.0.0.0 without a token");
-        assert!(warning.contains("0.0.0.0:9090") && warning.contains("http.token"), "{warning}");
+        assert!(warning.contains("0.0.0.0:9090") && warning.contains("http.token_file"), "{warning}");
         cfg.http.addr = "127.0.0.1:9090".parse().unwrap();
         assert_eq!(open_api_warning(&cfg), None);
         cfg.http.addr = "[::1]:9090".parse().unwrap();

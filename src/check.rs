@@ -1,5 +1,7 @@
 //! `rtpvisor check`: a doctor for a deployment. With the service's own settings it checks, one
-//! line each (✓ or ✗ with what to do): the configuration is valid; whether an rtpvisor already
+//! line each (✓ or ✗ with what to do): the configuration is valid; the HTTP API does not
+//! answer other hosts without a token (`http.allow_open` lets the service start so, not this
+//! check pass); whether an rtpvisor already
 //! answers on `http.addr`; ARI answers with these credentials (Asterisk's version shown); the
 //! Stasis app is free, or held by that running rtpvisor; the RTP port range and the echo
 //! address are bindable (ports a running rtpvisor holds itself count as fine); and with
@@ -17,7 +19,7 @@ use clap::Parser;
 use rtpvisor_actors::ari::client::{AriClient, AriError};
 use serde_json::Value;
 
-use crate::config::Config;
+use crate::config::{Config, TOKEN_HOWTO};
 use crate::loadgen_report::{self as report, Fate};
 use crate::ops::{self, ApiClient, EndedReader};
 
@@ -130,6 +132,7 @@ pub fn main(argv: Vec<String>) -> i32 {
         |f| format!("{f}, defaults and RTPVISOR_* environment"),
     );
     print(Line::pass(format!("configuration is valid ({source})")), &mut lines);
+    print(api_line(&cfg), &mut lines);
     actix_rt::System::new().block_on(async {
         let mut emit = |l: Line| print(l, &mut lines);
         checks(&args, &cfg, &mut emit).await;
@@ -172,6 +175,22 @@ async fn checks(args: &CheckArgs, cfg: &Config, emit: &mut dyn FnMut(Line)) {
             ),
         };
         emit(line);
+    }
+}
+
+/// Who can read the HTTP API, from the settings alone. Open beyond loopback is a failure even
+/// when `http.allow_open` let the service start: the doctor says what the start only warns of.
+pub fn api_line(cfg: &Config) -> Line {
+    let addr = cfg.http.addr;
+    if cfg.http.token.is_some() {
+        Line::pass(format!("HTTP API on {addr} requires a token"))
+    } else if !cfg.http.open_beyond_loopback() {
+        Line::pass(format!("HTTP API on {addr} answers this host only (no token)"))
+    } else {
+        Line::fail(
+            format!("HTTP API on {addr} answers other hosts without a token (http.allow_open): anyone who reaches it reads every live call"),
+            format!("{TOKEN_HOWTO}; or bind http.addr (RTPVISOR_HTTP_ADDR) to 127.0.0.1"),
+        )
     }
 }
 
@@ -393,6 +412,26 @@ mod tests {
         assert_eq!(Line::note("no service").render(), "· no service\n");
         assert_eq!(exit_code(&[ok.clone(), Line::note("x")]), 0);
         assert_eq!(exit_code(&[ok, bad]), 1);
+    }
+
+    #[test]
+    fn an_api_open_beyond_loopback_fails_the_check() {
+        let mut cfg = Config::default();
+        let l = api_line(&cfg);
+        assert_eq!((l.status, l.text.as_str()), (Status::Pass, "HTTP API on 127.0.0.1:9090 answers this host only (no token)"));
+        cfg.http.addr = "0.0.0.0:9090".parse().unwrap();
+        cfg.http.allow_open = true;
+        let l = api_line(&cfg);
+        assert_eq!(l.status, Status::Fail, "{l:?}");
+        assert!(l.text.contains("0.0.0.0:9090 answers other hosts without a token"), "{l:?}");
+        let fix = l.fix.unwrap();
+        assert!(fix.contains("openssl rand -hex 32") && fix.contains("RTPVISOR_HTTP_TOKEN_FILE"), "{fix}");
+        cfg.http.addr = "[::ffff:127.0.0.1]:9090".parse().unwrap();
+        assert_eq!(api_line(&cfg).status, Status::Pass, "a v4-mapped loopback is loopback");
+        cfg.http.addr = "[::]:9090".parse().unwrap();
+        cfg.http.token = Some(crate::config::Secret::new("0123456789abcdef"));
+        let l = api_line(&cfg);
+        assert_eq!((l.status, l.text.as_str()), (Status::Pass, "HTTP API on [::]:9090 requires a token"));
     }
 
     #[test]

@@ -48,8 +48,8 @@ pub const CHALLENGE: &str = "Bearer realm=\"rtpvisor\"";
 /// Who may use the protected routes: holders of the token, or anyone when none is configured.
 #[derive(Clone)]
 pub struct ApiAuth {
-    /// `None`: the API is open (the operator was warned at start if it is reachable from
-    /// outside this host).
+    /// `None`: the API is open: on loopback, or beyond it only with `http.allow_open` (the
+    /// configuration refuses it otherwise, and the start logs a warning).
     token: Option<Arc<SecretString>>,
 }
 
@@ -570,6 +570,7 @@ mod tests {
                 external_media_channel: String::new(),
                 bridge: String::new(),
                 age_ms: 0,
+                adopted_at_ms: None,
             },
             media: None,
             shared_echo: None,
@@ -654,6 +655,11 @@ mod tests {
         let app = app!(service);
         let (status, body) = get_json!(app, "/ready");
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        // Open without a token, so it says how the service is, nothing of its calls (no
+        // counts, no channel ids): these keys and no others.
+        let mut keys: Vec<&str> = body.as_object().expect("an object").keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["ari", "echo", "media_engine", "ready", "reason", "supervisor"], "{body}");
         assert_eq!(body["ready"], false, "{body}");
         assert_eq!(body["ari"]["connected"], false, "{body}");
         assert_eq!(body["ari"]["connects"], 0, "{body}");

@@ -71,6 +71,11 @@ pub fn render(m: &MetricsSnapshot, ports: &PoolSnapshot) -> String {
         sample(&mut o, "rtpvisor_calls_failed_total", &format!("mode=\"{name}\""), mm.calls_failed as f64);
     }
 
+    family(&mut o, "rtpvisor_calls_adopted_total", "counter", "Calls taken over from Asterisk after a restart (also in rtpvisor_calls_total), by mode.");
+    for (name, mm) in modes {
+        sample(&mut o, "rtpvisor_calls_adopted_total", &format!("mode=\"{name}\""), mm.calls_adopted as f64);
+    }
+
     family(&mut o, "rtpvisor_calls_ended_total", "counter", "Calls ended, by reason.");
     for (reason, n) in m.ended.pairs() {
         sample(&mut o, "rtpvisor_calls_ended_total", &format!("reason=\"{reason}\""), n as f64);
@@ -174,6 +179,10 @@ pub fn render(m: &MetricsSnapshot, ports: &PoolSnapshot) -> String {
     sample(&mut o, "rtpvisor_reconcile_orphans_cleaned_total", "", m.reconcile.orphans_cleaned as f64);
     family(&mut o, "rtpvisor_reconcile_vanished_calls_total", "counter", "Live calls ended by reconciliation because their caller had vanished.");
     sample(&mut o, "rtpvisor_reconcile_vanished_calls_total", "", m.reconcile.vanished_calls as f64);
+    family(&mut o, "rtpvisor_reconcile_adopted_calls_total", "counter", "Live calls found whole in Asterisk after a restart and taken over by reconciliation.");
+    sample(&mut o, "rtpvisor_reconcile_adopted_calls_total", "", m.reconcile.adopted_calls as f64);
+    family(&mut o, "rtpvisor_reconcile_failed_total", "counter", "Reconciliations that could not read Asterisk's state.");
+    sample(&mut o, "rtpvisor_reconcile_failed_total", "", m.reconcile.failed as f64);
 
     family(&mut o, "rtpvisor_ports", "gauge", "RTP ports of the pool, by state.");
     for (state, n) in [
@@ -431,6 +440,7 @@ pub(crate) mod tests {
             calls_active: base + 2,
             calls_rejected: base + 3,
             calls_failed: base + 4,
+            calls_adopted: base + 5,
             latency,
             latency_buckets: [0; 19],
             packets_in: base + 10,

@@ -7,8 +7,13 @@
 //!
 //! After each fault the traffic pauses and the run waits for the service to settle; then it
 //! checks: nothing of ours is left in Asterisk, no port is leased without a live call, no call
-//! is stuck. All along: every call is served, refused or failed cleanly, never half set up; at
-//! the end, from every process's log: no port was ever leased twice.
+//! is stuck. At the end every placed call is accounted for from both sides, the service's logs
+//! and Asterisk's own events (an observer subscribed to all of them): served (and bridged by
+//! us), refused (and ended with congestion), failed in setup, refused as an orphan by a
+//! reconciliation, refused by Asterisk while no rtpvisor held the app, hung up by its caller
+//! while the link was down, or gone with an Asterisk restart; a call that fits none, or whose
+//! two sides disagree, is a violation. And from every process's log: no port was ever leased
+//! twice.
 //!
 //! Length: `RTPVISOR_CHAOS_SECS` (the test command runs 90 s; `scripts/chaos.sh` runs 600 s by
 //! default). `RTPVISOR_CHAOS_SEED` replays a run's order of faults and calls.
@@ -58,7 +63,8 @@ const ALL_FAULTS: [FaultKind; 9] = [
 struct Traffic {
     on: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
-    placed: Arc<Mutex<Vec<String>>>,
+    /// Every call placed: its id, when, and when its hang-up was due.
+    placed: Arc<Mutex<Vec<(String, Instant, Instant)>>>,
     pending: Arc<Mutex<Vec<(Instant, String)>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -110,8 +116,8 @@ impl Traffic {
                     )
                     .is_ok();
                     if placed_ok {
-                        placed2.lock().unwrap().push(id.clone());
                         let hold = Duration::from_millis(1000 + rng.below(3000));
+                        placed2.lock().unwrap().push((id.clone(), now, now + hold));
                         pending2.lock().unwrap().push((now + hold, id));
                     }
                 }
@@ -138,6 +144,131 @@ impl Drop for Traffic {
             let _ = t.join();
         }
     }
+}
+
+/// What Asterisk itself says of each call of the run: an ARI client of its own
+/// (`subscribeAll`, straight to Asterisk, not through the fault proxy) records whether the
+/// caller entered a bridge of the chaos instance and with which cause it was destroyed.
+/// Reconnects after an Asterisk restart (events meanwhile are lost: the calls alive then are
+/// accounted for by the restart's window).
+struct Observer {
+    seen: Arc<Mutex<HashMap<String, Seen>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Seen {
+    bridged: bool,
+    cause: Option<i64>,
+}
+
+impl Observer {
+    fn start() -> Observer {
+        let seen: Arc<Mutex<HashMap<String, Seen>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (seen2, stop2) = (seen.clone(), stop.clone());
+        let url = format!("ws://127.0.0.1:8088/ari/events?app=chaos-observer&subscribeAll=true&api_key={ARI_USER}:{ARI_PASSWORD}");
+        let connect = move || -> Option<tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>>> {
+            let (ws, _) = tungstenite::connect(&url).ok()?;
+            if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
+                s.set_read_timeout(Some(Duration::from_millis(200))).ok()?;
+            }
+            Some(ws)
+        };
+        let first = connect().expect("the observer connects to Asterisk");
+        let thread = std::thread::spawn(move || {
+            let mut ws = Some(first);
+            while !stop2.load(Ordering::SeqCst) {
+                let Some(sock) = ws.as_mut() else {
+                    std::thread::sleep(Duration::from_millis(100));
+                    ws = connect();
+                    continue;
+                };
+                match sock.read() {
+                    Ok(tungstenite::Message::Text(t)) => {
+                        let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap_or_default();
+                        let Some(id) = v["channel"]["id"].as_str().filter(|id| id.starts_with("chaos-") && !id.ends_with("-far")) else {
+                            continue;
+                        };
+                        let mut map = seen2.lock().unwrap();
+                        let e = map.entry(id.to_string()).or_default();
+                        match v["type"].as_str() {
+                            Some("ChannelEnteredBridge") => {
+                                let ours = v["bridge"]["id"].as_str().and_then(rtpvisor_actors::naming::parse).is_some_and(|o| o.app == APP_CHAOS);
+                                e.bridged |= ours;
+                            }
+                            Some("ChannelDestroyed") => e.cause = v["cause"].as_i64(),
+                            _ => {}
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(tungstenite::Error::Io(e)) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                    Err(_) => ws = None,
+                }
+            }
+        });
+        Observer { seen, stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for Observer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// What the service's logs say of a call (every process of the run).
+#[derive(Debug, Default, Clone, Copy)]
+struct Said {
+    served: bool,
+    refused: bool,
+    failed: bool,
+    orphan: bool,
+}
+
+impl Said {
+    fn of(text: &str, id: &str) -> Said {
+        Said {
+            served: text.contains(&format!("Created channel {id} ")) || text.contains(&format!("Adopted channel {id} ")),
+            refused: text.contains(&format!("Rejecting call {id}:")) || text.contains(&format!("Rejected call {id}:")),
+            failed: text.contains(&format!("Setup of call {id} failed")) || text.contains(&format!("Taking over call {id} failed")),
+            orphan: text.contains(&format!("Hanging up orphan caller {id} ")),
+        }
+    }
+}
+
+/// A call's fate from both sides, or why the two do not fit. `cause`: the Q.850 cause of the
+/// caller's end as Asterisk reported it; `restart`: an Asterisk restart fell within the call's
+/// life (its end may have gone unseen); `link_down`: it was placed while the instance could not
+/// hear Asterisk (WebSocket dropped or silent, the process killed).
+fn fate(said: Said, seen: Option<Seen>, restart: bool, link_down: bool) -> Result<&'static str, String> {
+    const CONGESTION: i64 = 34;
+    const NORMAL: i64 = 16;
+    let seen = seen.unwrap_or_default();
+    let ended = |causes: &[i64]| restart || seen.cause.is_some_and(|c| causes.contains(&c));
+    let fits = match (said.served, said.refused, said.failed, said.orphan) {
+        (true, false, false, _) => (seen.bridged || restart).then_some("served"),
+        (false, true, false, false) => ended(&[CONGESTION]).then_some("refused (congestion)"),
+        (false, false, true, false) => (seen.cause.is_some() || restart).then_some("failed in setup, torn down"),
+        // An orphan arises only when the instance could not hear Asterisk; its caller may have
+        // hung up itself (16) before the reconciliation's congestion (34) reached it.
+        (false, false, false, true) => (ended(&[CONGESTION]) || (link_down && ended(&[NORMAL])))
+            .then_some("orphan caller ended by a reconciliation or its caller"),
+        // No process saw it: Asterisk had no rtpvisor to give it to (cause 0), or the caller hung up
+        // while the instance could not hear Asterisk, or Asterisk restarted under it.
+        (false, false, false, false) => match seen.cause {
+            Some(0) => Some("refused by Asterisk: no rtpvisor held the app"),
+            Some(NORMAL) if link_down => Some("hung up by its caller while the link was down"),
+            None if restart => Some("gone with Asterisk's restart before any rtpvisor saw it"),
+            _ => None,
+        },
+        _ => None,
+    };
+    fits.ok_or_else(|| format!("rtpvisor says {said:?}, Asterisk says {seen:?} (restart {restart}, link down {link_down})"))
 }
 
 fn start_service(proxy: &FaultProxy, generation: usize) -> Rtpvisor {
@@ -235,7 +366,10 @@ fn chaos_calls_of_every_mode_under_random_faults_settle_clean() {
     let mut generation = 0;
     let mut svc = start_service(&proxy, generation);
     let mut logs = vec![svc.log.clone()];
+    let observer = Observer::start();
     let traffic = Traffic::start(seed);
+    // Each fault's window: from its injection until the service settled.
+    let mut windows: Vec<(FaultKind, Instant, Instant)> = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(secs);
 
     // Each fault once in a random order, then again in another, until the time is up.
@@ -253,6 +387,7 @@ fn chaos_calls_of_every_mode_under_random_faults_settle_clean() {
         traffic.set(true);
         std::thread::sleep(Duration::from_secs(3));
         let live_before = svc.metrics()["active_channels"].as_u64().unwrap_or(0);
+        let fault_at = Instant::now();
         eprintln!("[{:>5.1} s] fault {fault:?} with {live_before} live call(s)", secs as f64 - deadline.saturating_duration_since(Instant::now()).as_secs_f64());
         match fault {
             FaultKind::WebSocketDrop => {
@@ -344,6 +479,7 @@ fn chaos_calls_of_every_mode_under_random_faults_settle_clean() {
             // Clean by hand so the next fault starts from a known state.
             hang_up_prefixed("chaos-");
         }
+        windows.push((fault, fault_at, Instant::now()));
         let e = settle.entry(fault).or_insert((0, Duration::ZERO));
         e.0 += 1;
         e.1 = e.1.max(took);
@@ -351,22 +487,30 @@ fn chaos_calls_of_every_mode_under_random_faults_settle_clean() {
     }
     let all_placed = traffic.placed.lock().unwrap().clone();
     drop(traffic);
+    // Asterisk's last events (a hang-up sent at the end) reach the observer.
+    std::thread::sleep(Duration::from_millis(500));
+    let seen = observer.seen.lock().unwrap().clone();
+    drop(observer);
 
-    // Every placed call ended up served, refused, failed cleanly, or never reached a service
-    // (placed while none held the app: Asterisk hangs it up at once).
+    // Every placed call, from both sides: what the service's logs say of it and what Asterisk
+    // reported (bridged by us, the cause it ended with). Each call must fit exactly one fate in
+    // which the two agree; there is no bucket for the rest.
     let text: String = logs.iter().map(|l| std::fs::read_to_string(l).unwrap_or_default()).collect();
     let mut outcome: BTreeMap<&str, usize> = BTreeMap::new();
-    for id in &all_placed {
-        let served = text.contains(&format!("Created channel {id} "));
-        let refused = text.contains(&format!("Rejecting call {id}:")) || text.contains(&format!("Rejected call {id}:"));
-        let failed = text.contains(&format!("Setup of call {id} failed"));
-        let k = match (served, refused, failed) {
-            (true, _, _) => "served",
-            (_, true, _) => "refused",
-            (_, _, true) => "failed in setup, torn down",
-            _ => "never reached a service",
+    for (id, placed_at, hangup_at) in &all_placed {
+        // A call placed up to 2 s before a fault may still have been on its way (its
+        // StasisStart in flight, its setup under way) when the fault hit.
+        let within = |kinds: &[FaultKind], t: Instant| {
+            windows.iter().any(|(k, a, b)| kinds.contains(k) && t + Duration::from_secs(2) >= *a && t <= *b)
         };
-        *outcome.entry(k).or_default() += 1;
+        let restart = windows
+            .iter()
+            .any(|(k, a, _)| *k == FaultKind::AsteriskRestart && *placed_at <= *a && *a <= *hangup_at + Duration::from_secs(1));
+        let link_down = within(&[FaultKind::WebSocketDrop, FaultKind::SilentLink, FaultKind::Kill9, FaultKind::AsteriskRestart], *placed_at);
+        match fate(Said::of(&text, id), seen.get(id).copied(), restart, link_down) {
+            Ok(f) => *outcome.entry(f).or_default() += 1,
+            Err(why) => violations.push(format!("call {id}: {why}")),
+        }
     }
     for (i, log) in logs.iter().enumerate() {
         for bad in double_leases(&std::fs::read_to_string(log).unwrap_or_default()) {
@@ -391,4 +535,5 @@ fn chaos_calls_of_every_mode_under_random_faults_settle_clean() {
     }
     assert!(violations.is_empty(), "chaos invariants broken: {violations:#?}");
     assert!(outcome.get("served").copied().unwrap_or(0) > 0, "calls were served");
+    assert_eq!(outcome.values().sum::<usize>(), all_placed.len(), "every placed call has one fate");
 }

@@ -2,7 +2,7 @@
 //! `rtpvisor check` against the real Asterisk: a healthy setup passes, and each failure it
 //! claims to detect is detected (exit 1, that line and no other one ✗): the app held by another
 //! client, wrong ARI credentials, ARI unreachable, a port of the range busy, the echo address
-//! busy, an invalid configuration; and `--call` places a probe call (and a shared-echo call)
+//! busy, an invalid configuration, an API open beyond loopback; and `--call` places a probe call (and a shared-echo call)
 //! through a running rtpvisor.
 
 mod common;
@@ -67,6 +67,7 @@ fn a_healthy_setup_passes() {
     assert_eq!(code, 0, "{out}");
     assert!(failures(&out).is_empty(), "{out}");
     assert!(out.contains("✓ configuration is valid"), "{out}");
+    assert!(out.contains("answers this host only (no token)\n"), "{out}");
     assert!(out.contains("answers user 'rtpvisor': Asterisk 22"), "the version is shown: {out}");
     assert!(out.contains("✓ Stasis app 'rtpvisor' is free"), "{out}");
     assert!(out.contains(": all 10 bindable"), "{out}");
@@ -143,6 +144,28 @@ fn an_invalid_configuration_is_detected() {
 }
 
 #[test]
+fn an_api_open_beyond_loopback_is_detected() {
+    ensure_asterisk();
+    let mut env = idle_env();
+    let addr = format!("0.0.0.0:{}", free_tcp_port());
+    set(&mut env, "RTPVISOR_HTTP_ADDR", &addr);
+    // As the service would: the configuration is refused, and says how to make a token.
+    let (code, out) = check(&env, &[]);
+    assert_one_failure(code, &out, "configuration: invalid RTPVISOR_HTTP_ADDR");
+    assert!(out.contains("the HTTP API would answer other hosts without a token") && out.contains("openssl rand -hex 32"), "{out}");
+    // Open on purpose: the service starts, the check still fails.
+    set(&mut env, "RTPVISOR_HTTP_ALLOW_OPEN", "true");
+    let (code, out) = check(&env, &[]);
+    assert_one_failure(code, &out, &format!("HTTP API on {addr} answers other hosts without a token (http.allow_open)"));
+    assert!(out.contains("RTPVISOR_HTTP_TOKEN_FILE"), "where to put a token: {out}");
+    // With a token it passes.
+    set(&mut env, "RTPVISOR_HTTP_TOKEN", &random_token());
+    let (code, out) = check(&env, &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&format!("✓ HTTP API on {addr} requires a token\n")), "{out}");
+}
+
+#[test]
 fn a_probe_call_through_the_running_service() {
     ensure_asterisk();
     clean_asterisk();
@@ -161,6 +184,7 @@ fn a_probe_call_through_the_running_service() {
     let (code, out) = check(&env, &["--call", "Local/echo@rtpvisor-test", "--call-secs", "1"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("is running and ready"), "{out}");
+    assert!(out.contains("requires a token\n"), "{out}");
     assert!(out.contains("✓ Stasis app 'rtpvisor' is held by the running rtpvisor"), "{out}");
     assert!(out.contains("is held by the running rtpvisor\n"), "{out}");
     let call = out.lines().find(|l| l.contains("probe call to Local/echo@rtpvisor-test")).unwrap_or_else(|| panic!("{out}"));

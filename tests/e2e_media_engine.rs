@@ -1,7 +1,7 @@
 #![cfg(feature = "e2e")]
 //! The media engine is supervised like the other singletons, against the real Asterisk: a
 //! stall (no loop turn for `supervision.media_stall_ms`) or its death escalates (exit 70), and
-//! a restarted process reconciles Asterisk. Requests to a stalled engine time out: the HTTP
+//! a restarted process adopts the live calls. Requests to a stalled engine time out: the HTTP
 //! API keeps answering meanwhile.
 mod common;
 
@@ -60,13 +60,21 @@ fn escalates(fault: &str, prefix: &str) {
     assert_eq!(exit, Some(70), "escalated");
     assert!(svc.log_text().contains("media engine"), "the log says why");
 
-    // Its own supervisor restarts it; the new process reconciles.
+    // Its own supervisor restarts it; the new process adopts the 2 calls, whose media flows
+    // again, and they end by their callers.
     let t1 = Instant::now();
     let svc2 = start(&format!("e2e_media_{fault}_restarted"), "1500");
-    wait_until("Asterisk is clean after the restart", Duration::from_secs(10), || ours_in_asterisk(prefix) == 0);
-    eprintln!("restarted process: Asterisk clean {} ms after its start", t1.elapsed().as_millis());
-    let r = svc2.metrics()["reconcile"].clone();
-    assert!(r["orphans_cleaned"].as_u64() >= Some(4), "2 callers, 2 media channels, 2 bridges: {r}");
+    wait_until("the restart adopted both calls and their media flows", Duration::from_secs(10), || {
+        let c = svc2.get("/channels");
+        let c = c.as_array().unwrap();
+        c.len() == 2 && c.iter().all(|c| c["adopted_at_ms"].is_u64() && c["media"]["packets_in"].as_u64() > Some(0))
+    });
+    eprintln!("restarted process: both calls adopted with media {} ms after its start", t1.elapsed().as_millis());
+    for i in 1..=2 {
+        ari_delete(&format!("/channels/{prefix}-{i}")).unwrap();
+    }
+    wait_until("Asterisk is clean once the callers hung up", Duration::from_secs(10), || ours_in_asterisk(prefix) == 0);
+    assert_eq!(svc2.metrics()["ended"]["hangup"], 2);
 }
 
 #[test]

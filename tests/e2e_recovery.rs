@@ -1,6 +1,6 @@
 #![cfg(feature = "e2e")]
 //! Crash and shutdown against the real Asterisk, with live calls carrying media:
-//! `kill -9` then restart (the new process reconciles: every orphan in Asterisk is ended), and
+//! `kill -9` then restart (the new process adopts every live call: none is cut), and
 //! SIGTERM / SIGINT (calls ended, Asterisk clean, ports released, exit 0 within the deadline).
 mod common;
 
@@ -23,42 +23,49 @@ fn ours_in_asterisk() -> usize {
 }
 
 #[test]
-fn kill_9_with_20_live_calls_then_restart_reconciles_every_orphan() {
+fn kill_9_with_20_live_calls_then_restart_adopts_every_call() {
     ensure_asterisk();
     clean_asterisk();
     let mut svc = Rtpvisor::start("e2e_recovery_kill9", Options::default());
-    start_probe_calls(&svc, "k9", 20);
+    let ids = start_probe_calls(&svc, "k9", 20);
     std::thread::sleep(Duration::from_secs(1));
     let (code, _) = svc.signal("KILL");
     assert_eq!(code, None, "killed by a signal");
     // Asterisk keeps everything of a dead app: 20 callers, 20 externalMedia channels, 20 bridges.
     assert_eq!(ours_in_asterisk(), 40, "Asterisk still holds our channels and bridges");
-    let before = asterisk_channels().len();
-    assert!(before >= 40, "callers, their far ends and our media channels: {before}");
 
     let t0 = Instant::now();
     let svc2 = Rtpvisor::start("e2e_recovery_restart", Options::default());
-    wait_until("Asterisk lists no channel or bridge after the restart", Duration::from_secs(5), || {
-        asterisk_channels().is_empty() && asterisk_bridges().is_empty()
+    wait_until("all 20 calls are adopted and their probes come back", Duration::from_secs(10), || {
+        let chans = svc2.get("/channels");
+        let chans = chans.as_array().unwrap();
+        chans.len() == 20
+            && chans.iter().all(|c| c["adopted_at_ms"].is_u64() && c["media"]["probe"]["returned"].as_u64() > Some(0))
     });
     let took = t0.elapsed();
     wait_until("the reconciliation is reported", Duration::from_secs(5), || {
         svc2.metrics()["reconcile"]["runs"].as_u64() >= Some(1)
     });
-    let m = svc2.metrics();
-    let r = &m["reconcile"];
-    eprintln!("restart to clean Asterisk: {} ms; reconcile: {r}", took.as_millis());
-    // The 20 callers (and the far halves of their Local channels, also in our app).
-    assert!(u64_of(&r["last"], "orphan_app_channels") >= 20, "{r}");
-    assert_eq!(u64_of(&r["last"], "orphan_media_channels"), 20, "{r}");
-    assert_eq!(u64_of(&r["last"], "orphan_bridges"), 20, "{r}");
-    assert_eq!(u64_of(&r["last"], "errors"), 0, "{r}");
+    let r = svc2.metrics()["reconcile"].clone();
+    eprintln!("restart to 20 adopted calls with media: {} ms; reconcile: {r}", took.as_millis());
+    assert_eq!(r["adopted_calls"], 20, "{r}");
+    assert_eq!(r["orphans_cleaned"], 0, "no call was cut: {r}");
+    assert_eq!(ours_in_asterisk(), 40, "the same calls, nothing new and nothing ended");
+    for id in &ids {
+        assert!(asterisk_channels().contains(id), "caller {id} still up");
+    }
 
-    // And the restarted service serves new calls.
-    let ids = start_probe_calls(&svc2, "after", 2);
+    // The callers end them; then the restarted service serves new calls.
+    for id in &ids {
+        ari_delete(&format!("/channels/{id}")).unwrap();
+    }
+    wait_until("the adopted calls ended by their callers", Duration::from_secs(10), || {
+        svc2.metrics()["ended"]["hangup"] == 20 && asterisk_channels().is_empty() && asterisk_bridges().is_empty()
+    });
+    let more = start_probe_calls(&svc2, "after", 2);
     std::thread::sleep(Duration::from_secs(1));
     assert!(svc2.metrics()["total_latencies"].as_u64().unwrap() > 50);
-    for id in ids {
+    for id in more {
         ari_delete(&format!("/channels/{id}")).unwrap();
     }
     assert_all_released(&svc2, "after the restart");

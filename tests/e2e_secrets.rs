@@ -2,8 +2,11 @@
 //! Secrets stay secret, checked on the real binary:
 //! - startup refuses what would expose something, with one line and exit 2: fault injection
 //!   without an API token, credentials inside the ARI URL (not echoed), the development password
-//!   toward a non-loopback ARI host;
-//! - the API token guards every route but `/health` and `/ready` (401 with the challenge);
+//!   toward a non-loopback ARI host, an API beyond loopback without a token;
+//! - the API listens on loopback by default; `http.allow_open` opens it beyond loopback without
+//!   a token, on purpose, with a warning in the log;
+//! - the API token guards every route but `/health` and `/ready` (401 with the challenge), and
+//!   `/ready` says nothing of the live calls;
 //! - a full call cycle against the real Asterisk with `RUST_LOG=trace`, as a test ARI user whose
 //!   random password (`scripts/asterisk.sh ari-test-user`) comes from `ari.password_file`: the
 //!   password, and the base64 of `user:password` that goes on the wire, appear in no log line,
@@ -75,6 +78,56 @@ fn startup_refuses_what_would_expose_a_secret() {
     let (code, out, err) = run(&secrets, &["--print-config"]);
     assert_eq!(code, Some(0), "{err}");
     assert!(!out.contains("Zq9") && out.contains("password = \"***\"") && out.contains("token = \"***\""), "{out}");
+}
+
+#[test]
+fn the_api_leaves_loopback_only_with_a_token_or_on_purpose() {
+    let (code, _, err) = run(&[("RTPVISOR_HTTP_ADDR", "0.0.0.0:9090")], &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("rtpvisor: invalid RTPVISOR_HTTP_ADDR=\"0.0.0.0:9090\": the HTTP API would answer other hosts without a token"),
+        "{err}"
+    );
+    assert!(err.contains("openssl rand -hex 32 > FILE") && err.contains("http.token_file (RTPVISOR_HTTP_TOKEN_FILE)"), "how and where: {err}");
+    let token = random_token();
+    let (code, _, err) = run(&[("RTPVISOR_HTTP_ADDR", "0.0.0.0:9090"), ("RTPVISOR_HTTP_TOKEN", &token)], &["--print-config"]);
+    assert_eq!(code, Some(0), "with a token: {err}");
+
+    // The default: loopback, so a first start by hand needs no token.
+    let out = Command::new(env!("CARGO_BIN_EXE_rtpvisor"))
+        .arg("--print-config")
+        .env_remove("RTPVISOR_HTTP_ADDR")
+        .env_remove("RTPVISOR_HTTP_TOKEN")
+        .env_remove("RTPVISOR_HTTP_TOKEN_FILE")
+        .env_remove("RTPVISOR_CONFIG")
+        .output()
+        .expect("running rtpvisor");
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(printed.contains("[http]\naddr = \"127.0.0.1:9090\"\nallow_open = false\n"), "{printed}");
+
+    // The opt-in: it starts open beyond loopback, says so in its log, and serves without a token.
+    let port = free_tcp_port();
+    let addr = format!("0.0.0.0:{port}");
+    let svc = Unready::start(
+        "e2e_secrets_open",
+        &[("RTPVISOR_ARI_URL", "http://127.0.0.1:1/ari"), ("RTPVISOR_HTTP_ADDR", &addr), ("RTPVISOR_HTTP_ALLOW_OPEN", "true")],
+    );
+    let get = |path: &str| match ureq::get(&format!("http://127.0.0.1:{port}{path}")).timeout(Duration::from_secs(5)).call() {
+        Ok(r) => r.status(),
+        Err(ureq::Error::Status(code, _)) => code,
+        Err(_) => 0,
+    };
+    wait_until("the open API answers", Duration::from_secs(10), || get("/health") == 200);
+    assert_eq!(get("/channels"), 200, "no token asked");
+    let log = std::fs::read_to_string(&svc.log).unwrap();
+    assert!(
+        log.contains(&format!("the HTTP API on {addr} is reachable from other hosts and has no token (http.allow_open)")),
+        "the warning stays: {log}"
+    );
+    assert!(log.contains(&format!("serving HTTP on {addr} (no token)")), "{log}");
+    assert_eq!(svc.stop(), Some(0));
 }
 
 #[test]
@@ -183,6 +236,14 @@ fn the_ari_password_is_in_no_log_line_at_trace_nor_any_answer() {
         let (code, c) = svc.get_status(&format!("/channels/{id}"));
         code == 200 && c["media"]["probe"]["returned"].as_u64().unwrap_or(0) >= 20
     });
+    // `/ready` is open: while the call is up it names none of its channels, bridge or port.
+    let call = svc.get(&format!("/channels/{id}"));
+    let ready = svc.get_text("/ready");
+    for field in ["channel_id", "channel_name", "external_media_channel", "bridge"] {
+        let value = call[field].as_str().unwrap_or_else(|| panic!("{field} of {call}"));
+        assert!(!ready.contains(value), "/ready shows the call's {field}: {ready}");
+    }
+    assert!(!ready.contains("\"port\"") && !ready.contains("calls"), "/ready shows calls: {ready}");
     let mut answers = String::new();
     for path in ["/ready", "/actors", "/metrics", "/metrics/prometheus", "/channels", "/ports", "/health"] {
         answers.push_str(&svc.get_text(path));

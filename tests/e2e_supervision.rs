@@ -2,7 +2,7 @@
 //! Supervision against the real Asterisk with live calls: a panic injected in a ChannelActor
 //! is contained (the call ends cleanly, its port returns, the other calls go on), a restart
 //! intensity overrun degrades the service until the window clears, and a panic in the
-//! supervisor escalates (exit 70), after which a restarted service reconciles.
+//! supervisor escalates (exit 70), after which a restarted service adopts the live calls.
 mod common;
 
 use std::time::{Duration, Instant};
@@ -105,23 +105,29 @@ fn a_restart_intensity_overrun_degrades_until_the_window_clears() {
 }
 
 #[test]
-fn a_panicking_supervisor_escalates_and_the_restart_reconciles() {
+fn a_panicking_supervisor_escalates_and_the_restart_adopts_its_calls() {
     ensure_asterisk();
     clean_asterisk();
     let mut svc = faulty("e2e_supervision_escalate");
-    for i in 0..3 {
-        originate("echo", "probe", &format!("esc-{i}"));
-    }
+    let ids: Vec<String> = (0..3).map(|i| originate("echo", "probe", &format!("esc-{i}"))).collect();
     wait_until("3 calls active", Duration::from_secs(20), || svc.metrics()["active_channels"] == 3);
     assert_eq!(svc.post("/faults/supervisor/panic").0, 202);
     let code = svc.wait_exit(Duration::from_secs(5));
     assert_eq!(code, Some(70), "escalation exits with status 70");
     assert!(svc.log_text().contains("escalating, exiting with status 70"));
     let svc2 = Rtpvisor::start("e2e_supervision_after_escalation", Options::default());
-    wait_until("the restart reconciled Asterisk", Duration::from_secs(5), || {
+    wait_until("the restart adopted the 3 calls and their probes come back", Duration::from_secs(10), || {
+        let c = svc2.get("/channels");
+        let c = c.as_array().unwrap();
+        c.len() == 3 && c.iter().all(|c| c["adopted_at_ms"].is_u64() && c["media"]["probe"]["returned"].as_u64() > Some(0))
+    });
+    for id in &ids {
+        ari_delete(&format!("/channels/{id}")).unwrap();
+    }
+    wait_until("Asterisk is clean once the callers hung up", Duration::from_secs(10), || {
         asterisk_channels().is_empty() && asterisk_bridges().is_empty()
     });
-    assert!(svc2.metrics()["reconcile"]["orphans_cleaned"].as_u64().unwrap() >= 9);
+    assert_eq!(svc2.metrics()["ended"]["hangup"], 3);
 }
 
 #[test]

@@ -76,19 +76,50 @@ fn a_call_without_media_is_ended_after_the_no_media_timeout() {
     assert_eq!(m["ended"]["no_media"], 2, "counted as their own end reason: {m}");
 }
 
-/// The no-media timeout is on by default, and calls with media are not touched by it.
+/// The no-media timeout the service declares as its default (`--print-config`, run with the
+/// same environment as the service the test starts).
+fn declared_no_media_timeout() -> Duration {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rtpvisor")).arg("--print-config").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let ms = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("no_media_timeout_ms = "))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no no_media_timeout_ms in --print-config: {text}"));
+    Duration::from_millis(ms)
+}
+
+/// The no-media timeout is on in a service started without any setting for it: beside a call
+/// with media, which it leaves alone, a call whose far end sends nothing is ended for it, as
+/// `no_media`, after the declared default.
 #[test]
 fn the_no_media_timeout_is_on_by_default() {
     ensure_asterisk();
     clean_asterisk();
+    assert!(std::env::var_os("RTPVISOR_NO_MEDIA_TIMEOUT_MS").is_none(), "the service must run on its default");
+    let default = declared_no_media_timeout();
+    assert!(default > Duration::ZERO, "on by default: {default:?}");
+    assert!(default <= Duration::from_secs(60), "a default this test can wait for: {default:?}");
     let svc = Rtpvisor::start("e2e_no_media_default", Options::default());
     originate("echo", "probe", "withmedia");
-    wait_active(&svc, 1);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rtpvisor")).arg("--print-config").output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(text.contains("no_media_timeout_ms = 30000"), "{text}");
-    std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(svc.metrics()["active_channels"], 1, "a call with media stays");
+    originate("silence", "echo", "silent");
+    wait_active(&svc, 2);
+    let t0 = Instant::now();
+    wait_until("the silent call is ended", default + Duration::from_secs(15), || {
+        svc.metrics()["active_channels"] == 1
+    });
+    let took = t0.elapsed();
+    eprintln!("the silent call ended {} ms after it was active (default {} ms)", took.as_millis(), default.as_millis());
+    assert!(took >= default.mul_f64(0.8), "ended before the timeout: {took:?} of {default:?}");
+    let m = svc.metrics();
+    assert_eq!(m["ended"]["no_media"], 1, "ended for the silence: {m}");
+    assert!(svc.log_text().contains("No media on call silent"));
+    let left = svc.get("/channels");
+    assert_eq!(left[0]["channel_id"], "withmedia", "the call with media stays: {left}");
+    let returned = || svc.get("/channels/withmedia")["media"]["probe"]["returned"].as_u64().unwrap();
+    let before = returned();
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(returned() >= before + 40, "and its probe still comes back");
     ari_delete("/channels/withmedia").unwrap();
     assert_all_released(&svc, "after the call");
     assert_eq!(svc.metrics()["ended"]["hangup"], 1);

@@ -19,6 +19,12 @@
 //! One request is in flight at a time during setup. An end that arrives meanwhile is kept and
 //! acted on when that request's outcome arrives, so teardown always sees everything setup may
 //! have built.
+//!
+//! Adoption ([`CallProcedure::adopt`]): a call a previous process of this instance set up and
+//! left live in Asterisk (its externalMedia channel and bridge exist, the caller is bridged).
+//! Only our side is rebuilt: lease and bind the same port again, read Asterisk's side of the
+//! externalMedia channel, hand the socket to the media engine, start the media. A step that
+//! fails ends the call (everything in Asterisk is ours to undo: it all exists).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -30,6 +36,15 @@ pub const ADD_DEADLINE: Duration = Duration::from_secs(2);
 /// Retry interval of that when the channel's StasisStart does not come.
 pub const ADD_RETRY: Duration = Duration::from_millis(100);
 
+/// Where a call is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallState {
+    SettingUp,
+    Active,
+    TearingDown,
+}
+
 /// A setup step, named in failures and logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
@@ -40,6 +55,8 @@ pub enum Step {
     AddToBridge,
     Answer,
     StartMedia,
+    /// Adoption: read Asterisk's side of the existing externalMedia channel.
+    ReadPeer,
 }
 
 impl Step {
@@ -52,6 +69,7 @@ impl Step {
             Step::AddToBridge => "addChannel",
             Step::Answer => "answer",
             Step::StartMedia => "start media",
+            Step::ReadPeer => "read Asterisk's media address",
         }
     }
 }
@@ -84,6 +102,9 @@ pub enum Input<R> {
     MediaInStasis,
     Answered,
     MediaStarted,
+    /// Adoption: Asterisk's side of the existing externalMedia channel (None: its channel
+    /// variables were missing or unreadable).
+    PeerRead { peer: Option<SocketAddr> },
     /// The request of `step` failed (error answer, timeout, reset, refusal).
     Failed { step: Step, error: String },
     /// A timer asked for with [`Action::Timer`] fired.
@@ -98,6 +119,10 @@ pub enum Input<R> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action<R> {
     LeaseAndBind,
+    /// Adoption: lease exactly this port and bind it (it must be free).
+    Rebind { port: u16 },
+    /// Adoption: read Asterisk's side of the existing externalMedia channel.
+    ReadPeer,
     /// Create the externalMedia channel toward our leased port (`Some`) or the shared echo.
     CreateExternalMedia { own_port: Option<u16> },
     /// Hand the bound socket to the media engine, accepting RTP from `peer` only.
@@ -144,11 +169,13 @@ pub enum Report<R> {
     Finished { why: Why<R>, setup_failed: bool },
 }
 
-/// Why the teardown: the end asked for, or a failed setup.
+/// Why the teardown: the end asked for, a failed setup, or a failed adoption.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Why<R> {
     Ended(R),
     SetupFailed,
+    /// A step of taking the call over failed (e.g. its port is held by another process now).
+    AdoptFailed,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -188,6 +215,15 @@ pub struct CallProcedure<R> {
     /// Token of the live retry timer; older fires are ignored.
     timer: u64,
     why: Option<Why<R>>,
+    /// Taken over from Asterisk ([`CallProcedure::adopt`]), not set up by us.
+    adopted: Option<Adopted>,
+}
+
+/// What an adopted call already has in Asterisk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Adopted {
+    /// The port its externalMedia channel sends to (None for shared-echo: the echo's).
+    pub port: Option<u16>,
 }
 
 impl<R: Copy> CallProcedure<R> {
@@ -203,16 +239,52 @@ impl<R: Copy> CallProcedure<R> {
             add_deadline: None,
             timer: 0,
             why: None,
+            adopted: None,
         }
     }
 
-    /// Begins the setup.
+    /// A call of `mode` that Asterisk holds set up (caller, externalMedia channel and bridge,
+    /// bridged and answered): [`CallProcedure::start`] rebuilds only our side of it.
+    pub fn adopt(mode: CallMode, adopted: Adopted) -> Self {
+        let mut c = Self::new(mode, true);
+        c.adopted = Some(adopted);
+        c.built.media_channel = true;
+        c.built.bridge = true;
+        c
+    }
+
+    /// True for a call taken over from Asterisk.
+    pub fn is_adopted(&self) -> bool {
+        self.adopted.is_some()
+    }
+
+    /// Begins the setup (or, adopted, the takeover).
     pub fn start(&mut self) -> Vec<Action<R>> {
+        if let Some(a) = self.adopted {
+            return match a.port.filter(|_| self.mode.leases_port()) {
+                Some(port) => {
+                    self.phase = Phase::InFlight(Step::Lease);
+                    vec![Action::Rebind { port }]
+                }
+                None => self.read_peer(),
+            };
+        }
         if self.mode.leases_port() {
             self.phase = Phase::InFlight(Step::Lease);
             vec![Action::LeaseAndBind]
         } else {
             self.request_external_media()
+        }
+    }
+
+    /// Where the call is, for the registry.
+    pub fn state(&self) -> CallState {
+        if self.is_ending() {
+            CallState::TearingDown
+        } else if self.is_active() {
+            CallState::Active
+        } else {
+            CallState::SettingUp
         }
     }
 
@@ -248,7 +320,8 @@ impl<R: Copy> CallProcedure<R> {
             (Phase::TearingDown, Input::TornDown) => {
                 self.phase = Phase::Done;
                 let why = self.why.unwrap_or(Why::SetupFailed);
-                vec![Action::Report(Report::Finished { why, setup_failed: matches!(why, Why::SetupFailed) })]
+                let setup_failed = matches!(why, Why::SetupFailed | Why::AdoptFailed);
+                vec![Action::Report(Report::Finished { why, setup_failed })]
             }
             (Phase::TearingDown, _) => Vec::new(),
             (_, Input::MediaInStasis) => {
@@ -292,35 +365,38 @@ impl<R: Copy> CallProcedure<R> {
             (Input::Leased { port }, Step::Lease) => self.built.port = Some(*port),
             (Input::ExternalMediaCreated { peer }, Step::ExternalMedia) => self.built.peer = *peer,
             (Input::StreamAdded, Step::AddStream) => self.built.stream = true,
+            (Input::PeerRead { peer }, Step::ReadPeer) => self.built.peer = *peer,
             _ => {}
         }
         match (step, input) {
+            (Step::Lease, Input::LeaseFailed { reason }) if self.adopted.is_some() => self.fail(step, reason),
             (Step::Lease, Input::LeaseFailed { reason }) => {
                 self.phase = Phase::Done;
                 self.why = Some(Why::SetupFailed);
                 vec![Action::Reject { reason: reason.clone() }, Action::Report(Report::Rejected { reason })]
             }
-            (_, Input::Failed { step: failed, error }) if failed == step => {
-                let mut out = vec![Action::Report(Report::SetupFailed { step, error })];
-                out.extend(self.teardown(Why::SetupFailed, false));
-                out
-            }
+            (_, Input::Failed { step: failed, error }) if failed == step => self.fail(step, error),
             (_, _) if self.pending_end.is_some() => {
                 let end = self.pending_end.take().expect("checked");
                 self.teardown_for(end)
             }
+            (Step::Lease, Input::Leased { .. }) if self.adopted.is_some() => self.read_peer(),
+            (Step::ReadPeer, Input::PeerRead { peer }) => match peer {
+                None => self.fail(step, "the externalMedia channel has no UNICASTRTP_LOCAL_ADDRESS/PORT variables".into()),
+                Some(peer) if self.mode.leases_port() => {
+                    self.phase = Phase::InFlight(Step::AddStream);
+                    vec![Action::AddStream { peer }]
+                }
+                Some(_) => self.start_media(),
+            },
+            (Step::AddStream, Input::StreamAdded) if self.adopted.is_some() => self.start_media(),
             (Step::Lease, Input::Leased { port }) => {
                 self.phase = Phase::InFlight(Step::ExternalMedia);
                 self.built.media_channel = true;
                 vec![Action::CreateExternalMedia { own_port: Some(port) }]
             }
             (Step::ExternalMedia, Input::ExternalMediaCreated { peer }) => match peer {
-                None => {
-                    let error = "externalMedia answer has no UNICASTRTP_LOCAL_ADDRESS/PORT channel variables".to_string();
-                    let mut out = vec![Action::Report(Report::SetupFailed { step, error })];
-                    out.extend(self.teardown(Why::SetupFailed, false));
-                    out
-                }
+                None => self.fail(step, "externalMedia answer has no UNICASTRTP_LOCAL_ADDRESS/PORT channel variables".into()),
                 Some(peer) if self.mode.leases_port() => {
                     self.phase = Phase::InFlight(Step::AddStream);
                     vec![Action::AddStream { peer }]
@@ -348,9 +424,7 @@ impl<R: Copy> CallProcedure<R> {
                         "addChannel still refused (422) {} ms after the bridge was created: the externalMedia channel never entered Stasis",
                         ADD_DEADLINE.as_millis()
                     );
-                    let mut out = vec![Action::Report(Report::SetupFailed { step, error })];
-                    out.extend(self.teardown(Why::SetupFailed, false));
-                    out
+                    self.fail(step, error)
                 } else if std::mem::take(&mut self.media_in_stasis) {
                     // The StasisStart came meanwhile: try again at once.
                     vec![Action::AddToBridge]
@@ -368,6 +442,19 @@ impl<R: Copy> CallProcedure<R> {
             // An outcome that is not this step's (a stale or misrouted input): ignored.
             _ => Vec::new(),
         }
+    }
+
+    /// `step` failed: report it and tear down what may exist.
+    fn fail(&mut self, step: Step, error: String) -> Vec<Action<R>> {
+        let why = if self.adopted.is_some() { Why::AdoptFailed } else { Why::SetupFailed };
+        let mut out = vec![Action::Report(Report::SetupFailed { step, error })];
+        out.extend(self.teardown(why, false));
+        out
+    }
+
+    fn read_peer(&mut self) -> Vec<Action<R>> {
+        self.phase = Phase::InFlight(Step::ReadPeer);
+        vec![Action::ReadPeer]
     }
 
     fn request_external_media(&mut self) -> Vec<Action<R>> {
@@ -718,5 +805,95 @@ mod tests {
         assert_eq!(c.handle(In::BridgeCreated, t0), vec![], "not the lease's outcome");
         assert_eq!(c.handle(In::Failed { step: Step::Answer, error: "x".into() }, t0), vec![], "not this step");
         assert_eq!(c.handle(In::Leased { port: 1 }, t0), vec![Act::CreateExternalMedia { own_port: Some(1) }]);
+    }
+
+    fn adopt_run(mode: CallMode, port: Option<u16>, inputs: Vec<In>) -> (CallProcedure<&'static str>, Vec<Act>) {
+        let t0 = Instant::now();
+        let mut c = CallProcedure::adopt(mode, Adopted { port });
+        let mut out = c.start();
+        for input in inputs {
+            out.extend(c.handle(input, t0));
+        }
+        (c, out)
+    }
+
+    #[test]
+    fn an_adopted_call_rebuilds_only_our_side() {
+        for (mode, last) in [(CallMode::Probe, Some(Act::StartProbing)), (CallMode::Echo, None)] {
+            let mut inputs = vec![In::Leased { port: 10007 }, In::PeerRead { peer: Some(peer()) }, In::StreamAdded];
+            if last.is_some() {
+                inputs.push(In::MediaStarted);
+            }
+            let (c, out) = adopt_run(mode, Some(10007), inputs);
+            let mut want = vec![Act::Rebind { port: 10007 }, Act::ReadPeer, Act::AddStream { peer: peer() }];
+            want.extend(last);
+            want.push(Act::Report(Report::Active));
+            assert_eq!(out, want, "{mode:?}");
+            assert!(c.is_active() && c.is_adopted());
+            assert_eq!((c.port(), c.peer()), (Some(10007), Some(peer())));
+        }
+    }
+
+    #[test]
+    fn an_adopted_shared_echo_call_reads_its_peer_and_is_watched() {
+        let (c, out) = adopt_run(CallMode::SharedEcho, None, vec![In::PeerRead { peer: Some(peer()) }, In::MediaStarted]);
+        assert_eq!(out, vec![Act::ReadPeer, Act::WatchShared { peer: peer() }, Act::Report(Report::Active)]);
+        assert!(c.is_active());
+        assert_eq!(c.port(), None);
+    }
+
+    #[test]
+    fn a_port_taken_meanwhile_ends_the_adopted_call_with_everything_in_asterisk() {
+        let (mut c, out) = adopt_run(CallMode::Echo, Some(10007), vec![In::LeaseFailed { reason: "port 10007 in use".into() }]);
+        assert!(matches!(out[1], Act::Report(Report::SetupFailed { step: Step::Lease, .. })), "{out:?}");
+        assert_eq!(
+            teardown_of(&out),
+            Teardown { hangup_media: true, destroy_bridge: true, hangup_caller: true, ..Teardown::default() },
+            "not a refusal: the call exists in Asterisk and is ended there"
+        );
+        assert!(!out.iter().any(|a| matches!(a, Act::Reject { .. })));
+        let fin = c.handle(In::TornDown, Instant::now());
+        assert_eq!(fin, vec![Act::Report(Report::Finished { why: Why::AdoptFailed, setup_failed: true })]);
+    }
+
+    #[test]
+    fn each_adoption_step_failing_ends_the_call_cleanly() {
+        let steps: Vec<(Vec<In>, Step, bool)> = vec![
+            (vec![In::Leased { port: 10007 }, In::PeerRead { peer: None }], Step::ReadPeer, false),
+            (vec![In::Leased { port: 10007 }, In::Failed { step: Step::ReadPeer, error: "404".into() }], Step::ReadPeer, false),
+            (
+                vec![In::Leased { port: 10007 }, In::PeerRead { peer: Some(peer()) }, In::Failed { step: Step::AddStream, error: "x".into() }],
+                Step::AddStream,
+                false,
+            ),
+            (
+                vec![In::Leased { port: 10007 }, In::PeerRead { peer: Some(peer()) }, In::StreamAdded, In::Failed { step: Step::StartMedia, error: "x".into() }],
+                Step::StartMedia,
+                true,
+            ),
+        ];
+        for (inputs, step, stream) in steps {
+            let (c, out) = adopt_run(CallMode::Probe, Some(10007), inputs);
+            assert!(out.iter().any(|a| matches!(a, Act::Report(Report::SetupFailed { step: s, .. }) if *s == step)), "{step:?}: {out:?}");
+            assert_eq!(
+                teardown_of(&out),
+                Teardown { remove_stream: stream, hangup_media: true, destroy_bridge: true, hangup_caller: true, ..Teardown::default() },
+                "{step:?}"
+            );
+            assert!(c.is_ending());
+        }
+    }
+
+    #[test]
+    fn a_hangup_during_adoption_waits_for_the_request_in_flight_and_counts_as_a_hangup() {
+        let (mut c, out) = adopt_run(CallMode::Echo, Some(10007), vec![In::Leased { port: 10007 }, In::End(End::Normal("caller ended"))]);
+        assert_eq!(out, vec![Act::Rebind { port: 10007 }, Act::ReadPeer], "kept until the read answers");
+        let out = c.handle(In::PeerRead { peer: Some(peer()) }, Instant::now());
+        assert_eq!(
+            teardown_of(&out),
+            Teardown { hangup_media: true, destroy_bridge: true, hangup_caller: true, ..Teardown::default() }
+        );
+        let fin = c.handle(In::TornDown, Instant::now());
+        assert_eq!(fin, vec![Act::Report(Report::Finished { why: Why::Ended("caller ended"), setup_failed: false })]);
     }
 }

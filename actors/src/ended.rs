@@ -8,7 +8,9 @@ use std::collections::VecDeque;
 use serde::Serialize;
 
 use crate::latency::LatencySummary;
+use crate::media::{ModeTotals, SharedReport, StreamReport};
 use crate::mode::CallMode;
+use crate::quality::stream_quality;
 
 /// How many ended calls the service keeps (~0.5 KiB each).
 pub const ENDED_CALLS_LEN: usize = 10_000;
@@ -54,6 +56,59 @@ pub struct CallSummary {
     pub loss_ratio: f64,
     pub r_factor: Option<f64>,
     pub mos: Option<f64>,
+    /// Unix ms when this process took the call over from Asterisk after a restart (null: it set
+    /// the call up itself). The figures above count from then.
+    pub adopted_at_ms: Option<u64>,
+    /// Unix ms of the first packet of the call's media in this process: for an adopted call,
+    /// when its media flowed again (the gap of a restart ends there).
+    pub first_media_at_ms: Option<u64>,
+}
+
+/// When a call's life in this process passed its marks, for [`summarize`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Times {
+    /// Unix ms when it became live.
+    pub active_at_ms: Option<u64>,
+    /// From its StasisStart (or its takeover) to live, ms.
+    pub setup_ms: Option<f64>,
+    /// From live to the start of its teardown, ms.
+    pub live_ms: Option<f64>,
+    pub adopted_at_ms: Option<u64>,
+}
+
+/// A call's summary from its times and the media engine's final report of its own stream
+/// (echo, probe) or of what the shared echo reflected for it, taken at Unix ms `now_ms`.
+pub fn summarize(t: Times, stream: Option<&StreamReport>, shared: Option<&SharedReport>, now_ms: u64) -> CallSummary {
+    let mut s = CallSummary {
+        active_at_ms: t.active_at_ms,
+        service_setup_ms: t.setup_ms,
+        live_ms: t.live_ms,
+        adopted_at_ms: t.adopted_at_ms,
+        ..CallSummary::default()
+    };
+    let first_ago = stream.and_then(|r| r.first_packet_ms_ago).or(shared.and_then(|r| r.first_packet_ms_ago));
+    s.first_media_at_ms = first_ago.map(|ago| now_ms.saturating_sub(ago));
+    if let Some(r) = shared {
+        // What the shared echo reflected for the call: every datagram it took was sent back.
+        s.packets_in = r.packets;
+        s.packets_out = r.packets;
+    }
+    if let Some(r) = stream {
+        let mut totals = ModeTotals::default();
+        totals.add_report(r);
+        s.latency = Some(r.latency);
+        s.packets_in = r.packets_in;
+        s.packets_out = r.packets_out;
+        s.expected = totals.expected;
+        s.lost = totals.lost;
+        s.late = totals.late;
+        s.loss_ratio = if totals.expected == 0 { 0.0 } else { totals.lost as f64 / totals.expected as f64 };
+        if let Some(q) = stream_quality(r) {
+            s.r_factor = Some(q.r_factor);
+            s.mos = Some(q.mos);
+        }
+    }
+    s
 }
 
 /// One ended call.

@@ -12,7 +12,11 @@
 //! - [`echo_guard`]: the shared echo's safeguards: allow-list (CIDRs), per-source token
 //!   buckets in a fixed table, size limit; drops counted by reason.
 //! - [`mode`]: the call modes (echo, probe, shared-echo).
-//! - [`call`]: the call procedure (setup steps, waits and retries, teardown) as a state machine.
+//! - [`call`]: the call procedure (setup steps, waits and retries, teardown; the takeover of an
+//!   adopted call) as a state machine.
+//! - [`adopt`]: which live calls found in Asterisk a (re)connected process takes over.
+//! - [`admission`]: whether a caller's StasisStart becomes a call (duplicates, mode, limits).
+//! - [`registry`]: the live calls, found by caller, externalMedia channel or bridge id.
 //! - [`intensity`]: restart intensity (at most N failures in T), OTP style.
 //! - [`command_queue`]: what bounds the media engine's command queue: a counted capacity for
 //!   the commands it may refuse, requests that share one answer.
@@ -25,6 +29,7 @@
 //! - [`naming`]: names of what rtpvisor creates in Asterisk, scoped by instance (app).
 //! - [`reconcile`]: what a reconciliation with Asterisk must end (orphans, vanished calls).
 //! - [`ari::model`]: ARI resources and events, decoded by their `type`.
+//! - [`ari::path`]: ids in ARI URLs, percent-encoded as one path segment each.
 //! - [`ari::liveness`]: when the events WebSocket is pinged and when it is declared dead.
 //! - [`ari::link`]: the link's state: connection generations, backoff, why it is down.
 //!
@@ -42,6 +47,8 @@
 #![deny(unsafe_code)]
 
 pub mod actors;
+pub mod admission;
+pub mod adopt;
 pub mod call;
 pub mod ari;
 pub mod command_queue;
@@ -56,6 +63,7 @@ pub mod ports;
 pub mod probe;
 pub mod quality;
 pub mod reconcile;
+pub mod registry;
 pub mod rtp;
 pub mod shared_echo;
 pub mod stats;

@@ -210,6 +210,8 @@ pub struct StreamReport {
     pub loop_detected: bool,
     /// Milliseconds since the last packet from `peer` (None: nothing yet).
     pub last_packet_ms_ago: Option<u64>,
+    /// Milliseconds since the first packet from `peer` (None: nothing yet).
+    pub first_packet_ms_ago: Option<u64>,
     /// Echo mode's inbound stream statistics.
     pub receive: Option<ReceiveSnapshot>,
     /// Probe mode's round-trip accounting.
@@ -229,6 +231,8 @@ pub struct SharedReport {
     pub bytes: u64,
     /// Milliseconds since the last datagram from `peer` (None: nothing yet).
     pub last_packet_ms_ago: Option<u64>,
+    /// Milliseconds since the first datagram from `peer` (None: nothing yet).
+    pub first_packet_ms_ago: Option<u64>,
 }
 
 /// Everything the engine handles now: what [`MediaHandle::snapshot`] returns.
@@ -599,6 +603,8 @@ fn seen(keys: &[u64; LOOP_RING], origins: &[(u32, u16); LOOP_RING], key: u64, or
 #[derive(Debug, Clone, Copy)]
 struct Silence {
     last_rx: Option<Instant>,
+    /// The first packet (how long after its start, or its takeover, a call's media flowed).
+    first_rx: Option<Instant>,
     /// Since when media is expected (None: not yet, a probe stream before its bridge is up).
     expected_since: Option<Instant>,
     /// Report [`IdleReason::NoMedia`] after this long without media (zero: never).
@@ -609,7 +615,20 @@ struct Silence {
 
 impl Silence {
     fn new(expected_since: Option<Instant>, no_media_timeout: Duration) -> Self {
-        Silence { last_rx: None, expected_since, no_media_timeout, idle_reported: false, link_down_reported: false }
+        Silence {
+            last_rx: None,
+            first_rx: None,
+            expected_since,
+            no_media_timeout,
+            idle_reported: false,
+            link_down_reported: false,
+        }
+    }
+
+    /// Media arrived at `at`.
+    fn saw(&mut self, at: Instant) {
+        self.last_rx = Some(at);
+        self.first_rx.get_or_insert(at);
     }
 
     /// How long media has been missing: since the last packet or since it became expected,
@@ -683,7 +702,7 @@ impl Stream {
     fn on_rtp(&mut self, pkt: &RtpPacket<'_>, data: &[u8], at: Instant) -> Option<u64> {
         self.packets_in += 1;
         self.bytes_in += data.len() as u64;
-        self.silence.last_rx = Some(at);
+        self.silence.saw(at);
         let sample = match &mut self.work {
             Work::Echo { stats, reflected, origin, next } => {
                 let key = loop_key(pkt.header.timestamp, pkt.payload);
@@ -750,6 +769,7 @@ impl Stream {
             send_errors: self.send_errors,
             loop_detected: self.loop_detected,
             last_packet_ms_ago: ms_ago(self.silence.last_rx, now),
+            first_packet_ms_ago: ms_ago(self.silence.first_rx, now),
             receive,
             probe,
             latency: self.hist.summary(),
@@ -855,7 +875,7 @@ impl WatchTable {
             let w = &mut self.watches[w];
             w.packets += 1;
             w.bytes += len as u64;
-            w.silence.last_rx = Some(at);
+            w.silence.saw(at);
         }
     }
 
@@ -878,6 +898,7 @@ impl Watch {
             packets: self.packets,
             bytes: self.bytes,
             last_packet_ms_ago: ms_ago(self.silence.last_rx, now),
+            first_packet_ms_ago: ms_ago(self.silence.first_rx, now),
         }
     }
 }

@@ -56,6 +56,9 @@ pub enum PoolError {
     /// The port is outside the pool's range.
     #[error("port {0} is outside the pool's range")]
     OutOfRange(u16),
+    /// A particular port was asked for and is leased, quarantined or unavailable.
+    #[error("port {0} is not free")]
+    NotFree(u16),
 }
 
 /// An inclusive range of UDP ports, e.g. `10000-10100` (101 ports).
@@ -279,6 +282,27 @@ impl PortPool {
         Ok(port)
     }
 
+    /// Leases exactly `port` (a call taken over from Asterisk keeps the port its externalMedia
+    /// channel sends to), after the same promotion as [`PortPool::lease`]. `Err(NotFree)` when
+    /// it is leased, quarantined or unavailable; `Err(OutOfRange)` outside the range. O(size)
+    /// for the free queue's removal: adoptions are rare.
+    pub fn lease_exact(&mut self, port: u16, now: Instant) -> Result<u16, PoolError> {
+        if !self.range.contains(port) {
+            return Err(PoolError::OutOfRange(port));
+        }
+        self.promote(now);
+        let idx = self.index(port);
+        if self.slots[idx] != Slot::Free {
+            return Err(PoolError::NotFree(port));
+        }
+        let pos = self.free.iter().position(|&p| p == port).expect("a free slot is in the free queue");
+        self.free.remove(pos);
+        self.slots[idx] = Slot::Leased;
+        self.leased += 1;
+        self.leases_total += 1;
+        Ok(port)
+    }
+
     /// The lease ended: the port goes into quarantine until `now + quarantine` (a zero
     /// quarantine frees it at once). `Err(NotLeased)` if it was not leased, so a double release
     /// can never put a port in the free queue twice; `Err(OutOfRange)` for a foreign port.
@@ -313,6 +337,11 @@ impl PortPool {
         self.slots[idx] = Slot::Unavailable { until };
         self.unavailable.push(Reverse((until, port)));
         Ok(())
+    }
+
+    /// The configured range.
+    pub fn range(&self) -> PortRange {
+        self.range
     }
 
     /// Whether `port` is leased right now (false for ports outside the range).
@@ -896,5 +925,23 @@ mod tests {
                 assert_eq!(s.leased_ports, sorted, "seed {seed}");
             }
         }
+    }
+
+    #[test]
+    fn lease_exact_takes_that_free_port_only() {
+        let t0 = Instant::now();
+        let mut pool = PortPool::new("10000-10004".parse().unwrap(), Duration::from_secs(2), Duration::from_secs(10));
+        assert_eq!(pool.lease_exact(10003, t0), Ok(10003));
+        assert!(pool.is_leased(10003));
+        assert_eq!(pool.lease_exact(10003, t0), Err(PoolError::NotFree(10003)), "already leased");
+        assert_eq!(pool.lease_exact(9999, t0), Err(PoolError::OutOfRange(9999)));
+        // The others still come out in order, never 10003 twice.
+        let rest: Vec<u16> = (0..4).map(|_| pool.lease(t0).unwrap()).collect();
+        assert_eq!(rest, vec![10000, 10001, 10002, 10004]);
+        pool.release(10003, t0).unwrap();
+        assert_eq!(pool.lease_exact(10003, t0), Err(PoolError::NotFree(10003)), "quarantined");
+        assert_eq!(pool.lease_exact(10003, t0 + Duration::from_secs(2)), Ok(10003), "free again after the quarantine");
+        let snap = pool.snapshot(t0 + Duration::from_secs(2));
+        assert_eq!((snap.leased, snap.free, snap.leases_total), (5, 0, 6));
     }
 }

@@ -18,7 +18,10 @@
 //! - The MOS is clamped to [1, 4.5] (R 93.2, a perfect G.711 call, gives 4.41).
 //!
 //! Pure: figures in, figures out; the callers decide what "one-way delay" and "jitter" are
-//! for their mode (see [`Inputs`]).
+//! for their mode (see [`Inputs`]); [`stream_quality`] decides it for a call's stream.
+
+use crate::media::StreamReport;
+use crate::mode::CallMode;
 
 /// Fixed delay the codec and packetisation add, ms (the tools' "10 ms").
 pub const CODEC_DELAY_MS: f64 = 10.0;
@@ -119,6 +122,29 @@ fn finite_nonneg(x: f64) -> f64 {
 
 fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
+}
+
+/// A call's quality from its stream: probe from its round trips (median and 95th percentile)
+/// and lost probes, echo from its RFC 3550 jitter and loss. `None` before any packet's fate is
+/// known.
+pub fn stream_quality(r: &StreamReport) -> Option<Quality> {
+    let inputs = match (r.mode, &r.probe, &r.receive) {
+        (CallMode::Probe, Some(p), _) => {
+            let judged = p.returned + p.lost;
+            if judged == 0 {
+                return None;
+            }
+            probe_inputs(r.latency.p50_ms, r.latency.p95_ms, p.lost as f64 / judged as f64)
+        }
+        (CallMode::Echo, _, Some(rx)) => {
+            if rx.expected == 0 {
+                return None;
+            }
+            echo_inputs(rx.jitter_ms, rx.lost as f64 / rx.expected as f64)
+        }
+        _ => return None,
+    };
+    Some(estimate(&inputs))
 }
 
 #[cfg(test)]

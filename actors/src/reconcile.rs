@@ -8,8 +8,9 @@
 //! channel or bridge are only read, never ended.
 
 use std::collections::{HashMap, HashSet};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use crate::adopt::{Expect, Found, Survey};
 use crate::ari::model::{Application, Bridge, Channel};
 use crate::naming::{self, Kind};
 
@@ -100,6 +101,9 @@ pub struct ReconcileReport {
     pub orphan_bridges: usize,
     /// Live calls whose caller Asterisk no longer has: ended.
     pub vanished_calls: usize,
+    /// Calls found whole in Asterisk that no process of ours served: taken over
+    /// ([`crate::adopt`]).
+    pub adopted_calls: usize,
     /// Deletes that failed (retried at the next reconciliation).
     pub errors: usize,
     /// Reading Asterisk's state (our app, every channel, every bridge).
@@ -175,6 +179,126 @@ impl Gate {
                 None
             }
         }
+    }
+}
+
+/// How long an unknown caller must stay unknown before it counts as an orphan: its
+/// StasisStart may still be on its way to us.
+pub const ORPHAN_GRACE: Duration = Duration::from_millis(1000);
+
+/// One reconciliation, step by step: pure (the Supervisor fetches, adopts, hangs up and
+/// destroys; this value decides and counts). The steps, in order:
+/// 1. [`Run::new`] when the fetch starts (the watermark: calls numbered from here on began
+///    after it);
+/// 2. [`Run::fetched`] with Asterisk's lists: what to adopt first ([`crate::adopt::survey`]),
+///    then what to end now (vanished calls, orphan media channels and bridges), the adopted
+///    calls counted as known;
+/// 3. [`Run::cleaned`] with the errors of those deletes: wait [`ORPHAN_GRACE`];
+/// 4. [`Run::grace_over`]: the orphan callers that still are no call of ours, to hang up;
+/// 5. [`Run::finished`] with the errors of those hang-ups: the report.
+#[derive(Debug)]
+pub struct Run {
+    started: Instant,
+    watermark: u64,
+    report: ReconcileReport,
+    caller_candidates: Vec<String>,
+}
+
+/// What [`Run::fetched`] asks for, in this order: adopt, end the vanished calls, hang up the
+/// orphan media channels, destroy the orphan bridges.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct FirstSteps {
+    pub adopt: Vec<Found>,
+    /// Our calls not adopted, with why (for the log).
+    pub not_adopted: Vec<(String, String)>,
+    pub vanished_calls: Vec<String>,
+    pub media_orphans: Vec<String>,
+    pub bridge_orphans: Vec<String>,
+}
+
+/// Asterisk's lists as a reconciliation read them.
+#[derive(Debug, Clone, Copy)]
+pub struct Lists<'a> {
+    pub app: &'a Application,
+    pub channels: &'a [Channel],
+    pub bridges: &'a [Bridge],
+}
+
+impl Run {
+    /// A reconciliation whose fetch starts at `started`; `watermark`: the number the next
+    /// call will get.
+    pub fn new(started: Instant, watermark: u64) -> Self {
+        Run { started, watermark, report: ReconcileReport::default(), caller_candidates: Vec::new() }
+    }
+
+    /// Calls numbered from here on began after the fetch started: never vanished by it.
+    pub fn watermark(&self) -> u64 {
+        self.watermark
+    }
+
+    /// The lists arrived at `now`. `adopt`: where this process sends media (None: adopt
+    /// nothing, e.g. while shutting down); `live`: the live calls; `known(id)`: a live call's
+    /// caller, externalMedia channel or bridge; `gone(id)`: reported ended since the fetch
+    /// began.
+    pub fn fetched<'a>(
+        &mut self,
+        lists: Lists<'_>,
+        adopt: Option<&Expect<'_>>,
+        live: impl IntoIterator<Item = LiveCall<'a>>,
+        known: impl Fn(&str) -> bool,
+        gone: impl Fn(&str) -> bool,
+        now: Instant,
+    ) -> FirstSteps {
+        let survey = match adopt {
+            Some(e) => crate::adopt::survey(lists.app, lists.channels, lists.bridges, e, &known, gone),
+            None => Survey::default(),
+        };
+        let app = &lists.app.name;
+        let adopted: HashSet<String> = survey
+            .adopt
+            .iter()
+            .flat_map(|f| [f.caller_id.clone(), naming::external_media_id(app, &f.caller_id), naming::bridge_id(app, &f.caller_id)])
+            .collect();
+        let p = plan(lists.app, lists.channels, lists.bridges, live, |id| known(id) || adopted.contains(id));
+        self.report = ReconcileReport {
+            fetch_ms: now.saturating_duration_since(self.started).as_millis() as u64,
+            listed: lists.channels.len() + lists.bridges.len(),
+            adopted_calls: survey.adopt.len(),
+            vanished_calls: p.vanished_calls.len(),
+            orphan_media_channels: p.media_orphans.len(),
+            orphan_bridges: p.bridge_orphans.len(),
+            ..ReconcileReport::default()
+        };
+        self.caller_candidates = p.caller_candidates;
+        FirstSteps {
+            adopt: survey.adopt,
+            not_adopted: survey.skipped,
+            vanished_calls: p.vanished_calls,
+            media_orphans: p.media_orphans,
+            bridge_orphans: p.bridge_orphans,
+        }
+    }
+
+    /// The orphan media channels and bridges are gone (`errors` deletes failed): wait this
+    /// long before looking at the orphan callers.
+    pub fn cleaned(&mut self, errors: usize) -> Duration {
+        self.report.errors += errors;
+        ORPHAN_GRACE
+    }
+
+    /// The grace is over: the candidates that still are no call of ours (`is_call`), to hang
+    /// up.
+    pub fn grace_over(&mut self, is_call: impl Fn(&str) -> bool) -> Vec<String> {
+        let orphans: Vec<String> = std::mem::take(&mut self.caller_candidates).into_iter().filter(|id| !is_call(id)).collect();
+        self.report.orphan_app_channels = orphans.len();
+        orphans
+    }
+
+    /// The orphan callers were hung up (`errors` failed) at `now`: the report.
+    pub fn finished(mut self, errors: usize, now: Instant) -> ReconcileReport {
+        self.report.errors += errors;
+        self.report.took_ms = now.saturating_duration_since(self.started).as_millis() as u64;
+        self.report
     }
 }
 
@@ -326,5 +450,46 @@ mod tests {
         assert_eq!(g.timer_fired(ms(3000)), Some(ms(4500)));
         assert_eq!(g.timer_fired(ms(4500)), None, "served; nothing left");
         assert_eq!(g.request_at(ms(9000)), Some(ms(9000)), "idle again: a new request arms it");
+    }
+
+    #[test]
+    fn a_run_adopts_first_and_never_ends_what_it_adopts() {
+        use crate::mode::CallMode;
+        use crate::naming::{call_tag, CallTag};
+        let t0 = Instant::now();
+        // A whole call c1 (adoptable), and the remains of c2: a media channel and a bridge with
+        // no caller, and c3, a caller alone in Stasis.
+        let (em1, br1) = (external_media_id("rtpvisor", "c1"), bridge_id("rtpvisor", "c1"));
+        let (em2, br2) = (external_media_id("rtpvisor", "c2"), bridge_id("rtpvisor", "c2"));
+        let mut em1c = channel(&em1, "Stasis");
+        em1c.name = "UnicastRTP/127.0.0.1:10005-0x1".into();
+        let chans = [channel("c1", "Stasis"), em1c, channel(&em2, "Stasis"), channel("c3", "Stasis")];
+        let mut b1 = bridge(&br1);
+        b1.name = call_tag(CallTag { mode: CallMode::Echo, port: Some(10005) });
+        b1.channels = vec!["c1".into(), em1.clone()];
+        let bridges = [b1, bridge(&br2)];
+        let a = app("rtpvisor", &["c1", &em1, &em2, "c3"], &[&br1, &br2]);
+        let expect = Expect { app: "rtpvisor", media_host: "127.0.0.1", ports: "10000-10100".parse().unwrap(), echo_host: "127.0.0.1", echo_port: 4000 };
+        let mut run = Run::new(t0, 1);
+        let lists = Lists { app: &a, channels: &chans, bridges: &bridges };
+        let first = run.fetched(lists, Some(&expect), [], |_| false, |_| false, t0 + Duration::from_millis(7));
+        assert_eq!(first.adopt.iter().map(|f| f.caller_id.as_str()).collect::<Vec<_>>(), ["c1"]);
+        assert_eq!(first.media_orphans, [em2]);
+        assert_eq!(first.bridge_orphans, [br2]);
+        assert!(first.vanished_calls.is_empty());
+        assert_eq!(run.cleaned(1), ORPHAN_GRACE);
+        // c1 is a call of ours by the time the grace is over; c3 still is no call.
+        assert_eq!(run.grace_over(|id| id == "c1"), ["c3"]);
+        let r = run.finished(0, t0 + Duration::from_millis(1020));
+        assert_eq!(
+            (r.adopted_calls, r.orphan_media_channels, r.orphan_bridges, r.orphan_app_channels, r.errors, r.fetch_ms, r.took_ms, r.listed),
+            (1, 1, 1, 1, 1, 7, 1020, 6)
+        );
+        // Without adoption (shutting down), the whole call is an orphan like the rest.
+        let mut run = Run::new(t0, 1);
+        let first = run.fetched(lists, None, [], |_| false, |_| false, t0);
+        assert!(first.adopt.is_empty());
+        assert_eq!(first.media_orphans.len(), 2);
+        assert_eq!(run.grace_over(|_| false), ["c1", "c3"]);
     }
 }

@@ -70,6 +70,10 @@ pub const DEV_PASSWORD: &str = "rtpvisor";
 /// Shortest API token accepted: a guessable token protects nothing.
 pub const MIN_TOKEN_LEN: usize = 16;
 
+/// How to make an API token and where to put it, for the messages that ask for one.
+pub const TOKEN_HOWTO: &str = "make a token with `openssl rand -hex 32 > FILE` and name FILE in \
+     http.token_file (RTPVISOR_HTTP_TOKEN_FILE), or set it in http.token (RTPVISOR_HTTP_TOKEN)";
+
 /// Environment variable naming the TOML file (same as `--config`).
 pub const CONFIG_ENV: &str = "RTPVISOR_CONFIG";
 
@@ -428,8 +432,9 @@ settings! {
             env ECHO_WORKERS, value "N", parse |raw| parse_count(raw, ECHO_WORKERS_RANGE, "workers");
 
     section http: HttpConfig, "The HTTP API listener.";
-        /// Listen address of the HTTP API, IP:PORT (port 0: the OS picks one)
-        addr: SocketAddr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 9090)),
+        /// Listen address of the HTTP API, IP:PORT (port 0: the OS picks one); beyond loopback
+        /// it needs a token, or allow_open
+        addr: SocketAddr = SocketAddr::from((Ipv4Addr::LOCALHOST, 9090)),
             env HTTP_ADDR, value "IP:PORT", parse parse_socket_addr;
         /// Bearer token required by every HTTP route but /health and /ready, at least 16 visible
         /// ASCII characters; prefer the env var or file
@@ -441,6 +446,10 @@ settings! {
         token_file: Option<String> = None,
             env HTTP_TOKEN_FILE, value "FILE", parse some(parse_path),
             serde(skip_serializing_if = "Option::is_none");
+        /// Let the HTTP API listen beyond loopback without a token: whoever reaches it reads
+        /// every live call. Only for a network no one else reaches
+        allow_open: bool = false,
+            env HTTP_ALLOW_OPEN, value "BOOL", parse parse_bool;
 
     section supervision: SupervisionConfig, "Restart intensity, OTP style: how many actor failures are tolerated within a sliding window before the service escalates, and when the media engine counts as stalled.";
         /// Actor failures (panics) tolerated within the restart window before the service
@@ -464,6 +473,14 @@ settings! {
         /// How long shutdown waits for calls to end, ms
         shutdown_timeout_ms: u64 = 5000,
             env SHUTDOWN_TIMEOUT_MS, value "MS", parse |raw| parse_ms(raw, 0..=MAX_DURATION_MS);
+}
+
+impl HttpConfig {
+    /// Whether the API answers other hosts without a token: a non-loopback `addr` (the
+    /// wildcard included) and no `token`. Refused at start unless `allow_open`.
+    pub fn open_beyond_loopback(&self) -> bool {
+        self.token.is_none() && !self.addr.ip().to_canonical().is_loopback()
+    }
 }
 
 /// One setting as every source names it, with its parser and its printer (made by `settings!`).
@@ -1040,6 +1057,19 @@ impl Draft {
                 let password = if ari.password.is_from_file() { "ari.password_file" } else { "ari.password" };
                 return Err(self.conflict("ari.url", why.clone(), password, why));
             }
+        }
+        // The API shows every live call (numbers, names, media addresses): beyond loopback only
+        // with a token, unless the operator says in so many words that it is meant to be open.
+        if config.http.open_beyond_loopback() && !config.http.allow_open {
+            return Err(self.invalid(
+                "http.addr",
+                self.origin("http.addr"),
+                format!(
+                    "the HTTP API would answer other hosts without a token, and it shows every \
+                     live call: {TOKEN_HOWTO}; or bind http.addr to 127.0.0.1; or set \
+                     http.allow_open (RTPVISOR_HTTP_ALLOW_OPEN) to leave it open on purpose"
+                ),
+            ));
         }
         if config.faults.enabled && config.http.token.is_none() {
             return Err(self.invalid(

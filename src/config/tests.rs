@@ -103,10 +103,11 @@ const CA_PEM: &str = include_str!("../../actors/testdata/test-ca.pem");
 /// A valid API token for tests that need one (fault injection).
 const TOKEN: &str = "test-token-0123456789abcdef";
 
-/// Settings a sample of `key` needs beside it to be valid: fault injection needs a token.
+/// Settings a sample of `key` needs beside it to be valid: fault injection and an API beyond
+/// loopback need a token.
 fn companion_env(key: &str) -> Vec<(&'static str, &'static str)> {
     match key {
-        "faults.enabled" => vec![("RTPVISOR_HTTP_TOKEN", TOKEN)],
+        "faults.enabled" | "http.addr" => vec![("RTPVISOR_HTTP_TOKEN", TOKEN)],
         _ => Vec::new(),
     }
 }
@@ -163,6 +164,7 @@ fn samples(key: &str) -> [&'static str; 3] {
             sample_file("token2", "file-token-2-0123456789"),
             sample_file("token3", "file-token-3-0123456789\n"),
         ],
+        "http.allow_open" => ["true", "false", "true"],
         "supervision.max_restarts" => ["1", "20", "1000"],
         "supervision.window_ms" => ["100", "2500", "600000"],
         "faults.enabled" => ["true", "false", "true"],
@@ -211,7 +213,8 @@ fn defaults_are_the_documented_values() {
     assert_eq!(config.echo.host, None);
     assert_eq!(config.echo.allow.to_string(), "127.0.0.0/8,::1/128");
     assert_eq!((config.echo.rate_pps, config.echo.burst, config.echo.max_bytes), (200, 400, 1500));
-    assert_eq!(config.http.addr.to_string(), "0.0.0.0:9090");
+    assert_eq!(config.http.addr.to_string(), "127.0.0.1:9090");
+    assert!(!config.http.allow_open);
     assert_eq!(
         config.supervision,
         SupervisionConfig {
@@ -400,6 +403,7 @@ fn every_setting_keeps_its_documented_names() {
         ("http.addr", "RTPVISOR_HTTP_ADDR", "--http-addr"),
         ("http.token", "RTPVISOR_HTTP_TOKEN", "--http-token"),
         ("http.token_file", "RTPVISOR_HTTP_TOKEN_FILE", "--http-token-file"),
+        ("http.allow_open", "RTPVISOR_HTTP_ALLOW_OPEN", "--http-allow-open"),
         ("supervision.max_restarts", "RTPVISOR_MAX_RESTARTS", "--max-restarts"),
         ("supervision.window_ms", "RTPVISOR_RESTART_WINDOW_MS", "--restart-window-ms"),
         ("supervision.media_stall_ms", "RTPVISOR_MEDIA_STALL_MS", "--media-stall-ms"),
@@ -915,6 +919,118 @@ fn the_development_password_stays_on_loopback_unless_allowed() {
     ] {
         assert_eq!(url_host(url), host);
         assert!(!is_loopback_host(host));
+    }
+}
+
+#[test]
+fn an_api_beyond_loopback_needs_a_token_unless_allowed_open() {
+    let open = [("RTPVISOR_HTTP_ADDR", "0.0.0.0:9090")];
+    let message = Config::load(&Cli::default(), &env_of(&open)).unwrap_err().to_string();
+    assert_eq!(
+        message,
+        "invalid RTPVISOR_HTTP_ADDR=\"0.0.0.0:9090\": the HTTP API would answer other hosts \
+         without a token, and it shows every live call: make a token with `openssl rand -hex 32 > \
+         FILE` and name FILE in http.token_file (RTPVISOR_HTTP_TOKEN_FILE), or set it in \
+         http.token (RTPVISOR_HTTP_TOKEN); or bind http.addr to 127.0.0.1; or set \
+         http.allow_open (RTPVISOR_HTTP_ALLOW_OPEN) to leave it open on purpose"
+    );
+    assert_one_line(&message);
+    // Every source is named, every non-loopback address refused.
+    let message = Config::from_toml_str("[http]\naddr = \"[::]:9090\"\n", "f.toml").unwrap_err().to_string();
+    assert!(message.starts_with("invalid http.addr in f.toml at line 2: the HTTP API would answer"), "{message}");
+    let message = Config::load(&cli_with("http.addr", "10.0.0.7:80"), &no_env).unwrap_err().to_string();
+    assert!(message.starts_with("invalid --http-addr \"10.0.0.7:80\": the HTTP API"), "{message}");
+    for addr in ["192.168.1.1:9090", "[fe80::1]:9090", "[::ffff:10.0.0.1]:9090"] {
+        assert!(Config::load(&Cli::default(), &env_of(&[("RTPVISOR_HTTP_ADDR", addr)])).is_err(), "{addr}");
+    }
+    // Loopback needs no token: the default, and any other loopback address.
+    assert_eq!(Config::load(&Cli::default(), &no_env).unwrap().http.addr.to_string(), "127.0.0.1:9090");
+    for addr in ["127.0.0.1:0", "127.8.0.1:80", "[::1]:9090", "[::ffff:127.0.0.1]:9090"] {
+        let config = Config::load(&Cli::default(), &env_of(&[("RTPVISOR_HTTP_ADDR", addr)]));
+        assert!(config.is_ok_and(|c| c.http.token.is_none()), "{addr}");
+    }
+    // A token, from the setting or its file, lets it listen anywhere.
+    let config = Config::load(&Cli::default(), &env_of(&[open[0], ("RTPVISOR_HTTP_TOKEN", TOKEN)])).unwrap();
+    assert!(config.http.token.is_some() && !config.http.open_beyond_loopback());
+    let file = sample_file("open-api-token", "a-token-in-a-file-0123\n");
+    assert!(Config::load(&Cli::default(), &env_of(&[open[0], ("RTPVISOR_HTTP_TOKEN_FILE", file)])).is_ok());
+    // The explicit opt-in: open on purpose.
+    let allowed = [open[0], ("RTPVISOR_HTTP_ALLOW_OPEN", "true")];
+    let config = Config::load(&Cli::default(), &env_of(&allowed)).unwrap();
+    assert!(config.http.allow_open && config.http.open_beyond_loopback());
+    let config = Config::from_toml_str("[http]\naddr = \"0.0.0.0:9090\"\nallow_open = true\n", "f.toml").unwrap();
+    assert!(config.http.open_beyond_loopback());
+    let denied = [open[0], ("RTPVISOR_HTTP_ALLOW_OPEN", "false")];
+    assert!(Config::load(&Cli::default(), &env_of(&denied)).is_err());
+}
+
+/// The `environment` of every service named `rtpvisor*` in a compose file, `${VAR:-default}`
+/// and `${VAR:?message}` replaced from `vars` (a required one missing there is a panic). Just
+/// enough YAML for our compose files: two-space indents, `KEY: value` lines.
+fn compose_environments(text: &str, vars: &[(&str, &str)]) -> Vec<(String, Vec<(String, String)>)> {
+    let interpolate = |value: &str| {
+        let mut out = String::new();
+        let mut rest = value;
+        while let Some(start) = rest.find("${") {
+            out.push_str(&rest[..start]);
+            let end = rest[start..].find('}').expect("a closed ${") + start;
+            let expr = &rest[start + 2..end];
+            let (name, fallback) = match (expr.split_once(":-"), expr.split_once(":?")) {
+                (Some((name, default)), _) => (name, Some(default)),
+                (None, Some((name, _))) => (name, None),
+                (None, None) => (expr, Some("")),
+            };
+            let given = vars.iter().find(|(k, _)| *k == name).map(|(_, v)| *v);
+            out.push_str(given.or(fallback).unwrap_or_else(|| panic!("{name} is required by {value}")));
+            rest = &rest[end + 1..];
+        }
+        out + rest
+    };
+    let mut services: Vec<(String, Vec<(String, String)>)> = Vec::new();
+    let (mut in_services, mut in_environment) = (false, false);
+    for line in text.lines() {
+        let indent = line.len() - line.trim_start().len();
+        let content = line.trim();
+        if content.is_empty() || content.starts_with('#') {
+            continue;
+        }
+        match indent {
+            0 => in_services = content == "services:",
+            2 if in_services => {
+                services.push((content.trim_end_matches(':').to_owned(), Vec::new()));
+                in_environment = false;
+            }
+            4 => in_environment = content == "environment:",
+            6 if in_services && in_environment => {
+                let (key, value) = content.split_once(':').expect("KEY: value");
+                let value = value.trim().trim_matches('"');
+                services.last_mut().unwrap().1.push((key.to_owned(), interpolate(value)));
+            }
+            _ => {}
+        }
+    }
+    services.retain(|(name, _)| name.starts_with("rtpvisor"));
+    services
+}
+
+/// The compose stacks bind the API to 0.0.0.0 in their containers: their rtpvisors start
+/// because they set a token, and would be refused without it.
+#[test]
+fn the_compose_stacks_set_a_token_where_the_api_leaves_loopback() {
+    let vars = [("HTTP_TOKEN", "0123456789abcdef0123456789abcdef")];
+    for (file, expected) in [("docker-compose.yml", 1), ("docker-compose.cluster.yml", 2)] {
+        let text = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file)).unwrap();
+        let services = compose_environments(&text, &vars);
+        assert_eq!(services.len(), expected, "{file}: {services:?}");
+        for (service, env) in services {
+            let lookup = |key: &str| env.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+            let config = Config::load(&Cli::default(), &lookup).unwrap_or_else(|e| panic!("{file} {service}: {e}"));
+            assert!(!config.http.addr.ip().is_loopback(), "{file} {service}: published, so beyond loopback");
+            assert!(config.http.token.is_some() && !config.http.allow_open, "{file} {service}");
+            let tokenless = |key: &str| if key.starts_with("RTPVISOR_HTTP_TOKEN") { None } else { lookup(key) };
+            let message = Config::load(&Cli::default(), &tokenless).unwrap_err().to_string();
+            assert!(message.contains("the HTTP API would answer other hosts without a token"), "{file} {service}: {message}");
+        }
     }
 }
 

@@ -94,6 +94,31 @@ pub fn ari_delete(path: &str) -> Result<Value, String> {
     into_json(ari("DELETE", path).call())
 }
 
+/// `id` as one ARI path segment, as the service writes it: `format!("/channels/{}", seg(id))`
+/// for an id from Asterisk, whatever it holds.
+pub fn seg(id: &str) -> String {
+    rtpvisor_actors::ari::path::segment(id).expect("a non-empty id")
+}
+
+/// `asterisk -rx CMD` in the test Asterisk (`scripts/asterisk.sh cli`); its output.
+pub fn asterisk_cli(cmd: &str) -> String {
+    let out = Command::new("bash")
+        .arg(repo().join("scripts/asterisk.sh"))
+        .args(["cli", cmd])
+        .stdin(Stdio::null())
+        .output()
+        .expect("running scripts/asterisk.sh cli");
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+/// The PID of the test Asterisk (from the pid file `scripts/asterisk.sh start` writes).
+pub fn asterisk_pid() -> u32 {
+    let out = Command::new("bash").arg(repo().join("scripts/asterisk.sh")).arg("root").output().expect("asterisk.sh root");
+    let root = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    let pid = std::fs::read_to_string(root.join("run/rtpvisor-asterisk.pid")).expect("Asterisk's pid file");
+    pid.trim().parse().expect("a PID")
+}
+
 /// Originates a Local channel into our app: `exten@rtpvisor-test` runs the dialplan on the far
 /// half, the near half enters Stasis with `mode` as its argument. Returns the Stasis channel id.
 pub fn originate(exten: &str, mode: &str, id: &str) -> String {
@@ -157,17 +182,17 @@ pub fn originate_dialplan(exten: &str, prefix: &str, n: usize) {
 /// Hangs up every channel whose id starts with `prefix` (a test's own calls only).
 pub fn hang_up_prefixed(prefix: &str) {
     for id in asterisk_channels().into_iter().filter(|c| c.starts_with(prefix)) {
-        let _ = ari_delete(&format!("/channels/{id}"));
+        let _ = ari_delete(&format!("/channels/{}", seg(&id)));
     }
 }
 
 /// Hangs up everything Asterisk still has (a previous failed test must not poison the next).
 pub fn clean_asterisk() {
     for id in asterisk_channels() {
-        let _ = ari_delete(&format!("/channels/{id}"));
+        let _ = ari_delete(&format!("/channels/{}", seg(&id)));
     }
     for id in asterisk_bridges() {
-        let _ = ari_delete(&format!("/bridges/{id}"));
+        let _ = ari_delete(&format!("/bridges/{}", seg(&id)));
     }
     wait_until("Asterisk has no channel or bridge", Duration::from_secs(10), || {
         asterisk_channels().is_empty() && asterisk_bridges().is_empty()
@@ -232,7 +257,13 @@ impl Default for Options {
 impl Rtpvisor {
     pub fn start(name: &str, opts: Options) -> Rtpvisor {
         let http_port = free_tcp_port();
-        let echo_port = free_udp_port();
+        // A test that restarts a service on the same echo port passes RTPVISOR_ECHO_ADDR.
+        let echo_port = opts
+            .env
+            .iter()
+            .find(|(k, _)| k == "RTPVISOR_ECHO_ADDR")
+            .and_then(|(_, v)| v.rsplit(':').next()?.parse().ok())
+            .unwrap_or_else(free_udp_port);
         let dir = repo().join("target/test-logs");
         std::fs::create_dir_all(&dir).unwrap();
         let log = dir.join(format!("{name}.log"));

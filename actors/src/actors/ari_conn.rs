@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use super::failure::FailureRecord;
 use super::metrics::{AriEventCounts, MetricsActor};
-use super::supervisor::{AriConnected, AriDisconnected, AriEvent, Supervisor};
+use super::supervisor::{AriConnected, AriDisconnected, AriEvent, Supervisor, UndecodableStasisStart};
 use crate::ari::client::AriClient;
 use crate::ari::events::{event_stream, LinkItem};
 use crate::ari::link::{Down, Generation, LinkState};
@@ -61,7 +61,16 @@ pub struct AriConnection {
     /// The current connection's stream, to drop it (and its socket) when we give it up.
     link: Option<SpawnHandle>,
     last_failure: Option<FailureRecord>,
+    /// [`TakeApp`] arrived: the first connection was asked for.
+    taking: bool,
 }
+
+/// Connect the events WebSocket, which registers (takes) our Stasis app: sent once every
+/// local resource is held (HTTP, echo, media engine), so that a process that cannot start
+/// never takes the app from a healthy instance.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct TakeApp;
 
 impl AriConnection {
     /// `backoff_min`/`backoff_max`: the reconnect waits (capped exponential, with jitter);
@@ -83,6 +92,7 @@ impl AriConnection {
             state: LinkState::new(backoff_min, backoff_max),
             link: None,
             last_failure: None,
+            taking: false,
         }
     }
 
@@ -162,8 +172,15 @@ fn jittered(d: Duration) -> Duration {
 impl Actor for AriConnection {
     type Context = Context<Self>;
 
-    fn started(&mut self, ctx: &mut Context<Self>) {
-        self.connect(ctx);
+    fn started(&mut self, _: &mut Context<Self>) {}
+}
+
+impl Handler<TakeApp> for AriConnection {
+    type Result = ();
+    fn handle(&mut self, _: TakeApp, ctx: &mut Context<Self>) {
+        if !std::mem::replace(&mut self.taking, true) {
+            self.connect(ctx);
+        }
     }
 }
 
@@ -186,6 +203,11 @@ impl StreamHandler<Tagged> for AriConnection {
             LinkItem::Malformed { error } => {
                 counts.malformed = 1;
                 log::warn!("[AriConnection] skipping malformed ARI event: {error}");
+            }
+            LinkItem::BadStasisStart { channel_id, error } => {
+                counts.malformed = 1;
+                log::warn!("[AriConnection] {error}: answering its caller");
+                self.supervisor.do_send(UndecodableStasisStart { channel_id, error });
             }
             LinkItem::Closed { reason } => return self.lost(generation, Down::Closed(reason), ctx),
             LinkItem::Dead { reason } => return self.lost(generation, Down::Silent(reason), ctx),

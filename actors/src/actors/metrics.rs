@@ -23,6 +23,8 @@ pub struct CallStarted {
     pub mode: CallMode,
     /// The caller's channel id (for the event log).
     pub channel: String,
+    /// Taken over from Asterisk after a restart, not set up by this process.
+    pub adopted: bool,
 }
 
 /// How a call ended.
@@ -53,10 +55,13 @@ pub enum EndReason {
     SetupFailed,
     /// Its actor failed (panicked); the call was ended cleanly.
     ActorFailed,
+    /// A call found live in Asterisk could not be taken over (its port is held by another
+    /// process now, or its Asterisk side could not be read): ended cleanly.
+    AdoptFailed,
 }
 
 impl EndReason {
-    pub const ALL: [EndReason; 7] = [
+    pub const ALL: [EndReason; 8] = [
         EndReason::Hangup,
         EndReason::NoMedia,
         EndReason::SilentWhileLinkDown,
@@ -64,6 +69,7 @@ impl EndReason {
         EndReason::Shutdown,
         EndReason::SetupFailed,
         EndReason::ActorFailed,
+        EndReason::AdoptFailed,
     ];
 
     /// The JSON and Prometheus label name.
@@ -76,6 +82,7 @@ impl EndReason {
             EndReason::Shutdown => "shutdown",
             EndReason::SetupFailed => "setup_failed",
             EndReason::ActorFailed => "actor_failed",
+            EndReason::AdoptFailed => "adopt_failed",
         }
     }
 }
@@ -102,6 +109,7 @@ pub struct EndedCounters {
     pub shutdown: u64,
     pub setup_failed: u64,
     pub actor_failed: u64,
+    pub adopt_failed: u64,
 }
 
 impl EndedCounters {
@@ -115,6 +123,7 @@ impl EndedCounters {
             EndReason::Shutdown => &mut self.shutdown,
             EndReason::SetupFailed => &mut self.setup_failed,
             EndReason::ActorFailed => &mut self.actor_failed,
+            EndReason::AdoptFailed => &mut self.adopt_failed,
         }
     }
 
@@ -175,6 +184,8 @@ pub struct GetLatencyHistogram;
 pub enum CallEventKind {
     /// Accepted and set up.
     Started,
+    /// Taken over from Asterisk after a restart.
+    Adopted,
     /// Ended after it was served.
     Ended,
     /// Refused before any resource was taken.
@@ -260,6 +271,11 @@ pub fn bucket_counts(cumulative: &BucketCounts, total: u64) -> Vec<u64> {
 #[rtype(result = "()")]
 pub struct Reconciled(pub ReconcileReport);
 
+/// A reconciliation could not read Asterisk's state (the error): nothing was adopted or ended.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ReconcileFailed(pub String);
+
 /// Reconciliations since start (at every ARI connect and reconnect, after a failed setup, and
 /// every 60 s).
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
@@ -269,6 +285,12 @@ pub struct ReconcileMetrics {
     pub orphans_cleaned: u64,
     /// Live calls ended because their caller had vanished, all runs together.
     pub vanished_calls: u64,
+    /// Live calls found whole in Asterisk and taken over (after a restart), all runs together.
+    pub adopted_calls: u64,
+    /// Reconciliations that could not read Asterisk's state (not in `runs`), and the last
+    /// such error.
+    pub failed: u64,
+    pub last_error: Option<String>,
     pub last: Option<ReconcileReport>,
 }
 
@@ -289,6 +311,8 @@ pub struct ModeMetrics {
     pub calls_active: u64,
     pub calls_rejected: u64,
     pub calls_failed: u64,
+    /// Calls taken over from Asterisk after a restart (also counted in `calls_total`).
+    pub calls_adopted: u64,
     /// Echo: per-packet delay against the stream's schedule; probe: round-trip time (ms).
     pub latency: LatencySummary,
     /// The same samples as cumulative counts at [`BUCKET_BOUNDS_US`], for the Prometheus
@@ -363,8 +387,8 @@ pub struct ModesMetrics {
 
 #[derive(Default)]
 pub struct MetricsActor {
-    /// Per mode (CallMode::index): total, active, rejected, failed.
-    calls: [[u64; 4]; 3],
+    /// Per mode (CallMode::index): total, active, rejected, failed, adopted.
+    calls: [[u64; 5]; 3],
     /// Cumulative latency samples of echo and probe mode.
     latency: [LatencyHistogram; 2],
     /// Totals of streams that ended, and of the streams live at the last flush.
@@ -390,7 +414,9 @@ impl Handler<CallStarted> for MetricsActor {
         let c = &mut self.calls[m.mode.index()];
         c[0] += 1;
         c[1] += 1;
-        self.event(CallEventKind::Started, m.mode, m.channel, None);
+        c[4] += u64::from(m.adopted);
+        let kind = if m.adopted { CallEventKind::Adopted } else { CallEventKind::Started };
+        self.event(kind, m.mode, m.channel, None);
     }
 }
 
@@ -468,12 +494,21 @@ impl Handler<EchoCounters> for MetricsActor {
     }
 }
 
+impl Handler<ReconcileFailed> for MetricsActor {
+    type Result = ();
+    fn handle(&mut self, ReconcileFailed(e): ReconcileFailed, _: &mut Context<Self>) {
+        self.reconcile.failed += 1;
+        self.reconcile.last_error = Some(e);
+    }
+}
+
 impl Handler<Reconciled> for MetricsActor {
     type Result = ();
     fn handle(&mut self, Reconciled(r): Reconciled, _: &mut Context<Self>) {
         self.reconcile.runs += 1;
         self.reconcile.orphans_cleaned += (r.orphan_app_channels + r.orphan_media_channels + r.orphan_bridges) as u64;
         self.reconcile.vanished_calls += r.vanished_calls as u64;
+        self.reconcile.adopted_calls += r.adopted_calls as u64;
         self.reconcile.last = Some(r);
     }
 }
@@ -544,6 +579,7 @@ impl MetricsActor {
             calls_active: c[1],
             calls_rejected: c[2],
             calls_failed: c[3],
+            calls_adopted: c[4],
             ..ModeMetrics::default()
         };
         if mode == CallMode::SharedEcho {
@@ -674,7 +710,7 @@ mod tests {
     async fn ended_and_refused_calls_are_kept_with_their_figures() {
         let m = MetricsActor::default().start();
         let summary = CallSummary { active_at_ms: Some(5), mos: Some(4.4), expected: 50, ..CallSummary::default() };
-        m.do_send(CallStarted { mode: CallMode::Probe, channel: "a".into() });
+        m.do_send(CallStarted { mode: CallMode::Probe, channel: "a".into(), adopted: false });
         m.do_send(CallEnded { mode: CallMode::Probe, outcome: CallOutcome::Completed, reason: EndReason::Hangup, channel: "a".into(), summary: summary.clone() });
         m.do_send(CallRejected { mode: CallMode::Echo, channel: "b".into(), why: "no free RTP port".into() });
         m.do_send(CallEnded { mode: CallMode::Echo, outcome: CallOutcome::Failed, reason: EndReason::SetupFailed, channel: "c".into(), summary: CallSummary::default() });

@@ -13,6 +13,7 @@
 //! └── AriConnection       the events WebSocket; feeds the Supervisor
 //! ```
 pub mod ari_conn;
+pub mod call_io;
 pub mod channel;
 pub mod echo;
 pub mod failure;

@@ -40,6 +40,11 @@ impl Drop for Lease {
 #[rtype(result = "Result<Lease, PoolError>")]
 pub struct AcquirePort;
 
+/// Ask for exactly this port (a call taken over from Asterisk keeps its port).
+#[derive(Message)]
+#[rtype(result = "Result<Lease, PoolError>")]
+pub struct AcquireThisPort(pub u16);
+
 /// A lease ended (sent by [`Lease`]'s drop; not sent by hand).
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
@@ -61,6 +66,11 @@ impl PortManager {
         // A port another process held is tried again after this long.
         PortManager { pool: PortPool::new(range, quarantine, Duration::from_secs(10)) }
     }
+
+    /// The pool's range.
+    pub fn range(&self) -> PortRange {
+        self.pool.range()
+    }
 }
 
 impl Actor for PortManager {
@@ -72,11 +82,9 @@ impl Actor for PortManager {
     }
 }
 
-impl Handler<AcquirePort> for PortManager {
-    type Result = Result<Lease, PoolError>;
-
-    fn handle(&mut self, _: AcquirePort, ctx: &mut Context<Self>) -> Self::Result {
-        match self.pool.lease(Instant::now()) {
+impl PortManager {
+    fn lent(&self, leased: Result<u16, PoolError>, ctx: &mut Context<Self>) -> Result<Lease, PoolError> {
+        match leased {
             Ok(port) => {
                 log::info!("[PortManager] INFO: Allocated port {port}");
                 Ok(Lease { port, manager: ctx.address().recipient(), unavailable: false })
@@ -86,6 +94,24 @@ impl Handler<AcquirePort> for PortManager {
                 Err(e)
             }
         }
+    }
+}
+
+impl Handler<AcquirePort> for PortManager {
+    type Result = Result<Lease, PoolError>;
+
+    fn handle(&mut self, _: AcquirePort, ctx: &mut Context<Self>) -> Self::Result {
+        let leased = self.pool.lease(Instant::now());
+        self.lent(leased, ctx)
+    }
+}
+
+impl Handler<AcquireThisPort> for PortManager {
+    type Result = Result<Lease, PoolError>;
+
+    fn handle(&mut self, AcquireThisPort(port): AcquireThisPort, ctx: &mut Context<Self>) -> Self::Result {
+        let leased = self.pool.lease_exact(port, Instant::now());
+        self.lent(leased, ctx)
     }
 }
 

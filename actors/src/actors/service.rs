@@ -1,7 +1,8 @@
 //! Service: starts the actor system in order and is the typed handle the HTTP API and `main`
 //! talk to (never raw addresses). Start order follows the dependencies: metrics, media engine,
 //! echo socket, supervisor (with its port manager), and last the ARI connection, so no event
-//! can arrive before there is someone to handle it.
+//! can arrive before there is someone to handle it. The ARI connection takes the Stasis app
+//! only when told ([`Service::take_app`]), after the process holds every local resource.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -11,7 +12,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use serde::Serialize;
 
-use super::ari_conn::{AriConnection, AriStatus, GetAriStatus};
+use super::ari_conn::{AriConnection, AriStatus, GetAriStatus, TakeApp};
 use super::channel::CallSettings;
 use super::echo::{EchoActor, EchoStatus, GetEchoStatus, InjectEchoFault};
 use super::metrics::{
@@ -121,29 +122,6 @@ pub struct ChannelView {
     pub quality: Option<Quality>,
 }
 
-/// A call's quality from its stream: probe from its round trips (median and 95th percentile)
-/// and lost probes, echo from its RFC 3550 jitter and loss. `None` before any packet's fate is
-/// known.
-pub fn stream_quality(r: &StreamReport) -> Option<Quality> {
-    let inputs = match (r.mode, &r.probe, &r.receive) {
-        (CallMode::Probe, Some(p), _) => {
-            let judged = p.returned + p.lost;
-            if judged == 0 {
-                return None;
-            }
-            quality::probe_inputs(r.latency.p50_ms, r.latency.p95_ms, p.lost as f64 / judged as f64)
-        }
-        (CallMode::Echo, _, Some(rx)) => {
-            if rx.expected == 0 {
-                return None;
-            }
-            quality::echo_inputs(rx.jitter_ms, rx.lost as f64 / rx.expected as f64)
-        }
-        _ => return None,
-    };
-    Some(quality::estimate(&inputs))
-}
-
 /// A node of the supervision tree (`GET /actors`).
 #[derive(Debug, Clone, Serialize)]
 pub struct ActorNode {
@@ -182,8 +160,19 @@ fn is_zero(n: &u64) -> bool {
 }
 
 impl Service {
-    /// Starts every actor; call from inside a running actix System.
+    /// Starts every actor and takes the Stasis app at once; call from inside a running actix
+    /// System. A process that binds more of its own (an HTTP server) uses
+    /// [`Service::start_local`], binds, then [`Service::take_app`].
     pub async fn start(cfg: ServiceConfig) -> Result<Service, StartError> {
+        let service = Self::start_local(cfg).await?;
+        service.take_app();
+        Ok(service)
+    }
+
+    /// Starts every actor and holds every local resource (media engine, echo port) but does
+    /// not connect to ARI yet: the Stasis app stays with whoever holds it until
+    /// [`Service::take_app`].
+    pub async fn start_local(cfg: ServiceConfig) -> Result<Service, StartError> {
         let metrics = MetricsActor::default().start();
         let sink_addr = metrics.clone();
         // The supervisor starts after the engine; idle notices before then have nowhere to go
@@ -245,6 +234,11 @@ impl Service {
         })
     }
 
+    /// Connects the events WebSocket, which takes our Stasis app (then adopts and reconciles).
+    pub fn take_app(&self) {
+        self.ari_conn.do_send(TakeApp);
+    }
+
     pub async fn metrics(&self) -> Result<MetricsSnapshot, MailboxError> {
         let mut m = self.metrics.send(GetMetrics).await?;
         m.media_engine = self.media.counters();
@@ -284,7 +278,7 @@ impl Service {
             .map(|call| {
                 let media = streams.remove(&call.call_no).cloned();
                 let shared_echo = shared.remove(&call.call_no).cloned();
-                let quality = media.as_ref().and_then(stream_quality);
+                let quality = media.as_ref().and_then(quality::stream_quality);
                 ChannelView { call, media, shared_echo, quality }
             })
             .collect())

@@ -16,7 +16,7 @@ use awc::ws::{CloseReason, Codec, Frame, Message};
 use futures_util::{SinkExt, Stream, StreamExt};
 
 use super::liveness::{Check, Liveness, LivenessSettings};
-use super::model::{decode_event, Event};
+use super::model::{decode_event, DecodeError, Event};
 
 /// What the events WebSocket delivered.
 // Large like `Event` (see there): moved once per event, at signalling rate.
@@ -30,6 +30,9 @@ pub enum LinkItem {
     /// A text frame that is no ARI event (bad JSON, no type, a known type with bad fields), or
     /// a fragmented message; logged and skipped, never fatal.
     Malformed { error: String },
+    /// A StasisStart that names its channel but could not be decoded: its caller waits in
+    /// Stasis and must be answered.
+    BadStasisStart { channel_id: String, error: String },
     /// The connection ended: close frame, end of stream, protocol or write error. Last item.
     Closed { reason: String },
     /// No answer to our pings within the timeout (or a ping could not even be written). Last
@@ -53,7 +56,12 @@ pub fn decode_text(payload: &[u8]) -> LinkItem {
     match decode_event(text) {
         Ok(Event::Unknown { kind }) => LinkItem::Unknown { kind },
         Ok(ev) => LinkItem::Event(ev),
-        Err(e) => LinkItem::Malformed { error: e.to_string() },
+        Err(e) => match &e {
+            DecodeError::BadStasisStart { channel_id, .. } => {
+                LinkItem::BadStasisStart { channel_id: channel_id.clone(), error: e.to_string() }
+            }
+            _ => LinkItem::Malformed { error: e.to_string() },
+        },
     }
 }
 
@@ -185,6 +193,13 @@ mod tests {
         assert_eq!(decode_text(br#"{"type": "Dial"}"#), LinkItem::Unknown { kind: "Dial".into() });
         assert!(matches!(decode_text(b"{"), LinkItem::Malformed { .. }));
         assert!(matches!(decode_text(br#"{"type": "StasisEnd"}"#), LinkItem::Malformed { .. }));
+        // A StasisStart that names its channel is told apart: its caller waits for an answer.
+        let bad = br#"{"type": "StasisStart", "application": "rtpvisor", "channel": {"id": "c1", "name": 7}}"#;
+        let LinkItem::BadStasisStart { channel_id, error } = decode_text(bad) else { panic!("{:?}", decode_text(bad)) };
+        assert_eq!(channel_id, "c1");
+        assert!(error.contains("bad StasisStart event for channel c1"), "{error}");
+        let nameless = br#"{"type": "StasisStart", "application": "rtpvisor", "channel": {"name": "x"}}"#;
+        assert!(matches!(decode_text(nameless), LinkItem::Malformed { .. }));
         let LinkItem::Malformed { error } = decode_text(&[0xff, 0xfe]) else { panic!() };
         assert!(error.starts_with("text frame is not UTF-8"), "{error}");
     }

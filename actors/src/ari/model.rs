@@ -32,6 +32,15 @@ pub enum DecodeError {
     /// The JSON has no string `type` field (or is not an object), so it is no ARI message.
     #[error("event has no `type` field")]
     MissingType,
+    /// A StasisStart whose fields are missing or of the wrong type, but that names its
+    /// channel: the caller waits in Stasis for an answer, so it is told apart.
+    #[error("bad StasisStart event for channel {channel_id}: {reason}")]
+    BadStasisStart {
+        /// `channel.id`.
+        channel_id: String,
+        /// What serde found wrong.
+        reason: String,
+    },
     /// A known event type whose required fields are missing or of the wrong type.
     #[error("bad {kind} event: {reason}")]
     BadEvent {
@@ -107,6 +116,21 @@ pub struct Channel {
 const UNICASTRTP_LOCAL_ADDRESS: &str = "UNICASTRTP_LOCAL_ADDRESS";
 /// Channel variable chan_rtp sets to the local port of an externalMedia channel's RTP.
 const UNICASTRTP_LOCAL_PORT: &str = "UNICASTRTP_LOCAL_PORT";
+/// The variables chan_rtp sets on an externalMedia channel, in the order
+/// [`unicast_rtp_address`] takes them.
+pub const UNICASTRTP_LOCAL_VARS: [&str; 2] = [UNICASTRTP_LOCAL_ADDRESS, UNICASTRTP_LOCAL_PORT];
+
+/// Asterisk's side of an externalMedia channel from the values of `UNICASTRTP_LOCAL_ADDRESS`
+/// and `UNICASTRTP_LOCAL_PORT` (an IPv6 address may come bracketed). None when either is
+/// unparsable, or the port is 0 (not a place to send to).
+pub fn unicast_rtp_address(addr: &str, port: &str) -> Option<SocketAddr> {
+    let addr = addr.trim();
+    let addr = addr.strip_prefix('[').and_then(|a| a.strip_suffix(']')).unwrap_or(addr);
+    let ip: IpAddr = addr.parse().ok()?;
+    let port: u16 = port.trim().parse().ok()?;
+    (port != 0).then_some(SocketAddr::new(ip, port))
+}
+
 /// Name prefix of channels created by POST /channels/externalMedia with RTP encapsulation.
 const UNICAST_RTP_PREFIX: &str = "UnicastRTP/";
 
@@ -118,14 +142,7 @@ impl Channel {
     /// anything can be sent). Asterisk writes an IPv6 address bare; brackets are tolerated.
     pub fn unicast_rtp_local(&self) -> Option<SocketAddr> {
         let vars = self.channelvars.as_ref()?;
-        let addr = vars.get(UNICASTRTP_LOCAL_ADDRESS)?.trim();
-        let addr = addr
-            .strip_prefix('[')
-            .and_then(|a| a.strip_suffix(']'))
-            .unwrap_or(addr);
-        let ip: IpAddr = addr.parse().ok()?;
-        let port: u16 = vars.get(UNICASTRTP_LOCAL_PORT)?.trim().parse().ok()?;
-        (port != 0).then_some(SocketAddr::new(ip, port))
+        unicast_rtp_address(vars.get(UNICASTRTP_LOCAL_ADDRESS)?, vars.get(UNICASTRTP_LOCAL_PORT)?)
     }
 
     /// True for channels whose name starts with `UnicastRTP/` (externalMedia).
@@ -435,7 +452,14 @@ pub fn decode_event(text: &str) -> Result<Event, DecodeError> {
         .ok_or(DecodeError::MissingType)?;
     let event = match kind {
         "StasisStart" => {
-            let w: StasisStartWire = fields(kind, &value)?;
+            let w: StasisStartWire = fields(kind, &value).map_err(|e| {
+                match (value.pointer("/channel/id").and_then(Value::as_str), e) {
+                    (Some(id), DecodeError::BadEvent { reason, .. }) => {
+                        DecodeError::BadStasisStart { channel_id: id.to_string(), reason }
+                    }
+                    (_, e) => e,
+                }
+            })?;
             Event::StasisStart {
                 application: w.application,
                 channel: w.channel,
@@ -744,6 +768,11 @@ mod tests {
     fn bad_event(text: &str) -> (String, String) {
         match decode_event(text) {
             Err(DecodeError::BadEvent { kind, reason }) => (kind, reason),
+            // A StasisStart that names its channel keeps the id, to answer its caller.
+            Err(DecodeError::BadStasisStart { channel_id, reason }) => {
+                assert!(!channel_id.is_empty());
+                ("StasisStart".into(), reason)
+            }
             other => panic!("expected BadEvent, got {other:?}"),
         }
     }

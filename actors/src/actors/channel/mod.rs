@@ -7,133 +7,27 @@
 //! It reports to its owner through recipients ([`CallOwner`]), not the owner's address: the
 //! Supervisor depends on this module, never the other way round.
 
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+mod messages;
+
+use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use futures_util::FutureExt;
 
-use super::service::stream_quality;
-use super::metrics::{CallEnded, CallOutcome, CallRejected, CallStarted, EndReason, MetricsActor};
-use super::port_manager::{AcquirePort, Lease, PortManager};
-use crate::ari::client::AriClient;
+use super::call_io::{self, FinalMedia};
+use super::metrics::{CallEnded, CallOutcome, CallRejected, CallStarted, EndReason};
+use super::port_manager::Lease;
 use crate::ari::model::{ExternalMediaParams, HangupReason};
-use crate::call::{Action, CallProcedure, End, Input, Report, Step, Teardown, Why};
-use crate::ended::CallSummary;
-use crate::media::{MediaHandle, ModeTotals, SharedReport, StreamReport, StreamSpec};
+pub use crate::call::CallState;
+pub use messages::*;
+use crate::call::{Action, Adopted, CallProcedure, End, Input, Report, Step, Why};
+use crate::ended::{self, CallSummary, Times};
+use crate::media::StreamSpec;
 use crate::mode::CallMode;
-use crate::naming::{bridge_id, external_media_id, host_port};
-use crate::ports::PoolError;
+use crate::naming::{bridge_id, call_tag, external_media_id, host_port, CallTag};
+pub use crate::registry::Gone;
 use crate::sys::unix_ms;
-
-/// Settings every call shares.
-#[derive(Debug, Clone)]
-pub struct CallSettings {
-    /// Host (IP or name) Asterisk sends a call's RTP to: our leased ports are reached there.
-    pub media_host: String,
-    /// Address the call sockets bind to.
-    pub bind_ip: IpAddr,
-    /// Where Asterisk reaches the shared EchoActor (host:port) for shared-echo calls.
-    pub echo_target: String,
-    pub late_threshold: Duration,
-    pub probe_timeout: Duration,
-    /// End a call whose media stopped for this long (zero: never); shared-echo calls are
-    /// watched at the echo from their Asterisk address.
-    pub no_media_timeout: Duration,
-}
-
-/// Where a call is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CallState {
-    SettingUp,
-    Active,
-    TearingDown,
-}
-
-/// Which of the call's resources Asterisk reported gone (or asked to end).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Gone {
-    Caller,
-    ExternalMedia,
-    Bridge,
-}
-
-/// A resource of this call ended in Asterisk: tear the call down.
-#[derive(Message, Debug)]
-#[rtype(result = "()")]
-pub struct ResourceGone {
-    pub which: Gone,
-    pub event: &'static str,
-}
-
-/// The service decided to end the call (shutdown, no media, vanished caller, silent while the
-/// ARI link is down).
-#[derive(Message, Debug)]
-#[rtype(result = "()")]
-pub struct EndCall {
-    pub reason: EndReason,
-    /// For the log.
-    pub why: &'static str,
-}
-
-/// The call's externalMedia channel entered Stasis: it may be added to the bridge now.
-#[derive(Message, Debug)]
-#[rtype(result = "()")]
-pub struct MediaInStasis;
-
-/// A fault injected for tests: panic in this actor's handler.
-#[derive(Message, Debug)]
-#[rtype(result = "()")]
-pub struct InjectPanic;
-
-/// The call's progress, for the owner's registry.
-#[derive(Message, Debug)]
-#[rtype(result = "()")]
-pub struct CallUpdate {
-    pub caller_id: String,
-    pub state: CallState,
-    pub port: Option<u16>,
-    pub asterisk: Option<SocketAddr>,
-}
-
-/// The actor finished (torn down or refused): the owner forgets the call.
-#[derive(Message, Debug)]
-#[rtype(result = "()")]
-pub struct ChannelDone {
-    pub caller_id: String,
-    /// Setup failed part way: a request that timed out may still be executed by Asterisk
-    /// later, creating what teardown already deleted; the owner reconciles later.
-    pub setup_failed: bool,
-}
-
-/// The actor ended without finishing its call (it panicked). The owner's policy: no restart;
-/// end the call cleanly in Asterisk and count the failure.
-#[derive(Message, Debug)]
-#[rtype(result = "()")]
-pub struct ChannelFailed {
-    pub caller_id: String,
-    pub call_no: u64,
-    pub mode: CallMode,
-}
-
-/// Where a call actor reports.
-#[derive(Clone)]
-pub struct CallOwner {
-    pub updates: Recipient<CallUpdate>,
-    pub done: Recipient<ChannelDone>,
-    pub failed: Recipient<ChannelFailed>,
-}
-
-/// What every call's actor works with: the handles and settings its owner shares.
-#[derive(Clone)]
-pub struct CallContext {
-    pub ari: AriClient,
-    pub ports: Addr<PortManager>,
-    pub media: MediaHandle,
-    pub metrics: Addr<MetricsActor>,
-    pub owner: CallOwner,
-    pub settings: CallSettings,
-}
 
 /// Why a call ends, as the procedure carries it to the end: the reason counted, and the words
 /// for the log.
@@ -182,6 +76,8 @@ pub struct ChannelActor {
     active_at: Option<(Instant, u64)>,
     /// When its teardown began: the end of its live time.
     ending_at: Option<Instant>,
+    /// Unix ms when this process took the call over from Asterisk (None: it set it up).
+    adopted_at_ms: Option<u64>,
     /// The call's final media figures, from the media engine at teardown.
     final_media: FinalMedia,
     guard: ExitGuard,
@@ -189,11 +85,17 @@ pub struct ChannelActor {
     reported: Option<(CallState, Option<u16>, Option<SocketAddr>)>,
 }
 
-/// How often setup tries another port when the leased one is held by another process.
-const BIND_ATTEMPTS: usize = 4;
+/// How a call's actor begins.
+#[derive(Debug, Clone, Copy)]
+pub enum CallStart {
+    /// A new caller: set the call up (`caller_up`: already answered).
+    New { caller_up: bool },
+    /// A call found whole in Asterisk after a restart: take it over.
+    Adopt(Adopted),
+}
 
 impl ChannelActor {
-    pub fn new(call_no: u64, caller_id: String, caller_state: String, mode: CallMode, cx: CallContext) -> Self {
+    pub fn new(call_no: u64, caller_id: String, start: CallStart, mode: CallMode, cx: CallContext) -> Self {
         let guard = ExitGuard {
             failed: cx.owner.failed.clone(),
             caller_id: caller_id.clone(),
@@ -205,7 +107,11 @@ impl ChannelActor {
             call_no,
             caller_id,
             mode,
-            call: CallProcedure::new(mode, caller_state == "Up"),
+            call: match start {
+                CallStart::New { caller_up } => CallProcedure::new(mode, caller_up),
+                CallStart::Adopt(a) => CallProcedure::adopt(mode, a),
+            },
+            adopted_at_ms: matches!(start, CallStart::Adopt(_)).then(unix_ms),
             cx,
             lease: None,
             socket: None,
@@ -218,19 +124,9 @@ impl ChannelActor {
         }
     }
 
-    fn state(&self) -> CallState {
-        if self.call.is_ending() {
-            CallState::TearingDown
-        } else if self.call.is_active() {
-            CallState::Active
-        } else {
-            CallState::SettingUp
-        }
-    }
-
     /// Tells the owner's registry when the state, port or Asterisk address changed.
     fn update(&mut self) {
-        let now = (self.state(), self.call.port(), self.call.peer());
+        let now = (self.call.state(), self.call.port(), self.call.peer());
         if self.reported == Some(now) {
             return;
         }
@@ -272,9 +168,13 @@ impl ChannelActor {
         let caller = self.caller_id.clone();
         let call_no = self.call_no;
         match action {
-            Action::LeaseAndBind => {
+            Action::LeaseAndBind | Action::Rebind { .. } => {
                 let (ports, ip) = (self.cx.ports.clone(), self.cx.settings.bind_ip);
-                ctx.spawn(lease_and_bind(ports, ip).into_actor(self).map(|res, act, ctx| match res {
+                let leased = match action {
+                    Action::Rebind { port } => call_io::rebind(ports, ip, port).boxed_local(),
+                    _ => call_io::lease_and_bind(ports, ip).boxed_local(),
+                };
+                ctx.spawn(leased.into_actor(self).map(|res, act, ctx| match res {
                     Ok((lease, socket)) => {
                         let port = lease.port();
                         act.lease = Some(lease);
@@ -283,6 +183,10 @@ impl ChannelActor {
                     }
                     Err(reason) => act.feed(Input::LeaseFailed { reason }, ctx),
                 }));
+            }
+            Action::ReadPeer => {
+                let fut = call_io::read_peer(ari, caller);
+                self.request(Step::ReadPeer, fut, |peer| Input::PeerRead { peer }, ctx);
             }
             Action::CreateExternalMedia { own_port } => {
                 let host = match own_port {
@@ -321,7 +225,9 @@ impl ChannelActor {
             }
             Action::CreateBridge => {
                 let br = bridge_id(ari.app(), &caller);
-                let fut = async move { ari.create_bridge(&br, &br).await.map(|_| ()).map_err(|e| e.to_string()) };
+                // The name says what the call is, so a later process can take it over.
+                let tag = call_tag(CallTag { mode: self.mode, port: self.call.port() });
+                let fut = async move { ari.create_bridge(&br, &tag).await.map(|_| ()).map_err(|e| e.to_string()) };
                 self.request(Step::CreateBridge, fut, |()| Input::BridgeCreated, ctx);
             }
             Action::AddToBridge => {
@@ -378,7 +284,7 @@ impl ChannelActor {
             Action::Teardown(plan) => {
                 let lease = self.lease.take();
                 self.ending_at.get_or_insert_with(Instant::now);
-                ctx.spawn(teardown(ari, media, call_no, caller, plan, lease).into_actor(self).map(
+                ctx.spawn(call_io::teardown(ari, media, call_no, caller, plan, lease).into_actor(self).map(
                     |report, act, ctx| {
                         if let Some(r) = &report.stream {
                             log::info!(
@@ -399,16 +305,20 @@ impl ChannelActor {
         match report {
             Report::Active => {
                 self.active_at = Some((Instant::now(), unix_ms()));
-                self.cx.metrics.do_send(CallStarted { mode: self.mode, channel: self.caller_id.clone() });
+                let adopted = self.call.is_adopted();
+                self.cx.metrics.do_send(CallStarted { mode: self.mode, channel: self.caller_id.clone(), adopted });
+                let verb = if adopted { "Adopted" } else { "Created" };
                 match self.call.port() {
-                    Some(p) => log::info!("Created channel {} with RTP port {p}", self.caller_id),
-                    None => log::info!("Created channel {} on the shared echo", self.caller_id),
+                    Some(p) => log::info!("{verb} channel {} with RTP port {p}", self.caller_id),
+                    None => log::info!("{verb} channel {} on the shared echo", self.caller_id),
                 }
             }
             Report::SetupFailed { step, error } => {
-                log::error!("Setup of call {} failed at {}: {error}", self.caller_id, step.as_str());
+                let what = if self.call.is_adopted() { "Taking over" } else { "Setup of" };
+                log::error!("{what} call {} failed at {}: {error}", self.caller_id, step.as_str());
                 // A call whose setup failed was accepted all the same: counted, then failed.
-                self.cx.metrics.do_send(CallStarted { mode: self.mode, channel: self.caller_id.clone() });
+                let adopted = self.call.is_adopted();
+                self.cx.metrics.do_send(CallStarted { mode: self.mode, channel: self.caller_id.clone(), adopted });
             }
             Report::TearingDown { why } => {
                 let text = match why {
@@ -417,6 +327,7 @@ impl ChannelActor {
                         None => e.why.to_string(),
                     },
                     Why::SetupFailed => "setup failed".to_string(),
+                    Why::AdoptFailed => "taking the call over failed".to_string(),
                 };
                 let local = matches!(why, Why::Ended(e) if e.reason == EndReason::SilentWhileLinkDown);
                 log::info!("Tearing down channel {} ({text}{})", self.caller_id, if local { "; locally" } else { "" });
@@ -427,6 +338,7 @@ impl ChannelActor {
             Report::Finished { why, setup_failed } => {
                 let (outcome, reason) = match why {
                     Why::Ended(e) if !setup_failed => (CallOutcome::Completed, e.reason),
+                    Why::AdoptFailed => (CallOutcome::Failed, EndReason::AdoptFailed),
                     _ => (CallOutcome::Failed, EndReason::SetupFailed),
                 };
                 let summary = self.summary();
@@ -439,38 +351,14 @@ impl ChannelActor {
 
     /// What the call measured, for the store of ended calls.
     fn summary(&self) -> CallSummary {
-        let mut s = CallSummary {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let times = Times {
             active_at_ms: self.active_at.map(|(_, ms)| ms),
-            service_setup_ms: self.active_at.map(|(at, _)| at.duration_since(self.started_at).as_secs_f64() * 1000.0),
-            live_ms: self.active_at.map(|(at, _)| {
-                self.ending_at.unwrap_or_else(Instant::now).saturating_duration_since(at).as_secs_f64() * 1000.0
-            }),
-            ..CallSummary::default()
+            setup_ms: self.active_at.map(|(at, _)| ms(at.duration_since(self.started_at))),
+            live_ms: self.active_at.map(|(at, _)| ms(self.ending_at.unwrap_or_else(Instant::now).saturating_duration_since(at))),
+            adopted_at_ms: self.adopted_at_ms,
         };
-        if let Some(r) = &self.final_media.shared {
-            // What the shared echo reflected for the call: every datagram it took was sent back.
-            s.packets_in = r.packets;
-            s.packets_out = r.packets;
-        }
-        if let Some(r) = &self.final_media.stream {
-            let totals = {
-                let mut t = ModeTotals::default();
-                t.add_report(r);
-                t
-            };
-            s.latency = Some(r.latency);
-            s.packets_in = r.packets_in;
-            s.packets_out = r.packets_out;
-            s.expected = totals.expected;
-            s.lost = totals.lost;
-            s.late = totals.late;
-            s.loss_ratio = if totals.expected == 0 { 0.0 } else { totals.lost as f64 / totals.expected as f64 };
-            if let Some(q) = stream_quality(r) {
-                s.r_factor = Some(q.r_factor);
-                s.mos = Some(q.mos);
-            }
-        }
-        s
+        ended::summarize(times, self.final_media.stream.as_ref(), self.final_media.shared.as_ref(), unix_ms())
     }
 
     fn finish(&mut self, setup_failed: bool, ctx: &mut Context<Self>) {
@@ -528,69 +416,4 @@ impl Handler<InjectPanic> for ChannelActor {
     fn handle(&mut self, _: InjectPanic, _: &mut Context<Self>) {
         panic!("injected fault: panic in the ChannelActor of {}", self.caller_id);
     }
-}
-
-/// Leases a port and binds it; a port held by another process is reported to the pool and
-/// another one tried.
-async fn lease_and_bind(ports: Addr<PortManager>, bind_ip: IpAddr) -> Result<(Lease, UdpSocket), String> {
-    for _ in 0..BIND_ATTEMPTS {
-        let lease = match ports.send(AcquirePort).await {
-            Ok(Ok(lease)) => lease,
-            Ok(Err(e @ PoolError::Exhausted { .. })) => return Err(format!("no free RTP port: {e}")),
-            Ok(Err(e)) => return Err(format!("port pool: {e}")),
-            Err(e) => return Err(format!("port manager unreachable: {e}")),
-        };
-        match UdpSocket::bind((bind_ip, lease.port())) {
-            Ok(sock) => return Ok((lease, sock)),
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-                log::warn!("port {} is in use by another process: skipping it", lease.port());
-                lease.mark_unavailable();
-            }
-            Err(e) => return Err(format!("binding port {}: {e}", lease.port())),
-        }
-    }
-    Err(format!("no bindable RTP port after {BIND_ATTEMPTS} attempts"))
-}
-
-/// A call's final media figures: its own stream's (echo, probe) or what the shared echo
-/// reflected for it (shared-echo).
-#[derive(Debug, Default)]
-struct FinalMedia {
-    stream: Option<StreamReport>,
-    shared: Option<SharedReport>,
-}
-
-/// Carries out a [`Teardown`] in its order: stop our media, hang up our externalMedia channel,
-/// destroy our bridge, hang up the caller. Every step runs even when an earlier one failed; the
-/// lease drops last.
-async fn teardown(
-    ari: AriClient,
-    media: MediaHandle,
-    call_no: u64,
-    caller_id: String,
-    plan: Teardown,
-    lease: Option<Lease>,
-) -> FinalMedia {
-    let stream = if plan.remove_stream { media.remove(call_no).await.ok().flatten() } else { None };
-    let shared = if plan.unwatch_shared { media.unwatch_shared(call_no).await.ok().flatten() } else { None };
-    if let Some(r) = &shared {
-        log::info!("Call {caller_id} on the shared echo: {} packets from Asterisk", r.packets);
-    }
-    if plan.hangup_media {
-        if let Err(e) = ari.hangup(&external_media_id(ari.app(), &caller_id), HangupReason::Normal).await {
-            log::error!("hanging up externalMedia channel of {caller_id} failed: {e}");
-        }
-    }
-    if plan.destroy_bridge {
-        if let Err(e) = ari.destroy_bridge(&bridge_id(ari.app(), &caller_id)).await {
-            log::error!("destroying bridge of {caller_id} failed: {e}");
-        }
-    }
-    if plan.hangup_caller {
-        if let Err(e) = ari.hangup(&caller_id, HangupReason::Normal).await {
-            log::error!("hanging up caller {caller_id} failed: {e}");
-        }
-    }
-    drop(lease);
-    FinalMedia { stream, shared }
 }
