@@ -155,8 +155,9 @@ pub enum EngineError {
 pub struct EngineCounters {
     /// Commands refused because the queue was full ([`EngineError::Busy`]).
     pub commands_refused: u64,
-    /// Requests whose asker had given up (timed out) before the engine got to them: not
-    /// computed (a removal is still carried out, without its report).
+    /// Requests whose asker had given up (timed out) when the engine got to them, not computed
+    /// (a removal is still carried out, without its report), or by the time it answered (an
+    /// add or a watch is then undone).
     pub requests_abandoned: u64,
 }
 
@@ -372,7 +373,7 @@ struct Queue {
     gate: Gate,
     /// Who waits for the one queued snapshot.
     snapshots: Coalesced<oneshot::Sender<Arc<MediaSnapshot>>>,
-    /// Requests whose asker had given up when the engine got to them.
+    /// Requests whose asker had given up when the engine got to them or answered them.
     abandoned: AtomicU64,
 }
 
