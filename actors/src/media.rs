@@ -934,6 +934,16 @@ struct Engine {
     running: bool,
 }
 
+impl Drop for Engine {
+    /// However the thread ends (shutdown, panic): the queue is closed first, so a request
+    /// made from now on fails at once, then whoever waits for a queued snapshot is told there
+    /// will be none ([`EngineError::Gone`]) instead of waiting out the timeout.
+    fn drop(&mut self) {
+        drop(std::mem::replace(&mut self.rx, mpsc::channel().1));
+        self.queue.snapshots.cancel();
+    }
+}
+
 impl Engine {
     fn new(
         poll: Poll,
@@ -1905,6 +1915,19 @@ mod tests {
         assert_eq!(block_on(h.media.snapshot()), Err(EngineError::Gone));
         assert_eq!(h.media.start_probing(1), Err(EngineError::Gone));
         assert_eq!(h.media.inject_stall(Duration::from_secs(1)), Err(EngineError::Gone));
+    }
+
+    #[test]
+    fn an_engine_that_dies_with_a_snapshot_queued_says_so_at_once() {
+        let mut h = Harness::with(opts(2000, 3000), || {});
+        h.media.inject_stall(Duration::from_millis(200)).unwrap();
+        h.media.inject_panic().unwrap();
+        let t = Instant::now();
+        // Queued behind the panic: the engine never gets to it.
+        assert_eq!(block_on(h.media.snapshot()), Err(EngineError::Gone));
+        assert_eq!(block_on(h.media.snapshot()), Err(EngineError::Gone));
+        assert!(t.elapsed() < Duration::from_millis(1500), "no wait for the timeout: {:?}", t.elapsed());
+        assert!(h.join.take().unwrap().join().is_err());
     }
 
     #[test]
