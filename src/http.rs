@@ -264,12 +264,19 @@ async fn metrics(svc: web::Data<Service>) -> Result<HttpResponse, ApiError> {
 }
 
 async fn metrics_prometheus(svc: web::Data<Service>) -> Result<HttpResponse, ApiError> {
+    let body = prometheus_text(&svc).await?;
+    Ok(HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(body))
+}
+
+/// The body of `GET /metrics/prometheus`. Costs the same with 10 or 1,000 live calls: no
+/// per-call figures and no node per call in the supervision tree it reads.
+pub async fn prometheus_text(svc: &Service) -> Result<String, actix::MailboxError> {
     let m = svc.metrics().await?;
     let ports = svc.ports().await?;
-    let actors = svc.actors().await?;
+    let actors = svc.actors(false).await?;
     let mut body = prometheus::render(&m, &ports);
     body.push_str(&prometheus::render_actors(&actors));
-    Ok(HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(body))
+    Ok(body)
 }
 
 /// `GET /channels` options.
@@ -325,13 +332,7 @@ async fn ports(svc: web::Data<Service>) -> Result<HttpResponse, ApiError> {
 }
 
 async fn actors(svc: web::Data<Service>, q: web::Query<ActorsQuery>) -> Result<HttpResponse, ApiError> {
-    let mut root = svc.actors().await?;
-    if !q.channels {
-        for node in root.children.iter_mut() {
-            node.children.retain(|c| c.kind != "ChannelActor");
-        }
-    }
-    Ok(HttpResponse::Ok().json(root))
+    Ok(HttpResponse::Ok().json(svc.actors(q.channels).await?))
 }
 
 async fn health() -> HttpResponse {

@@ -163,6 +163,11 @@ pub fn render(m: &MetricsSnapshot, ports: &PoolSnapshot) -> String {
     sample(&mut o, "rtpvisor_echo_dropped_total", "reason=\"rate_limited\"", m.echo.dropped.rate_limited as f64);
     sample(&mut o, "rtpvisor_echo_dropped_total", "reason=\"too_large\"", m.echo.dropped.too_large as f64);
 
+    family(&mut o, "rtpvisor_media_commands_refused_total", "counter", "Commands the media engine's full queue refused (new calls' streams and watches; the calls failed cleanly).");
+    sample(&mut o, "rtpvisor_media_commands_refused_total", "", m.media_engine.commands_refused as f64);
+    family(&mut o, "rtpvisor_media_requests_abandoned_total", "counter", "Media engine requests whose asker had timed out before the engine got to them (not computed).");
+    sample(&mut o, "rtpvisor_media_requests_abandoned_total", "", m.media_engine.requests_abandoned as f64);
+
     family(&mut o, "rtpvisor_ari_events_total", "counter", "ARI events received, by outcome.");
     sample(&mut o, "rtpvisor_ari_events_total", "outcome=\"handled\"", m.ari.events.saturating_sub(m.ari.unknown + m.ari.malformed) as f64);
     sample(&mut o, "rtpvisor_ari_events_total", "outcome=\"unknown_type\"", m.ari.unknown as f64);
@@ -201,6 +206,7 @@ pub(crate) mod tests {
 
     use rtpvisor_actors::actors::metrics::{AriEventCounts, DroppedCounters, EndedCounters, ModesMetrics};
     use rtpvisor_actors::latency::LatencySummary;
+    use rtpvisor_actors::media::EngineCounters;
     use rtpvisor_actors::echo_guard::EchoDrops;
     use rtpvisor_actors::shared_echo::ReflectorCounters;
     use rtpvisor_actors::ports::PortRange;
@@ -506,6 +512,7 @@ pub(crate) mod tests {
             ari: AriEventCounts { events: 90, unknown: 5, malformed: 2 },
             reconcile: Default::default(),
             ended: EndedCounters { no_media: 41, silent_while_link_down: 42, ..Default::default() },
+            media_engine: EngineCounters { commands_refused: 51, requests_abandoned: 52 },
         };
         let ports = PoolSnapshot {
             range: PortRange::new(10000, 10009).unwrap(),
@@ -598,6 +605,8 @@ pub(crate) mod tests {
             "rtpvisor_echo_dropped_total{reason=\"rate_limited\"} 32",
             "rtpvisor_echo_dropped_total{reason=\"too_large\"} 33",
             // Handled = all events minus unknown and malformed ones.
+            "rtpvisor_media_commands_refused_total 51",
+            "rtpvisor_media_requests_abandoned_total 52",
             "rtpvisor_ari_events_total{outcome=\"handled\"} 83",
             "rtpvisor_ari_events_total{outcome=\"unknown_type\"} 5",
             "rtpvisor_ari_events_total{outcome=\"malformed\"} 2",

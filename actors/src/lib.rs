@@ -18,6 +18,8 @@
 //! - [`admission`]: whether a caller's StasisStart becomes a call (duplicates, mode, limits).
 //! - [`registry`]: the live calls, found by caller, externalMedia channel or bridge id.
 //! - [`intensity`]: restart intensity (at most N failures in T), OTP style.
+//! - [`command_queue`]: what bounds the media engine's command queue: a counted capacity for
+//!   the commands it may refuse, requests that share one answer.
 //! - [`thread_health`]: whether a dedicated thread still turns (heartbeat, exit record) and
 //!   whether its supervisor restarts it or escalates.
 //! - [`latency`]: latency histograms (HdrHistogram) and their summaries in milliseconds.
@@ -49,6 +51,7 @@ pub mod admission;
 pub mod adopt;
 pub mod call;
 pub mod ari;
+pub mod command_queue;
 pub mod echo_guard;
 pub mod ended;
 pub mod intensity;

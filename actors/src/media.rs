@@ -25,6 +25,14 @@
 //! engine; [`MediaHandle::liveness`] tells a watchdog whether the loop still turns (atomics,
 //! no message), and whether its thread has ended, panic message included.
 //!
+//! Bounds: the command queue refuses new streams and watches past [`QUEUE_CAPACITY`]
+//! ([`EngineError::Busy`], counted), never removals ([`crate::command_queue`] says why);
+//! snapshot requests made while one is queued share its answer, computed once; a request whose
+//! asker gave up (timed out) is not computed when the engine gets to it; the loop handles at
+//! most [`COMMANDS_PER_TURN`] commands between reads of the call sockets. A removal costs the
+//! same whatever the number of streams: the stream's figures move from the live totals to the
+//! ended ones at the next periodic flush, which computes the live totals anyway.
+//!
 //! Silence: a stream (or a watched shared-echo call) without media is reported once through
 //! the idle sink after its own `no_media_timeout` ([`IdleReason::NoMedia`]) and, while the
 //! service says its link to Asterisk is down ([`MediaHandle::set_link_down`]), once after that
@@ -34,7 +42,7 @@ use std::collections::{BinaryHeap, HashMap};
 use std::cmp::Reverse;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -43,6 +51,7 @@ use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token, Waker};
 use tokio::sync::oneshot;
 
+use crate::command_queue::{Coalesced, Gate, Waiter};
 use crate::echo_guard::AllowList;
 use crate::latency::{LatencyHistogram, LatencySummary};
 use crate::mode::CallMode;
@@ -66,6 +75,16 @@ const HOUSEKEEPING: Duration = Duration::from_millis(250);
 const CALL_BATCH: usize = 8;
 /// How many recently reflected packets echo mode remembers to recognise a media loop.
 const LOOP_RING: usize = 64;
+/// Commands the engine may refuse (a new stream or watch, fault injection) that its queue holds
+/// at most: the default of [`EngineOptions::queue_capacity`]. A running engine takes each in
+/// microseconds, and new streams come no faster than Asterisk answers externalMedia requests
+/// (the ARI client keeps at most 64 in flight), so it holds a few at most; it fills only while
+/// the engine is stuck, and then a command queued behind a thousand others would time out
+/// before its turn anyway. At ~0.2 KiB per queued command the bound is ~0.2 MiB.
+pub const QUEUE_CAPACITY: usize = 1024;
+/// Commands handled per loop turn: a burst (a thousand calls ending at once) is worked through
+/// between reads of the call sockets instead of ahead of all of them.
+pub const COMMANDS_PER_TURN: usize = 64;
 /// What an injected panic says (tests look for it in [`Liveness::Dead`]).
 pub const INJECTED_PANIC: &str = "injected fault: panic in the media engine";
 
@@ -79,11 +98,17 @@ pub struct EngineOptions {
     /// A loop that has not turned for longer than this is [`Liveness::Stalled`]. The loop
     /// wakes at least every 250 ms for housekeeping, so this must be longer than that.
     pub stall_bound: Duration,
+    /// Refusable commands queued at most ([`QUEUE_CAPACITY`]).
+    pub queue_capacity: usize,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { request_timeout: Duration::from_secs(2), stall_bound: Duration::from_secs(2) }
+        EngineOptions {
+            request_timeout: Duration::from_secs(2),
+            stall_bound: Duration::from_secs(2),
+            queue_capacity: QUEUE_CAPACITY,
+        }
     }
 }
 
@@ -92,6 +117,9 @@ impl EngineOptions {
         let invalid = |m: String| Err(io::Error::new(io::ErrorKind::InvalidInput, m));
         if self.request_timeout.is_zero() {
             return invalid("the media engine's request timeout must not be zero".into());
+        }
+        if self.queue_capacity == 0 {
+            return invalid("the media engine's command queue must hold at least one command".into());
         }
         if self.stall_bound <= HOUSEKEEPING {
             return invalid(format!(
@@ -115,6 +143,22 @@ pub enum EngineError {
     /// undoes it, and an `add` or `watch_shared` whose asker gave up is undone by the engine.
     #[error("the media engine did not answer within {0:?}")]
     Timeout(Duration),
+    /// Its command queue holds as many refusable commands as it may (the engine is stuck or
+    /// far behind): refused at once, counted in [`EngineCounters::commands_refused`]. Nothing
+    /// was queued, so nothing is carried out later.
+    #[error("the media engine's command queue is full ({0} commands waiting): refused")]
+    Busy(usize),
+}
+
+/// How the engine's command queue fared since start (`media_engine` in `GET /metrics`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct EngineCounters {
+    /// Commands refused because the queue was full ([`EngineError::Busy`]).
+    pub commands_refused: u64,
+    /// Requests whose asker had given up (timed out) when the engine got to them, not computed
+    /// (a removal is still carried out, without its report), or by the time it answered (an
+    /// add or a watch is then undone).
+    pub requests_abandoned: u64,
 }
 
 /// Why a stream or watched call was reported through the idle sink.
@@ -271,15 +315,17 @@ impl ModeTotals {
     }
 }
 
-/// What the engine tells the metrics sink, every [`HOUSEKEEPING`] and whenever a stream ends.
+/// What the engine tells the metrics sink, every [`HOUSEKEEPING`].
 #[derive(Debug, Clone)]
 pub struct MediaFlush {
     /// Latency samples recorded since the previous flush, per mode ([`CallMode::index`]).
     pub latency_delta: [Option<LatencyHistogram>; 2],
     /// Sums over the streams live now, per mode (echo, probe).
     pub live: [ModeTotals; 2],
-    /// The final report of a stream that just ended (its totals left `live` in this same flush).
-    pub ended: Option<StreamReport>,
+    /// Sums over the streams that ended since the previous flush, per mode, as they stood at
+    /// their end: they were in the previous flush's `live` and are not in this one's, so adding
+    /// these to the ended totals counts every stream once.
+    pub ended: [ModeTotals; 2],
 }
 
 /// Where flushes go (the MetricsActor's address, wrapped); called on the media thread.
@@ -292,7 +338,8 @@ enum Command {
     Add(Box<StreamSpec>, oneshot::Sender<io::Result<()>>),
     StartProbing(StreamId),
     Remove(StreamId, oneshot::Sender<Option<StreamReport>>),
-    Snapshot(oneshot::Sender<MediaSnapshot>),
+    /// Answers everyone in [`Queue::snapshots`].
+    Snapshot,
     Watch { id: StreamId, peer: SocketAddr, no_media_timeout: Duration, reply: oneshot::Sender<()> },
     Unwatch(StreamId, oneshot::Sender<Option<SharedReport>>),
     LinkDown(Option<Duration>),
@@ -303,6 +350,33 @@ enum Command {
     Shutdown,
 }
 
+impl Command {
+    /// Whether the queue may refuse it when full. Never what undoes or ends state the engine
+    /// holds (remove, unwatch, start probing a stream already added, link state, shutdown):
+    /// each call sends those once, so they are bounded by the calls, and refusing one would
+    /// leak a socket or leave a call half set up. A snapshot is not gated either: at most one is
+    /// queued ([`Queue::snapshots`]).
+    fn refusable(&self) -> bool {
+        matches!(self, Command::Add(..) | Command::Watch { .. } | Command::Stall(_) | Command::Panic)
+    }
+}
+
+impl<T> Waiter for oneshot::Sender<T> {
+    fn gave_up(&self) -> bool {
+        self.is_closed()
+    }
+}
+
+/// What the handles and the engine share about the command queue.
+struct Queue {
+    /// Refusable commands queued, and refusals.
+    gate: Gate,
+    /// Who waits for the one queued snapshot.
+    snapshots: Coalesced<oneshot::Sender<Arc<MediaSnapshot>>>,
+    /// Requests whose asker had given up when the engine got to them or answered them.
+    abandoned: AtomicU64,
+}
+
 /// Send + Clone handle to the media thread: what actors hold.
 #[derive(Clone)]
 pub struct MediaHandle {
@@ -310,6 +384,7 @@ pub struct MediaHandle {
     waker: Arc<Waker>,
     health: Arc<Health>,
     watches: Arc<SharedWatches>,
+    queue: Arc<Queue>,
     request_timeout: Duration,
 }
 
@@ -332,17 +407,32 @@ impl MediaHandle {
         let thread_health = Arc::clone(&health);
         let watches = Arc::new(SharedWatches::default());
         let engine_watches = Arc::clone(&watches);
+        let queue = Arc::new(Queue {
+            gate: Gate::new(opts.queue_capacity),
+            snapshots: Coalesced::default(),
+            abandoned: AtomicU64::new(0),
+        });
+        let engine_queue = Arc::clone(&queue);
         // Built on its thread: the batches' preallocated syscall headers hold raw pointers
         // into themselves, so nix does not let them cross threads.
         let join = thread_health::spawn("rtpvisor-media", Arc::clone(&health), move || {
             let _stamping = stamping;
-            Engine::new(poll, rx, sink, idle, thread_health, engine_watches).run()
+            Engine::new(poll, rx, engine_queue, sink, idle, thread_health, engine_watches).run()
         })?;
-        Ok((MediaHandle { tx, waker, health, watches, request_timeout: opts.request_timeout }, join))
+        Ok((MediaHandle { tx, waker, health, watches, queue, request_timeout: opts.request_timeout }, join))
     }
 
     fn send(&self, cmd: Command) -> Result<(), EngineError> {
-        self.tx.send(cmd).map_err(|_| EngineError::Gone)?;
+        let gated = cmd.refusable();
+        if gated && !self.queue.gate.enter() {
+            return Err(EngineError::Busy(self.queue.gate.capacity()));
+        }
+        if self.tx.send(cmd).is_err() {
+            if gated {
+                self.queue.gate.leave();
+            }
+            return Err(EngineError::Gone);
+        }
         self.waker.wake().map_err(|_| EngineError::Gone)
     }
 
@@ -350,6 +440,12 @@ impl MediaHandle {
     async fn request<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, EngineError> {
         let (tx, rx) = oneshot::channel();
         self.send(make(tx))?;
+        self.answer(rx).await
+    }
+
+    /// Waits, at most the request timeout, for an answer. Giving up drops `rx`, which the
+    /// engine sees before it computes the answer.
+    async fn answer<T>(&self, rx: oneshot::Receiver<T>) -> Result<T, EngineError> {
         match tokio::time::timeout(self.request_timeout, rx).await {
             Ok(Ok(answer)) => Ok(answer),
             // The engine dropped the question unanswered: its thread ended.
@@ -359,8 +455,9 @@ impl MediaHandle {
     }
 
     /// Hands a bound socket to the engine; media is handled from now on (probing waits for
-    /// [`MediaHandle::start_probing`]). On a timeout the engine undoes the add when it gets
-    /// to it, so the socket is closed and the id free again.
+    /// [`MediaHandle::start_probing`]). On a timeout the engine drops (or undoes) the add when
+    /// it gets to it, so the socket is closed and the id free again. Refused with
+    /// [`EngineError::Busy`] when the queue is full (the socket is closed).
     pub async fn add(&self, spec: StreamSpec) -> Result<io::Result<()>, EngineError> {
         self.request(|tx| Command::Add(Box::new(spec), tx)).await
     }
@@ -371,14 +468,32 @@ impl MediaHandle {
     }
 
     /// Ends a stream: the engine closes its socket and returns its final report (None when
-    /// it had no such stream).
+    /// it had no such stream). Never refused; on a timeout the stream is still removed when
+    /// the engine gets to it (its figures still reach the metrics).
     pub async fn remove(&self, id: StreamId) -> Result<Option<StreamReport>, EngineError> {
         self.request(|tx| Command::Remove(id, tx)).await
     }
 
-    /// Every stream and watched shared-echo call as it stands.
-    pub async fn snapshot(&self) -> Result<MediaSnapshot, EngineError> {
-        self.request(Command::Snapshot).await
+    /// Every stream and watched shared-echo call as it stands. Requests made while one is
+    /// queued share its answer (one snapshot computed for all).
+    pub async fn snapshot(&self) -> Result<Arc<MediaSnapshot>, EngineError> {
+        let (tx, rx) = oneshot::channel();
+        if self.queue.snapshots.join(tx) {
+            if let Err(e) = self.send(Command::Snapshot) {
+                self.queue.snapshots.cancel();
+                return Err(e);
+            }
+        }
+        self.answer(rx).await
+    }
+
+    /// Refused commands and abandoned requests since start (atomics: answered while the
+    /// engine is stuck too).
+    pub fn counters(&self) -> EngineCounters {
+        EngineCounters {
+            commands_refused: self.queue.gate.refused(),
+            requests_abandoned: self.queue.abandoned.load(Ordering::Relaxed),
+        }
     }
 
     /// The table of watched shared-echo calls, which the shared echo's workers
@@ -392,12 +507,14 @@ impl MediaHandle {
     /// call is reported idle after `no_media_timeout` without one (zero: never), counted from
     /// now, so call this when media should flow. Watching an id again replaces its watch; a
     /// `peer` already watched for another id moves to this one (that address now belongs to
-    /// this call). On a timeout the engine drops the watch when it gets to it.
+    /// this call). On a timeout the engine drops the watch when it gets to it. Refused with
+    /// [`EngineError::Busy`] when the queue is full.
     pub async fn watch_shared(&self, id: StreamId, peer: SocketAddr, no_media_timeout: Duration) -> Result<(), EngineError> {
         self.request(|reply| Command::Watch { id, peer, no_media_timeout, reply }).await
     }
 
     /// Stops watching a shared-echo call; its final counters (None when it was not watched).
+    /// Never refused, and carried out even after a timeout.
     pub async fn unwatch_shared(&self, id: StreamId) -> Result<Option<SharedReport>, EngineError> {
         self.request(|tx| Command::Unwatch(id, tx)).await
     }
@@ -790,6 +907,7 @@ impl Watch {
 struct Engine {
     poll: Poll,
     rx: mpsc::Receiver<Command>,
+    queue: Arc<Queue>,
     sink: FlushSink,
     idle: IdleSink,
     health: Arc<Health>,
@@ -806,6 +924,8 @@ struct Engine {
     /// Latency samples since the last flush, per mode (echo, probe).
     delta: [LatencyHistogram; 2],
     delta_dirty: [bool; 2],
+    /// Totals of the streams removed since the last flush, per mode (echo, probe).
+    ended: [ModeTotals; 2],
     /// Call sockets are read through this, with kernel receive stamps.
     call_rx: Batch<CALL_BATCH>,
     /// Both clocks, read once per wake-up: turns kernel receive stamps into `Instant`s.
@@ -814,10 +934,21 @@ struct Engine {
     running: bool,
 }
 
+impl Drop for Engine {
+    /// However the thread ends (shutdown, panic): the queue is closed first, so a request
+    /// made from now on fails at once, then whoever waits for a queued snapshot is told there
+    /// will be none ([`EngineError::Gone`]) instead of waiting out the timeout.
+    fn drop(&mut self) {
+        drop(std::mem::replace(&mut self.rx, mpsc::channel().1));
+        self.queue.snapshots.cancel();
+    }
+}
+
 impl Engine {
     fn new(
         poll: Poll,
         rx: mpsc::Receiver<Command>,
+        queue: Arc<Queue>,
         sink: FlushSink,
         idle: IdleSink,
         health: Arc<Health>,
@@ -826,6 +957,7 @@ impl Engine {
         Engine {
             poll,
             rx,
+            queue,
             sink,
             idle,
             health,
@@ -837,6 +969,7 @@ impl Engine {
             link_down: None,
             delta: [LatencyHistogram::new(), LatencyHistogram::new()],
             delta_dirty: [false; 2],
+            ended: [ModeTotals::default(); 2],
             call_rx: Batch::new(true),
             clock: ClockPair::now(),
             out: Box::new([0; PACKET_LEN]),
@@ -847,6 +980,8 @@ impl Engine {
     fn run(mut self) {
         let mut events = Events::with_capacity(1024);
         let mut next_housekeeping = Instant::now() + HOUSEKEEPING;
+        // Commands were left on the queue at the end of the last turn: no wake-up will say so.
+        let mut commands_left = false;
         while self.running {
             let now = Instant::now();
             self.health.turn(now);
@@ -854,7 +989,7 @@ impl Engine {
             if let Some(Reverse((t, _, _))) = self.due.peek() {
                 wake_at = wake_at.min(*t);
             }
-            let timeout = wake_at.saturating_duration_since(now);
+            let timeout = if commands_left { Duration::ZERO } else { wake_at.saturating_duration_since(now) };
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     log::error!("[Media] poll failed: {e}");
@@ -863,70 +998,116 @@ impl Engine {
                 continue;
             }
             self.clock = ClockPair::now();
+            let mut woken = commands_left;
             for ev in events.iter() {
                 match ev.token() {
-                    WAKER => self.drain_commands(),
+                    WAKER => woken = true,
                     Token(t) => self.on_readable(t - FIRST_STREAM),
                 }
+            }
+            if woken {
+                commands_left = self.drain_commands();
             }
             let now = Instant::now();
             self.send_due_probes(now);
             if now >= next_housekeeping {
-                self.housekeeping(now, None);
+                self.housekeeping(now);
                 next_housekeeping = now + HOUSEKEEPING;
             }
         }
         log::info!("[Media] engine stopped");
     }
 
-    fn drain_commands(&mut self) {
-        while let Ok(cmd) = self.rx.try_recv() {
-            match cmd {
-                Command::Add(spec, reply) => {
-                    let id = spec.id;
-                    let added = self.add(*spec);
-                    let ok = added.is_ok();
-                    if reply.send(added).is_err() && ok {
-                        // The asker timed out and counts the add as failed: undo it, or the
-                        // socket would stay open with nobody to remove it.
-                        self.discard(id);
-                    }
-                }
-                Command::StartProbing(id) => self.start_probing(id),
-                Command::Remove(id, reply) => {
-                    let report = self.remove(id);
-                    let _ = reply.send(report);
-                }
-                Command::Snapshot(reply) => {
-                    let now = Instant::now();
-                    let _ = reply.send(MediaSnapshot {
-                        streams: self.streams.iter().flatten().map(|s| s.report(now)).collect(),
-                        shared: self.watches.lock().watches.iter().map(|w| w.report(now)).collect(),
-                    });
-                }
-                Command::Watch { id, peer, no_media_timeout, reply } => {
-                    self.watches.watch(id, peer, no_media_timeout);
-                    if reply.send(()).is_err() {
-                        self.watches.unwatch(id); // the asker gave up (timeout)
-                    }
-                }
-                Command::Unwatch(id, reply) => {
-                    let report = self.watches.unwatch(id);
-                    let _ = reply.send(report);
-                }
-                Command::LinkDown(silence) => {
-                    if silence.is_none() {
-                        self.rearm_link_down();
-                    }
-                    self.link_down = silence;
-                }
-                Command::Stall(d) => {
-                    log::warn!("[Media] injected fault: the engine stalls for {d:?}");
-                    thread::sleep(d);
-                }
-                Command::Panic => panic!("{INJECTED_PANIC}"),
-                Command::Shutdown => self.running = false,
+    /// Handles at most [`COMMANDS_PER_TURN`] queued commands; true when some are left.
+    fn drain_commands(&mut self) -> bool {
+        for _ in 0..COMMANDS_PER_TURN {
+            let Ok(cmd) = self.rx.try_recv() else { return false };
+            if cmd.refusable() {
+                self.queue.gate.leave();
             }
+            self.handle(cmd);
+        }
+        true
+    }
+
+    fn abandoned(&self, n: usize) {
+        self.queue.abandoned.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Add(spec, reply) => {
+                if reply.is_closed() {
+                    // The asker timed out and counts the add as failed; dropping the spec
+                    // closes its socket.
+                    self.abandoned(1);
+                    return;
+                }
+                let id = spec.id;
+                let added = self.add(*spec);
+                let ok = added.is_ok();
+                if reply.send(added).is_err() && ok {
+                    // The asker gave up meanwhile: undo it, or the socket would stay open with
+                    // nobody to remove it.
+                    self.abandoned(1);
+                    self.discard(id);
+                }
+            }
+            Command::StartProbing(id) => self.start_probing(id),
+            Command::Remove(id, reply) => {
+                // Carried out even when the asker gave up: the stream must not outlive its
+                // call. Only its report is not computed then.
+                if reply.is_closed() {
+                    self.abandoned(1);
+                    self.remove(id, false);
+                } else {
+                    let _ = reply.send(self.remove(id, true));
+                }
+            }
+            Command::Snapshot => {
+                let (waiters, gave_up) = self.queue.snapshots.take();
+                self.abandoned(gave_up);
+                if !waiters.is_empty() {
+                    let snapshot = Arc::new(self.snapshot(Instant::now()));
+                    for w in waiters {
+                        let _ = w.send(Arc::clone(&snapshot));
+                    }
+                }
+            }
+            Command::Watch { id, peer, no_media_timeout, reply } => {
+                if reply.is_closed() {
+                    self.abandoned(1);
+                    return;
+                }
+                self.watches.watch(id, peer, no_media_timeout);
+                if reply.send(()).is_err() {
+                    self.abandoned(1);
+                    self.watches.unwatch(id); // the asker gave up meanwhile
+                }
+            }
+            Command::Unwatch(id, reply) => {
+                let report = self.watches.unwatch(id);
+                let _ = reply.send(report);
+            }
+            Command::LinkDown(silence) => {
+                if silence.is_none() {
+                    self.rearm_link_down();
+                }
+                self.link_down = silence;
+            }
+            Command::Stall(d) => {
+                log::warn!("[Media] injected fault: the engine stalls for {d:?}");
+                thread::sleep(d);
+            }
+            Command::Panic => panic!("{INJECTED_PANIC}"),
+            Command::Shutdown => self.running = false,
+        }
+    }
+
+    fn snapshot(&self, now: Instant) -> MediaSnapshot {
+        MediaSnapshot {
+            streams: self.streams.iter().flatten().map(|s| s.report(now)).collect(),
+            shared: self.watches.lock().watches.iter().map(|w| w.report(now)).collect(),
         }
     }
 
@@ -1023,17 +1204,18 @@ impl Engine {
         Some(stream)
     }
 
-    fn remove(&mut self, id: StreamId) -> Option<StreamReport> {
+    /// Ends a stream: its final report when `report` (None when there is no such stream).
+    /// Costs the same whatever the number of streams: no walk over the others.
+    fn remove(&mut self, id: StreamId, report: bool) -> Option<StreamReport> {
         let mut stream = self.take(id)?;
         let now = Instant::now();
         if let Work::Probe { probe, .. } = &mut stream.work {
             probe.expire(now);
         }
-        let report = stream.report(now);
-        // The final report rides with the flush that drops the stream from `live`, so the
-        // metrics never count it twice or not at all.
-        self.housekeeping(now, Some(report.clone()));
-        Some(report)
+        // The next flush computes `live` without this stream and carries these in `ended`:
+        // the metrics never count it twice or not at all.
+        stream.add_to(&mut self.ended[stream.mode.index().min(1)]);
+        report.then(|| stream.report(now))
     }
 
     /// Drops a stream that was added in this same drain of commands (so no flush counted it
@@ -1113,7 +1295,7 @@ impl Engine {
         }
     }
 
-    fn housekeeping(&mut self, now: Instant, ended: Option<StreamReport>) {
+    fn housekeeping(&mut self, now: Instant) {
         self.call_rx.repair();
         let mut live = [ModeTotals::default(); 2];
         for stream in self.streams.iter_mut().flatten() {
@@ -1141,7 +1323,7 @@ impl Engine {
                 self.delta_dirty[i] = false;
             }
         }
-        (self.sink)(MediaFlush { latency_delta, live, ended });
+        (self.sink)(MediaFlush { latency_delta, live, ended: std::mem::take(&mut self.ended) });
     }
 
 }
@@ -1325,9 +1507,13 @@ mod tests {
         assert_eq!(r.dropped_malformed, 1);
         assert_eq!(r.receive.unwrap().lost, 0);
         assert_eq!(r.latency.count, 2);
-        // The final report travelled with a flush, for the metrics.
-        let ended = h.flushes.iter().find_map(|f| f.ended).expect("flush with the ended stream");
-        assert_eq!(ended.id, 1);
+        // Its figures travelled with a flush, for the metrics.
+        let ended = h
+            .flushes
+            .iter()
+            .find_map(|f| (f.ended[0].streams > 0).then_some(f.ended[0]))
+            .expect("a flush with the ended stream");
+        assert_eq!((ended.streams, ended.packets_out, ended.dropped_loop), (1, 2, 1));
         assert_eq!(block_on(h.media.remove(1)).unwrap(), None, "removing twice finds nothing");
     }
 
@@ -1431,6 +1617,7 @@ mod tests {
         EngineOptions {
             request_timeout: Duration::from_millis(request_ms),
             stall_bound: Duration::from_millis(stall_ms),
+            ..EngineOptions::default()
         }
     }
 
@@ -1448,6 +1635,7 @@ mod tests {
         assert!(opts(0, 1000).check().is_err());
         assert!(opts(100, 250).check().is_err(), "an idle loop sleeps 250 ms");
         assert!(opts(100, 251).check().is_ok());
+        assert!(EngineOptions { queue_capacity: 0, ..opts(100, 1000) }.check().is_err());
         let err = MediaHandle::start(Box::new(|_| {}), Box::new(|_, _| {}), opts(100, 100)).err().expect("refused");
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
         assert!(err.to_string().contains("stall bound"), "{err}");
@@ -1459,6 +1647,10 @@ mod tests {
         assert_eq!(
             EngineError::Timeout(Duration::from_millis(1500)).to_string(),
             "the media engine did not answer within 1.5s"
+        );
+        assert_eq!(
+            EngineError::Busy(1024).to_string(),
+            "the media engine's command queue is full (1024 commands waiting): refused"
         );
     }
 
@@ -1513,6 +1705,135 @@ mod tests {
     }
 
     // ---- the engine, with real sockets ----
+
+    /// The next flush that `pick` finds something in, within 2 s.
+    fn flush_where<T>(h: &Harness, mut pick: impl FnMut(&MediaFlush) -> Option<T>) -> T {
+        let until = Instant::now() + Duration::from_secs(2);
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            let f = h.flushes.recv_timeout(left).expect("no such flush within 2 s");
+            if let Some(t) = pick(&f) {
+                return t;
+            }
+        }
+    }
+
+    #[test]
+    fn a_removed_streams_figures_move_from_live_to_ended_in_one_flush() {
+        let h = Harness::new();
+        let asterisk = udp();
+        let (a, b) = (udp(), udp());
+        let a_addr = a.local_addr().unwrap();
+        block_on(h.media.add(spec(40, CallMode::Echo, a, asterisk.local_addr().unwrap()))).unwrap().unwrap();
+        block_on(h.media.add(spec(41, CallMode::Echo, b, asterisk.local_addr().unwrap()))).unwrap().unwrap();
+        let mut buf = [0u8; 2048];
+        for seq in 0..3 {
+            asterisk.send_to(&rtp(seq, u32::from(seq) * 160, 1), a_addr).unwrap();
+            asterisk.recv_from(&mut buf).expect("reflected");
+        }
+        let live = flush_where(&h, |f| (f.live[0].packets_in == 3).then_some(f.live[0]));
+        assert_eq!((live.streams, live.packets_out), (2, 3));
+        let report = block_on(h.media.remove(40)).unwrap().expect("its report");
+        assert_eq!(report.packets_in, 3);
+        // The first flush without it in `live` carries it in `ended`, with the same figures.
+        let (live, ended) = flush_where(&h, |f| (f.live[0].streams == 1).then_some((f.live[0], f.ended[0])));
+        assert_eq!((live.packets_in, live.packets_out), (0, 0), "stream 41 got nothing");
+        assert_eq!((ended.streams, ended.packets_in, ended.packets_out, ended.expected), (1, 3, 3, 3));
+        let next = flush_where(&h, |f| Some(f.ended[0]));
+        assert_eq!(next, ModeTotals::default(), "counted once");
+    }
+
+    #[test]
+    fn more_removals_than_one_turn_handles_are_all_answered() {
+        let h = Harness::new();
+        let asterisk = udp().local_addr().unwrap();
+        let n = 3 * COMMANDS_PER_TURN as u64 + 5;
+        for id in 0..n {
+            block_on(h.media.add(spec(id, CallMode::Echo, udp(), asterisk))).unwrap().unwrap();
+        }
+        let reports = block_on(futures_util::future::join_all((0..n).map(|id| h.media.remove(id))));
+        let mut ids: Vec<StreamId> = reports.into_iter().map(|r| r.unwrap().expect("a report").id).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, (0..n).collect::<Vec<_>>());
+        // In the next flush or two (one may have come between the removals).
+        let mut ended = 0;
+        while ended < n {
+            ended += flush_where(&h, |f| (f.ended[0].streams > 0).then_some(f.ended[0].streams));
+        }
+        assert_eq!(ended, n, "each counted once");
+    }
+
+    #[test]
+    fn snapshots_asked_together_are_computed_once() {
+        let h = Harness::with(opts(1000, 2000), || {});
+        let asterisk = udp().local_addr().unwrap();
+        block_on(h.media.add(spec(50, CallMode::Echo, udp(), asterisk))).unwrap().unwrap();
+        h.media.inject_stall(Duration::from_millis(200)).unwrap();
+        let snaps = block_on(futures_util::future::join_all((0..5).map(|_| h.media.snapshot())));
+        let snaps: Vec<Arc<MediaSnapshot>> = snaps.into_iter().map(Result::unwrap).collect();
+        assert!(snaps.iter().all(|s| Arc::ptr_eq(s, &snaps[0])), "one snapshot for the five");
+        assert_eq!(snaps[0].streams.len(), 1);
+        // Asked after that answer: computed anew.
+        block_on(h.media.remove(50)).unwrap();
+        let again = block_on(h.media.snapshot()).unwrap();
+        assert!(!Arc::ptr_eq(&again, &snaps[0]));
+        assert!(again.streams.is_empty());
+    }
+
+    #[test]
+    fn requests_whose_asker_gave_up_are_not_computed_but_removals_are_carried_out() {
+        let h = Harness::with(opts(100, 2000), || {});
+        let asterisk = udp().local_addr().unwrap();
+        block_on(h.media.add(spec(60, CallMode::Echo, udp(), asterisk))).unwrap().unwrap();
+        h.media.inject_stall(Duration::from_millis(400)).unwrap();
+        let timeout = EngineError::Timeout(Duration::from_millis(100));
+        assert_eq!(block_on(h.media.snapshot()), Err(timeout));
+        let peer = "127.0.0.1:9".parse().unwrap();
+        assert_eq!(block_on(h.media.watch_shared(61, peer, Duration::ZERO)), Err(timeout));
+        assert_eq!(block_on(h.media.remove(60)), Err(timeout));
+        thread::sleep(Duration::from_millis(400));
+        let snap = block_on(h.media.snapshot()).unwrap();
+        assert!(snap.streams.is_empty(), "the removal was carried out: {snap:?}");
+        assert!(snap.shared.is_empty(), "the watch was not: {snap:?}");
+        assert_eq!(h.media.counters(), EngineCounters { commands_refused: 0, requests_abandoned: 3 });
+        // The removed stream's figures still reached the metrics.
+        let ended = flush_where(&h, |f| (f.ended[0].streams > 0).then_some(f.ended[0]));
+        assert_eq!(ended.streams, 1);
+    }
+
+    #[test]
+    fn a_full_queue_refuses_new_streams_and_counts_it_but_never_a_removal() {
+        let h = Harness::with(EngineOptions { queue_capacity: 3, ..opts(100, 2000) }, || {});
+        let asterisk = udp().local_addr().unwrap();
+        block_on(h.media.add(spec(70, CallMode::Echo, udp(), asterisk))).unwrap().unwrap();
+        h.media.inject_stall(Duration::from_millis(400)).unwrap();
+        // Taken off the queue at once (the engine sleeps in it): three places are free.
+        thread::sleep(Duration::from_millis(50));
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let peer = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+        let queued: Vec<_> = (0..3u16)
+            .map(|i| {
+                let m = h.media.clone();
+                rt.spawn(async move { m.watch_shared(80 + u64::from(i), peer(9000 + i), Duration::ZERO).await })
+            })
+            .collect();
+        rt.block_on(async { tokio::time::sleep(Duration::from_millis(20)).await });
+        assert_eq!(rt.block_on(h.media.watch_shared(90, peer(9100), Duration::ZERO)), Err(EngineError::Busy(3)));
+        let r = rt.block_on(h.media.add(spec(91, CallMode::Echo, udp(), asterisk)));
+        assert_eq!(r.unwrap_err(), EngineError::Busy(3));
+        assert_eq!(h.media.inject_stall(Duration::from_millis(1)), Err(EngineError::Busy(3)));
+        // A removal is never refused: it waits its turn (and times out here, stall or not).
+        assert!(matches!(rt.block_on(h.media.remove(70)), Err(EngineError::Timeout(_))));
+        for q in queued {
+            assert!(matches!(rt.block_on(q).unwrap(), Err(EngineError::Timeout(_))));
+        }
+        assert_eq!(h.media.counters().commands_refused, 3);
+        thread::sleep(Duration::from_millis(400));
+        let snap = rt.block_on(h.media.snapshot()).unwrap();
+        assert!(snap.streams.is_empty(), "stream 70 was removed: {snap:?}");
+        // Room again once the engine has worked the queue off.
+        rt.block_on(h.media.watch_shared(92, peer(9200), Duration::ZERO)).unwrap();
+    }
 
     #[test]
     fn requests_time_out_while_the_engine_is_stuck_and_work_after() {
@@ -1594,6 +1915,19 @@ mod tests {
         assert_eq!(block_on(h.media.snapshot()), Err(EngineError::Gone));
         assert_eq!(h.media.start_probing(1), Err(EngineError::Gone));
         assert_eq!(h.media.inject_stall(Duration::from_secs(1)), Err(EngineError::Gone));
+    }
+
+    #[test]
+    fn an_engine_that_dies_with_a_snapshot_queued_says_so_at_once() {
+        let mut h = Harness::with(opts(2000, 3000), || {});
+        h.media.inject_stall(Duration::from_millis(200)).unwrap();
+        h.media.inject_panic().unwrap();
+        let t = Instant::now();
+        // Queued behind the panic: the engine never gets to it.
+        assert_eq!(block_on(h.media.snapshot()), Err(EngineError::Gone));
+        assert_eq!(block_on(h.media.snapshot()), Err(EngineError::Gone));
+        assert!(t.elapsed() < Duration::from_millis(1500), "no wait for the timeout: {:?}", t.elapsed());
+        assert!(h.join.take().unwrap().join().is_err());
     }
 
     #[test]

@@ -26,6 +26,8 @@ use mio::{Events, Interest, Poll, Token};
 use serde::Serialize;
 
 use rtpvisor_actors::echo_guard::GuardSettings;
+use rtpvisor_actors::probe::PACKET_LEN;
+use rtpvisor_actors::rtp::{write_header, RtpHeader, HEADER_LEN};
 use rtpvisor_actors::sys::MAX_DATAGRAM;
 
 use crate::baselines;
@@ -35,9 +37,9 @@ use crate::report::{LatencyStats, ThreadCpu};
 use crate::service_run::{self, ServiceUnderTest, SERVICE_THREADS};
 use crate::sys;
 
-const LEN: usize = 172;
-const AT_SENT: usize = 12;
-const AT_FLAGS: usize = 20;
+/// A call's packet size (`PACKET_LEN`); where our fields sit, right after the RTP header.
+const AT_SENT: usize = HEADER_LEN;
+const AT_FLAGS: usize = AT_SENT + 8;
 const MEASURED: u8 = 1;
 
 /// How the client loads the echo.
@@ -192,7 +194,7 @@ struct Client {
     poll: Poll,
     load: Load,
     buf: [u8; 2048],
-    pkt: [u8; LEN],
+    pkt: [u8; PACKET_LEN],
     cmsg: Vec<u8>,
     res: ClientResult,
 }
@@ -213,8 +215,8 @@ impl Client {
             poll.registry().register(&mut m, Token(i), Interest::READABLE)?;
             socks.push(m);
         }
-        let mut pkt = [0u8; LEN];
-        pkt[0] = 0x80;
+        let mut pkt = [0u8; PACKET_LEN];
+        write_header(&mut pkt, &RtpHeader::pcmu(0, 0, 0)).expect("a packet has room for its header");
         Ok(Client {
             socks,
             poll,
@@ -318,7 +320,7 @@ impl Client {
                     Err(_) => break,
                 };
                 got += 1;
-                if len == LEN && self.buf[AT_FLAGS] & MEASURED != 0 {
+                if len == PACKET_LEN && self.buf[AT_FLAGS] & MEASURED != 0 {
                     let sent = u64::from_le_bytes(self.buf[AT_SENT..AT_SENT + 8].try_into().unwrap_or_default());
                     let back = stamp.unwrap_or_else(sys::realtime_ns);
                     self.res.received += 1;

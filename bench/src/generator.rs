@@ -19,17 +19,18 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 
+use rtpvisor_actors::probe::{PACKET_LEN, SAMPLES_PER_PACKET};
+use rtpvisor_actors::rtp::{write_header, RtpHeader, HEADER_LEN};
+
 use crate::sys;
 
-/// RTP header (12) + one 20 ms PCMU frame (160).
-pub const PACKET_LEN: usize = 172;
-/// Where our fields sit in the payload (after the 12-byte RTP header).
-const AT_SENT: usize = 12;
-const AT_CHANNEL: usize = 20;
-const AT_FLAGS: usize = 24;
+// A packet is what a call carries, as the service's own probes are: the RTP header and one
+// 20 ms PCMU frame (`PACKET_LEN`), the timestamp advancing by `SAMPLES_PER_PACKET`.
+/// Where our fields sit in the payload (right after the RTP header).
+const AT_SENT: usize = HEADER_LEN;
+const AT_CHANNEL: usize = AT_SENT + 8;
+const AT_FLAGS: usize = AT_CHANNEL + 4;
 const FLAG_MEASURED: u8 = 1;
-/// Samples per packet at 8 kHz, 20 ms.
-const TS_STEP: u32 = 160;
 /// Largest turnaround the histogram tells apart: 10 s (more is recorded as 10 s).
 const HIST_MAX_NS: u64 = 10_000_000_000;
 
@@ -137,9 +138,7 @@ impl State {
             epoll.add(s, EpollEvent::new(EpollFlags::EPOLLIN, i as u64)).map_err(io::Error::from)?;
         }
         let hist = || Histogram::new_with_bounds(1, HIST_MAX_NS, 3).expect("constant bounds");
-        let mut pkt = [0u8; PACKET_LEN];
-        pkt[0] = 0x80; // V=2, no padding, no extension, no CSRC
-        pkt[1] = 0; // PT 0 (PCMU), no marker
+        let pkt = [0u8; PACKET_LEN];
         Ok(State {
             socks,
             epoll,
@@ -232,9 +231,8 @@ impl State {
         let ch = (g % n) as usize;
         let k = g / n;
         let p = &mut self.pkt;
-        p[2..4].copy_from_slice(&(k as u16).to_be_bytes());
-        p[4..8].copy_from_slice(&(k as u32).wrapping_mul(TS_STEP).to_be_bytes());
-        p[8..12].copy_from_slice(&(ch as u32 ^ 0x5eed_0000).to_be_bytes());
+        let header = RtpHeader::pcmu(k as u16, (k as u32).wrapping_mul(SAMPLES_PER_PACKET), ch as u32 ^ 0x5eed_0000);
+        write_header(p, &header).expect("a packet has room for its header");
         p[AT_CHANNEL..AT_CHANNEL + 4].copy_from_slice(&(ch as u32).to_le_bytes());
         p[AT_FLAGS] = if measured { FLAG_MEASURED } else { 0 };
         p[AT_SENT..AT_SENT + 8].copy_from_slice(&sys::realtime_ns().to_le_bytes());

@@ -11,6 +11,9 @@
 //! - [`echo`]: item 2, the shared echo vs a blocking UdpSocket loop.
 //! - [`asterisk`]: item 3, probe calls through the real Asterisk (only if it runs); [`wire`]:
 //!   the same round trips captured on the loopback interface.
+//! - [`removal`]: the media engine ending many calls at once, against a few.
+//! - [`flood`]: a flood at live call ports, and what it costs the other calls.
+//! - [`scrape`]: a Prometheus scrape with many live calls, against a few.
 //! - [`micro_alloc`]: allocations of the per-packet operations (timings: criterion, in
 //!   `actors/benches/`).
 //! - [`generator`]: the load generator (the "Asterisk side": one socket per channel, paced RTP).
@@ -27,10 +30,13 @@ mod baselines;
 mod channels;
 mod echo;
 mod fake_ari;
+mod flood;
 mod generator;
 mod logcap;
 mod micro_alloc;
+mod removal;
 mod report;
+mod scrape;
 mod service_run;
 mod suite;
 mod sys;

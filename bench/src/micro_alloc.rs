@@ -11,7 +11,8 @@ use serde::Serialize;
 use crate::alloc::AllocCount;
 use rtpvisor_actors::latency::LatencyHistogram;
 use rtpvisor_actors::ports::{PortPool, PortRange};
-use rtpvisor_actors::rtp::{write_packet, RtpHeader, RtpPacket, HEADER_LEN};
+use rtpvisor_actors::probe::{PACKET_LEN, PAYLOAD_LEN, PTIME, SAMPLES_PER_PACKET};
+use rtpvisor_actors::rtp::{write_packet, RtpHeader, RtpPacket};
 use rtpvisor_actors::stats::ReceiveStats;
 
 /// Allocations per call, after as many warm-up calls.
@@ -37,16 +38,16 @@ fn per_op(n: u64, mut op: impl FnMut(u64)) -> f64 {
 
 pub fn run() -> AllocCheck {
     const N: u64 = 100_000;
-    let mut pkt = [0u8; HEADER_LEN + 160];
-    let h = RtpHeader::pcmu(1, 160, 7);
-    let _ = write_packet(&mut pkt, &h, &[0xff; 160]);
+    let mut pkt = [0u8; PACKET_LEN];
+    let h = RtpHeader::pcmu(1, SAMPLES_PER_PACKET, 7);
+    let _ = write_packet(&mut pkt, &h, &[0xff; PAYLOAD_LEN]);
     let t0 = Instant::now();
     let rtp_parse = per_op(N, |_| {
         black_box(RtpPacket::parse(black_box(&pkt)).ok());
     });
     let mut stats = ReceiveStats::new(8000, Duration::from_millis(20));
     let stats_update = per_op(N, |i| {
-        black_box(stats.update(i as u16, (i as u32).wrapping_mul(160), t0 + Duration::from_millis(20 * i)));
+        black_box(stats.update(i as u16, (i as u32).wrapping_mul(SAMPLES_PER_PACKET), t0 + PTIME * i as u32));
     });
     let mut hist = LatencyHistogram::new();
     let histogram_record = per_op(N, |i| hist.record(Duration::from_micros(100 + i % 5000)));

@@ -65,8 +65,19 @@ pub fn start_with_fake_ari_and_echo(
     Ok((svc, ari))
 }
 
+/// What a Prometheus scrape reads and renders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScrapePath {
+    /// `GET /metrics/prometheus` as it is (`rtpvisor::http::prometheus_text`).
+    Service,
+    /// The same with the whole supervision tree, a node per live call, as the scrape read it
+    /// before: the baseline.
+    WholeTree,
+}
+
 enum Cmd {
     Metrics(oneshot::Sender<Option<MetricsSnapshot>>),
+    Scrape(ScrapePath, usize, oneshot::Sender<(Vec<Duration>, usize)>),
     Channels(oneshot::Sender<Vec<ChannelView>>),
     Ready(oneshot::Sender<Option<Readiness>>),
     Shutdown(Duration, oneshot::Sender<()>),
@@ -120,6 +131,9 @@ impl ServiceUnderTest {
                         Cmd::Metrics(r) => {
                             let _ = r.send(svc.metrics().await.ok());
                         }
+                        Cmd::Scrape(path, reps, r) => {
+                            let _ = r.send(scrapes(&svc, path, reps).await);
+                        }
                         Cmd::Channels(r) => {
                             let _ = r.send(svc.channels().await.unwrap_or_default());
                         }
@@ -152,6 +166,12 @@ impl ServiceUnderTest {
         self.ask(Cmd::Metrics).flatten()
     }
 
+    /// Times `reps` scrapes one after the other, on the service's own thread (where the HTTP
+    /// handlers' requests to the actors are answered); and the last body's length.
+    pub fn scrape(&self, path: ScrapePath, reps: usize) -> (Vec<Duration>, usize) {
+        self.ask(|r| Cmd::Scrape(path, reps, r)).unwrap_or_default()
+    }
+
     pub fn channels(&self) -> Vec<ChannelView> {
         self.ask(Cmd::Channels).unwrap_or_default()
     }
@@ -177,4 +197,31 @@ impl Drop for ServiceUnderTest {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+async fn scrapes(svc: &Service, path: ScrapePath, reps: usize) -> (Vec<Duration>, usize) {
+    let mut times = Vec::with_capacity(reps);
+    let mut len = 0;
+    for _ in 0..reps {
+        let t = std::time::Instant::now();
+        let body = match path {
+            ScrapePath::Service => rtpvisor::http::prometheus_text(svc).await.ok(),
+            ScrapePath::WholeTree => whole_tree_scrape(svc).await,
+        };
+        times.push(t.elapsed());
+        match body {
+            Some(b) => len = b.len(),
+            None => break, // the service is going away: no figure
+        }
+    }
+    (times, len)
+}
+
+async fn whole_tree_scrape(svc: &Service) -> Option<String> {
+    let m = svc.metrics().await.ok()?;
+    let ports = svc.ports().await.ok()?;
+    let actors = svc.actors(true).await.ok()?;
+    let mut body = rtpvisor::prometheus::render(&m, &ports);
+    body.push_str(&rtpvisor::prometheus::render_actors(&actors));
+    Some(body)
 }

@@ -14,6 +14,9 @@ use crate::channels::{self, RunResult, Sut};
 use crate::echo::{self, EchoOpts, EchoResult, Load};
 use crate::generator::Plan;
 use crate::micro_alloc::{self, AllocCheck};
+use crate::flood::{self, FloodResult};
+use crate::removal::{self, RemovalResult};
+use crate::scrape::{self, ScrapeResult};
 use crate::report::{self, Curve, Target};
 use crate::{logcap, sys};
 
@@ -30,6 +33,12 @@ pub enum What {
     Echo,
     /// Item 3: probe calls through the real Asterisk (skipped unless it runs).
     Asterisk,
+    /// The media engine ending many calls at once, against a few.
+    Removal,
+    /// A Prometheus scrape with many live calls, against a few.
+    Scrape,
+    /// A flood at live call ports: what it costs the other calls, against quiet windows.
+    Flood,
 }
 
 /// rtpvisor's benchmark suite. Prints tables; writes results.json, results.md and
@@ -77,6 +86,12 @@ pub struct Args {
     /// Item 3: measured seconds once every call is up (default 60; --quick: 10).
     #[arg(long)]
     pub asterisk_seconds: Option<f64>,
+    /// Stream counts removed at once (`removal`); the smallest is the baseline.
+    #[arg(long, value_delimiter = ',', default_values_t = [10, 1000])]
+    pub removal_streams: Vec<usize>,
+    /// Live call counts of `scrape`; the smallest is the baseline.
+    #[arg(long, value_delimiter = ',', default_values_t = [10, 1000])]
+    pub scrape_calls: Vec<usize>,
     /// Output directory (default: the workspace's target/bench).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -115,6 +130,9 @@ struct Results<'a> {
     channel_failures: Vec<String>,
     echo: Option<Vec<EchoResult>>,
     asterisk: Option<AsteriskOutcome>,
+    removal: Option<RemovalResult>,
+    scrape: Option<ScrapeResult>,
+    flood: Option<FloodResult>,
     targets: Vec<Target>,
     log_lines_suppressed: u64,
 }
@@ -143,7 +161,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let warmup = Duration::from_secs_f64(args.warmup.unwrap_or(if args.quick { 1.0 } else { 2.0 }));
     let measure = Duration::from_secs_f64(args.seconds.unwrap_or(if args.quick { 3.0 } else { 10.0 }));
     let plan = Plan { pps: args.pps, warmup, measure, grace: Duration::from_millis(500) };
-    let max_n = counts.iter().copied().max().unwrap_or(0) as u64;
+    let max_n = counts.iter().chain(&args.removal_streams).copied().max().unwrap_or(0) as u64;
     let limit = sys::raise_nofile(3 * max_n + 1024);
     if limit < 2 * max_n + 256 {
         eprintln!("warning: open-files limit {limit} may be too low for {max_n} channels");
@@ -184,6 +202,45 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         asterisk::run(&root, AsteriskOpts { calls: args.asterisk_calls, measure: Duration::from_secs_f64(secs) })
     });
 
+    let removal_out = if want(What::Removal) {
+        eprintln!("== removal: {:?} streams removed at once", args.removal_streams);
+        match removal::run(&args.removal_streams) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                eprintln!("removal: FAILED: {e:#}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+
+    let scrape_out = if want(What::Scrape) {
+        eprintln!("== scrape: Prometheus scrapes with {:?} live calls", args.scrape_calls);
+        match scrape::run(&args.scrape_calls) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                eprintln!("scrape: FAILED: {e:#}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+
+    let flood_out = if want(What::Flood) {
+        eprintln!("== flood: {} call ports flooded, {} probe calls measured", flood::FLOODED, flood::PROBES);
+        match flood::run() {
+            Ok(r) => Some(r),
+            Err(e) => {
+                eprintln!("flood: FAILED: {e:#}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+
     // Judge the targets.
     let mut targets = Vec::new();
     if let Some(runs) = &channel_runs {
@@ -202,6 +259,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     if let Some(a) = &asterisk_out {
         targets.extend(asterisk_targets(a));
+    }
+    if let Some(r) = &removal_out {
+        targets.extend(removal_targets(r));
+    }
+    if let Some(r) = &scrape_out {
+        targets.extend(scrape_targets(r));
+    }
+    if let Some(r) = &flood_out {
+        targets.push(Target::new(
+            "flood.samples",
+            "a flood at live call ports leaves the other calls >= 95 % of their probe samples",
+            format!(
+                "{:.1} vs {:.1} samples per call per second = {:.3}x (control, at unread sockets: {:.3}x)",
+                r.calls.flooded.samples_per_call_s, r.calls.quiet.samples_per_call_s, r.calls.samples_ratio, r.control.samples_ratio
+            ),
+            Some(r.calls.samples_ratio >= 0.95),
+        ));
     }
 
     // Print and write.
@@ -256,6 +330,33 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         md.push_str(&text);
         md.push('\n');
     }
+    if let Some(r) = &removal_out {
+        println!("\nEnding many calls at once (the media engine, {} streams talking meanwhile)", removal::TALKERS);
+        md.push_str("### Ending many calls at once\n\n");
+        for line in removal::lines(r) {
+            println!("{line}");
+            md.push_str(&format!("- {line}\n"));
+        }
+        md.push('\n');
+    }
+    if let Some(r) = &scrape_out {
+        println!("\nPrometheus scrape ({} scrapes per count and path)", scrape::ROUNDS * scrape::REPS);
+        md.push_str("### Prometheus scrape\n\n");
+        for line in scrape::lines(r) {
+            println!("{line}");
+            md.push_str(&format!("- {line}\n"));
+        }
+        md.push('\n');
+    }
+    if let Some(r) = &flood_out {
+        println!("\nFlood at live call ports ({} ports, one sender each; {} quiet and {} flooded windows)", flood::FLOODED, flood::ROUNDS, flood::ROUNDS);
+        md.push_str("### Flood at live call ports\n\n");
+        for line in flood::lines(r) {
+            println!("{line}");
+            md.push_str(&format!("- {line}\n"));
+        }
+        md.push('\n');
+    }
     println!("\nTargets");
     println!("{}", report::targets_table(&targets, false));
     md.push_str("### Targets\n\n");
@@ -272,6 +373,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         channel_failures,
         echo: echo_runs,
         asterisk: asterisk_out,
+        removal: removal_out,
+        scrape: scrape_out,
+        flood: flood_out,
         targets,
         log_lines_suppressed: logcap::suppressed(),
     };
@@ -440,6 +544,39 @@ fn echo_targets(e: &[EchoResult]) -> Vec<Target> {
         _ => t.push(Target::new("echo.saturation", "echo: >= 300k echoes/s at saturation", "not run".into(), None)),
     }
     t
+}
+
+fn removal_targets(r: &RemovalResult) -> Vec<Target> {
+    let mut t = Vec::new();
+    if let Some(m) = r.medians.iter().max_by_key(|m| m.streams).filter(|m| m.streams >= 1000) {
+        t.push(Target::new(
+            "removal.time",
+            &format!("{} calls ended at once in < 1 s on the media thread", m.streams),
+            format!("{} streams: {:.1} ms media thread CPU, {:.1} ms wall", m.streams, m.media_cpu_ms, m.wall_ms),
+            Some(m.media_cpu_ms < 1000.0 && m.wall_ms < 1000.0),
+        ));
+    }
+    if let Some(c) = r.cpu_per_removal_ratio {
+        t.push(Target::new(
+            "removal.per_call",
+            "a removal costs the media thread the same with many streams as with few (<= 2x per removal)",
+            format!("media CPU per removal, largest count against smallest: {c:.2}x"),
+            Some(c <= 2.0),
+        ));
+    }
+    t
+}
+
+fn scrape_targets(r: &ScrapeResult) -> Vec<Target> {
+    let (Some(ratio), Some(small), Some(large)) = (r.ratio, r.runs.first(), r.runs.last()) else { return Vec::new() };
+    let all_live = r.runs.iter().all(|x| x.active_after == x.calls as u64);
+    let why = if all_live { String::new() } else { "; not valid: calls ended during the run".into() };
+    vec![Target::new(
+        "scrape.per_call",
+        &format!("a Prometheus scrape costs the same with {} as with {} live calls (<= 1.5x)", large.calls, small.calls),
+        format!("median {:.0} vs {:.0} us = {ratio:.2}x{why}", large.median_us, small.median_us),
+        all_live.then_some(ratio <= 1.5),
+    )]
 }
 
 fn asterisk_targets(a: &AsteriskOutcome) -> Vec<Target> {

@@ -24,11 +24,11 @@ use nix::sys::time::{TimeVal, TimeValLike};
 use serde::Serialize;
 
 use rtpvisor_actors::probe::{peek_id, ProbeId, PAYLOAD_LEN};
+use rtpvisor_actors::rtp::HEADER_LEN;
 
 /// `PACKET_OUTGOING` of `sockaddr_ll.sll_pkttype`.
 const PACKET_OUTGOING: u8 = 4;
 const UDP: u8 = 17;
-const RTP_HEADER: usize = 12;
 
 /// What the capture saw.
 #[derive(Debug, Clone, Serialize)]
@@ -108,7 +108,7 @@ fn capture(fd: OwnedFd, ports: (u16, u16), stop: &AtomicBool) -> WireResult {
         if !from_us && !to_us {
             continue;
         }
-        let id = (payload.len() == RTP_HEADER + PAYLOAD_LEN).then(|| peek_id(&payload[RTP_HEADER..])).flatten();
+        let id = (payload.len() == HEADER_LEN + PAYLOAD_LEN).then(|| peek_id(&payload[HEADER_LEN..])).flatten();
         let Some(id) = id else {
             other += 1;
             continue;
@@ -174,13 +174,14 @@ mod tests {
     #[ignore]
     fn matches_a_probe_and_its_echo_on_loopback() {
         use rtpvisor_actors::probe::{encode_payload, ProbeSecret};
+        use rtpvisor_actors::rtp::{write_header, RtpHeader};
         let cap = WireCapture::start((28190, 28199)).expect("packet socket (root?)");
         std::thread::sleep(std::time::Duration::from_millis(100));
         let us = std::net::UdpSocket::bind("127.0.0.1:28199").unwrap();
         let far = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let mut pkt = [0u8; RTP_HEADER + PAYLOAD_LEN];
-        pkt[0] = 0x80;
-        encode_payload(ProbeId { tag: 7, index: 3 }, &ProbeSecret::from_bits(1, 2), &mut pkt[RTP_HEADER..]);
+        let mut pkt = [0u8; HEADER_LEN + PAYLOAD_LEN];
+        write_header(&mut pkt, &RtpHeader::pcmu(0, 0, 0)).unwrap();
+        encode_payload(ProbeId { tag: 7, index: 3 }, &ProbeSecret::from_bits(1, 2), &mut pkt[HEADER_LEN..]);
         us.send_to(&pkt, far.local_addr().unwrap()).unwrap();
         let mut buf = [0u8; 512];
         let (n, from) = far.recv_from(&mut buf).unwrap();

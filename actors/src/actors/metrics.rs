@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use crate::ended::{CallSummary, EndedCall, EndedCalls, EndedPage, Outcome};
 use crate::latency::{BucketCounts, LatencyHistogram, LatencySummary, BUCKET_BOUNDS_US};
 use crate::quality;
-use crate::media::{MediaFlush, ModeTotals};
+use crate::media::{EngineCounters, MediaFlush, ModeTotals};
 use crate::shared_echo::ReflectorCounters;
 use crate::mode::CallMode;
 use crate::reconcile::ReconcileReport;
@@ -371,6 +371,10 @@ pub struct MetricsSnapshot {
     pub reconcile: ReconcileMetrics,
     /// Calls ended since start, by reason.
     pub ended: EndedCounters,
+    /// The media engine's command queue: refused commands, abandoned requests. Read from the
+    /// engine's handle by the service (the MetricsActor leaves it zero), so it is current
+    /// while the engine is stuck, which is when it grows.
+    pub media_engine: EngineCounters,
 }
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
@@ -477,8 +481,8 @@ impl Handler<Flush> for MetricsActor {
             }
         }
         self.live = f.live;
-        if let Some(r) = &f.ended {
-            self.ended[r.mode.index().min(1)].add_report(r);
+        for (total, ended) in self.ended.iter_mut().zip(&f.ended) {
+            total.add(ended);
         }
     }
 }
@@ -644,6 +648,7 @@ impl MetricsActor {
             ari: self.ari,
             reconcile: self.reconcile.clone(),
             ended: self.ended_by,
+            media_engine: EngineCounters::default(),
         }
     }
 }

@@ -186,7 +186,7 @@ impl Service {
                     s.do_send(MediaIdle(id, reason));
                 }
             }),
-            EngineOptions { request_timeout: cfg.media_stall / 2, stall_bound: cfg.media_stall },
+            EngineOptions { request_timeout: cfg.media_stall / 2, stall_bound: cfg.media_stall, ..EngineOptions::default() },
         )
         .map_err(StartError::Media)?;
         // Restarted in place like call actors are not: under the same intensity.
@@ -240,7 +240,9 @@ impl Service {
     }
 
     pub async fn metrics(&self) -> Result<MetricsSnapshot, MailboxError> {
-        self.metrics.send(GetMetrics).await
+        let mut m = self.metrics.send(GetMetrics).await?;
+        m.media_engine = self.media.counters();
+        Ok(m)
     }
 
     /// The last call events, oldest first.
@@ -265,16 +267,17 @@ impl Service {
     /// Live calls joined with their media streams.
     pub async fn channels(&self) -> Result<Vec<ChannelView>, MailboxError> {
         let calls = self.supervisor.send(GetCalls).await?;
+        // Shared with whoever asked at the same time: read, not taken.
         let snapshot = self.media.snapshot().await.unwrap_or_default();
-        let mut streams: std::collections::HashMap<u64, StreamReport> =
-            snapshot.streams.into_iter().map(|s| (s.id, s)).collect();
-        let mut shared: std::collections::HashMap<u64, SharedReport> =
-            snapshot.shared.into_iter().map(|s| (s.id, s)).collect();
+        let mut streams: std::collections::HashMap<u64, &StreamReport> =
+            snapshot.streams.iter().map(|s| (s.id, s)).collect();
+        let mut shared: std::collections::HashMap<u64, &SharedReport> =
+            snapshot.shared.iter().map(|s| (s.id, s)).collect();
         Ok(calls
             .into_iter()
             .map(|call| {
-                let media = streams.remove(&call.call_no);
-                let shared_echo = shared.remove(&call.call_no);
+                let media = streams.remove(&call.call_no).cloned();
+                let shared_echo = shared.remove(&call.call_no).cloned();
                 let quality = media.as_ref().and_then(quality::stream_quality);
                 ChannelView { call, media, shared_echo, quality }
             })
@@ -308,10 +311,12 @@ impl Service {
         })
     }
 
-    /// The supervision tree with each actor's state.
-    pub async fn actors(&self) -> Result<ActorNode, MailboxError> {
+    /// The supervision tree with each actor's state; with a node per live call when
+    /// `with_calls` (without, it costs the same whatever the number of calls: what a metrics
+    /// scrape asks for).
+    pub async fn actors(&self, with_calls: bool) -> Result<ActorNode, MailboxError> {
         let ari = self.ari_conn.send(GetAriStatus).await?;
-        let calls = self.supervisor.send(GetCalls).await?;
+        let calls = if with_calls { self.supervisor.send(GetCalls).await? } else { Vec::new() };
         let liveness = self.media.liveness();
         let status = self.supervisor.send(GetSupervisorStatus).await?;
         let running = |alive: bool| if alive { "running" } else { "stopped" };
