@@ -53,10 +53,26 @@ fn calls_whose_ids_need_escaping_set_up_carry_media_and_tear_down() {
         asterisk_channels().len() == 3 * 3 && asterisk_bridges().len() == 3
     });
 
-    // The other three are orphaned by a kill -9: the next instance's reconciliation ends them.
+    // The other three survive a kill -9: the next instance adopts them (reading their
+    // externalMedia channels' variables by escaped id).
     let mut svc = svc;
     assert_eq!(svc.signal("KILL").0, None);
     let mut svc = Rtpvisor::start("e2e_ari_paths_after_kill", Options::default());
+    wait_until("the reconciliation is reported", Duration::from_secs(15), || {
+        !svc.metrics()["reconcile"]["last"].is_null()
+    });
+    let r = svc.metrics()["reconcile"].clone();
+    assert_eq!(r["adopted_calls"], 3, "{r}");
+    assert_eq!(r["last"]["errors"], 0, "{r}");
+    wait_until("the adopted calls carry media", Duration::from_secs(10), || {
+        let c = svc.get("/channels");
+        c.as_array().is_some_and(|a| a.len() == 3 && a.iter().all(|c| c["media"]["probe"]["returned"].as_u64() > Some(0)))
+    });
+
+    // Killed again and restarted on other ports, they no longer fit: the reconciliation ends
+    // them, deleting by escaped id.
+    assert_eq!(svc.signal("KILL").0, None);
+    let mut svc = Rtpvisor::start("e2e_ari_paths_misfit", Options { rtp_ports: "10900-10909".into(), ..Options::default() });
     wait_until("the reconciliation is reported", Duration::from_secs(15), || {
         !svc.metrics()["reconcile"]["last"].is_null()
     });
