@@ -954,7 +954,7 @@ fn websocket(
             }
         })
         .expect("fault proxy: spawn");
-    if !pipe(&mut client, &mut up, &frozen) {
+    if !pipe(&mut client, &frozen, |bytes| up.write_all(bytes).is_ok()) {
         let _ = client.shutdown(Shutdown::Both);
         let _ = up.shutdown(Shutdown::Both);
     }
@@ -962,9 +962,10 @@ fn websocket(
     shared.log_update(seq, None, Outcome::WebSocketClosed);
 }
 
-/// Copies `from` to `to` until `from` ends or a write fails; while `frozen` is set, drops what
-/// it reads instead. Returns whether the link was frozen when it ended.
-fn pipe(from: &mut TcpStream, to: &mut TcpStream, frozen: &AtomicBool) -> bool {
+/// Hands what `from` sends to `write` until `from` ends or `write` fails (returns false);
+/// while `frozen` is set, drops what it reads instead. Returns whether the link was frozen
+/// when it ended.
+fn pipe(from: &mut TcpStream, frozen: &AtomicBool, mut write: impl FnMut(&[u8]) -> bool) -> bool {
     let mut buf = [0u8; 16 * 1024];
     loop {
         let n = match from.read(&mut buf) {
@@ -976,7 +977,7 @@ fn pipe(from: &mut TcpStream, to: &mut TcpStream, frozen: &AtomicBool) -> bool {
         if frozen.load(Ordering::SeqCst) {
             continue;
         }
-        if to.write_all(&buf[..n]).is_err() {
+        if !write(&buf[..n]) {
             break;
         }
     }
@@ -995,25 +996,15 @@ struct DownWriter {
 /// unless frozen; returns whether the link was frozen when it ended.
 fn pipe_down(shared: &Arc<Shared>, from: &mut TcpStream, client: TcpStream, frozen: &Arc<AtomicBool>) -> bool {
     let writer = Arc::new(Mutex::new(DownWriter { client, stream: Downstream::new(MAX_WS_FRAME) }));
-    let mut buf = [0u8; 16 * 1024];
-    loop {
-        let n = match from.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(_) => break,
-        };
-        if frozen.load(Ordering::SeqCst) {
-            continue;
-        }
+    let frozen_now = pipe(from, frozen, |bytes| {
         let mut w = lock(&writer);
-        let outs = w.stream.feed(&buf[..n], &mut |start| shared.take_stasis_rewrite(start));
-        let mut failed = false;
+        let outs = w.stream.feed(bytes, &mut |start| shared.take_stasis_rewrite(start));
+        let mut ok = true;
         // The rewrite log's entry of the last rewrite, which a delayed copy belongs to.
         let mut last = 0;
         for out in outs {
             match out {
-                Out::Send(bytes) => failed |= w.client.write_all(&bytes).is_err(),
+                Out::Send(bytes) => ok &= w.client.write_all(&bytes).is_ok(),
                 Out::Rewrote { start, rewrite } => {
                     let mut log = lock(&shared.stasis_log);
                     last = log.len();
@@ -1031,11 +1022,8 @@ fn pipe_down(shared: &Arc<Shared>, from: &mut TcpStream, client: TcpStream, froz
                 }
             }
         }
-        if failed {
-            break;
-        }
-    }
-    let frozen_now = frozen.load(Ordering::SeqCst);
+        ok
+    });
     if !frozen_now {
         let _ = lock(&writer).client.shutdown(Shutdown::Both);
     }
