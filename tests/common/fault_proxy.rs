@@ -4,7 +4,10 @@
 //! through too, so a test can cut it ([`FaultProxy::drop_websockets`]), keep the service from
 //! getting it back for a while ([`FaultProxy::refuse_websockets`]), or make it silent without
 //! closing anything ([`FaultProxy::freeze_websockets`]: a half-open link, as after a NAT or
-//! firewall lost the connection's state).
+//! firewall lost the connection's state). In the Asterisk-to-client direction it reads the
+//! WebSocket's frames ([`super::ws_frames`]) and can rewrite a StasisStart a [`StasisRule`]
+//! matches: send it twice (the second copy possibly later), or make it undecodable; every
+//! other byte passes unchanged.
 //!
 //! Plain std threads and blocking sockets: one thread per accepted connection (two for a
 //! WebSocket), no async runtime. Each REST request is forwarded on a fresh upstream connection
@@ -26,10 +29,17 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::ws_frames::{Downstream, Insert, Out, StasisRewrite, StasisStart};
+
 /// A request head larger than this is refused (ARI heads are a few hundred bytes).
 const MAX_HEAD: usize = 64 * 1024;
 /// Request and response bodies larger than this are refused (ARI answers are small).
 const MAX_BODY: usize = 8 * 1024 * 1024;
+/// A WebSocket frame larger than this is not held back until it is complete: the rest of that
+/// WebSocket passes through raw (ARI events are a few KiB).
+const MAX_WS_FRAME: usize = 16 * 1024 * 1024;
+/// How long a delayed frame waits for a fragmented message to end before it is dropped.
+const INSERT_WAIT: Duration = Duration::from_secs(10);
 /// How long the proxy waits for a client to send its request.
 const CLIENT_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the proxy waits for Asterisk to answer a forwarded request.
@@ -157,6 +167,50 @@ impl Rule {
     }
 }
 
+/// Rewrite the StasisStart events (Asterisk to the client) of channels whose id starts with
+/// `channel_prefix`.
+#[derive(Debug, Clone)]
+pub struct StasisRule {
+    pub rewrite: StasisRewrite,
+    pub channel_prefix: String,
+    pub times: Times,
+}
+
+impl StasisRule {
+    /// Pass the StasisStart, and send it again `delay` later (zero: right behind it).
+    pub fn duplicate(channel_prefix: &str, delay: Duration) -> StasisRule {
+        StasisRule { rewrite: StasisRewrite::Duplicate { delay }, channel_prefix: channel_prefix.into(), times: Times::Always }
+    }
+
+    /// Send the StasisStart with `channel.name` a number instead (its `channel.id` kept).
+    pub fn corrupt(channel_prefix: &str) -> StasisRule {
+        StasisRule { rewrite: StasisRewrite::Corrupt, channel_prefix: channel_prefix.into(), times: Times::Always }
+    }
+
+    /// Rewrite only the next `n` matching StasisStarts.
+    pub fn times(mut self, n: u32) -> StasisRule {
+        self.times = Times::Next(n);
+        self
+    }
+}
+
+/// Handle of an added [`StasisRule`], to read its hit count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StasisRuleId(usize);
+
+/// A StasisStart the proxy rewrote.
+#[derive(Debug, Clone)]
+pub struct StasisRewritten {
+    pub channel_id: String,
+    pub rewrite: StasisRewrite,
+    /// The event's `timestamp` as Asterisk wrote it.
+    pub asterisk_timestamp: Option<String>,
+    /// When the (first, or corrupted) frame was written to the client.
+    pub sent_at: Instant,
+    /// When a delayed duplicate was written (None: not yet, dropped, or none was due).
+    pub again_at: Option<Instant>,
+}
+
 /// Handle of an added rule, to read its hit count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RuleId(usize);
@@ -249,6 +303,8 @@ struct Shared {
     ws_frozen: Mutex<Vec<Arc<AtomicBool>>>,
     next_id: AtomicU64,
     rules: Mutex<Vec<RuleState>>,
+    stasis_rules: Mutex<Vec<(StasisRule, u32, bool)>>,
+    stasis_log: Mutex<Vec<StasisRewritten>>,
     log: Mutex<Vec<Request>>,
     live: Mutex<HashMap<u64, Live>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -319,6 +375,20 @@ impl Shared {
         Some(r.rule.fault.clone())
     }
 
+    /// The first active StasisStart rule for this channel takes it (and counts the hit).
+    fn take_stasis_rewrite(&self, start: &StasisStart) -> Option<StasisRewrite> {
+        let mut rules = lock(&self.stasis_rules);
+        let (rule, hits, active) =
+            rules.iter_mut().find(|(r, _, active)| *active && start.channel_id.starts_with(r.channel_prefix.as_str()))?;
+        *hits += 1;
+        if let Times::Next(n) = rule.times {
+            if *hits >= n {
+                *active = false;
+            }
+        }
+        Some(rule.rewrite.clone())
+    }
+
     fn log_new(&self, head: &RequestHead, fault: Option<Fault>) -> u64 {
         let mut log = lock(&self.log);
         let seq = log.len() as u64 + 1;
@@ -373,6 +443,8 @@ impl FaultProxy {
             ws_frozen: Mutex::new(Vec::new()),
             next_id: AtomicU64::new(1),
             rules: Mutex::new(Vec::new()),
+            stasis_rules: Mutex::new(Vec::new()),
+            stasis_log: Mutex::new(Vec::new()),
             log: Mutex::new(Vec::new()),
             live: Mutex::new(HashMap::new()),
             threads: Mutex::new(Vec::new()),
@@ -405,11 +477,32 @@ impl FaultProxy {
         lock(&self.shared.rules)[id.0].hits
     }
 
-    /// Deactivates every rule (their hit counts stay readable).
+    /// Deactivates every rule, StasisStart rules too (their hit counts stay readable).
     pub fn clear_rules(&self) {
         for r in lock(&self.shared.rules).iter_mut() {
             r.active = false;
         }
+        for r in lock(&self.shared.stasis_rules).iter_mut() {
+            r.2 = false;
+        }
+    }
+
+    /// Rewrites the StasisStarts the rule matches, on every piped WebSocket (the first active
+    /// matching rule takes an event).
+    pub fn add_stasis_rule(&self, rule: StasisRule) -> StasisRuleId {
+        let mut rules = lock(&self.shared.stasis_rules);
+        rules.push((rule, 0, true));
+        StasisRuleId(rules.len() - 1)
+    }
+
+    /// How many StasisStarts the rule rewrote.
+    pub fn stasis_hits(&self, id: StasisRuleId) -> u32 {
+        lock(&self.shared.stasis_rules)[id.0].1
+    }
+
+    /// Every StasisStart rewritten so far, in order.
+    pub fn stasis_rewrites(&self) -> Vec<StasisRewritten> {
+        lock(&self.shared.stasis_log).clone()
     }
 
     /// Every request so far, in arrival order.
@@ -833,7 +926,7 @@ fn websocket(
     shared.hold(conn, true, &client);
     shared.hold(conn, true, &up);
     shared.log_update(seq, None, Outcome::WebSocketOpen);
-    let (Ok(mut c2), Ok(mut u2)) = (client.try_clone(), up.try_clone()) else {
+    let (Ok(c2), Ok(mut u2)) = (client.try_clone(), up.try_clone()) else {
         let _ = client.shutdown(Shutdown::Both);
         let _ = up.shutdown(Shutdown::Both);
         shared.log_update(seq, None, Outcome::WebSocketClosed);
@@ -851,17 +944,17 @@ fn websocket(
         }
     }
     let frozen_down = frozen.clone();
+    let sh = shared.clone();
     let down = std::thread::Builder::new()
         .name("fault-proxy-ws-down".into())
         .spawn(move || {
             // A frozen link does not pass the end on either: the other side keeps its socket.
-            if !pipe(&mut u2, &mut c2, &frozen_down) {
+            if !pipe_down(&sh, &mut u2, c2, &frozen_down) {
                 let _ = u2.shutdown(Shutdown::Both);
-                let _ = c2.shutdown(Shutdown::Both);
             }
         })
         .expect("fault proxy: spawn");
-    if !pipe(&mut client, &mut up, &frozen) {
+    if !pipe(&mut client, &frozen, |bytes| up.write_all(bytes).is_ok()) {
         let _ = client.shutdown(Shutdown::Both);
         let _ = up.shutdown(Shutdown::Both);
     }
@@ -869,9 +962,10 @@ fn websocket(
     shared.log_update(seq, None, Outcome::WebSocketClosed);
 }
 
-/// Copies `from` to `to` until `from` ends or a write fails; while `frozen` is set, drops what
-/// it reads instead. Returns whether the link was frozen when it ended.
-fn pipe(from: &mut TcpStream, to: &mut TcpStream, frozen: &AtomicBool) -> bool {
+/// Hands what `from` sends to `write` until `from` ends or `write` fails (returns false);
+/// while `frozen` is set, drops what it reads instead. Returns whether the link was frozen
+/// when it ended.
+fn pipe(from: &mut TcpStream, frozen: &AtomicBool, mut write: impl FnMut(&[u8]) -> bool) -> bool {
     let mut buf = [0u8; 16 * 1024];
     loop {
         let n = match from.read(&mut buf) {
@@ -883,11 +977,88 @@ fn pipe(from: &mut TcpStream, to: &mut TcpStream, frozen: &AtomicBool) -> bool {
         if frozen.load(Ordering::SeqCst) {
             continue;
         }
-        if to.write_all(&buf[..n]).is_err() {
+        if !write(&buf[..n]) {
             break;
         }
     }
     frozen.load(Ordering::SeqCst)
+}
+
+/// The client's end of a WebSocket and what was written to it, shared by the pipe from
+/// Asterisk and the threads that write delayed frames.
+struct DownWriter {
+    client: TcpStream,
+    stream: Downstream,
+}
+
+/// [`pipe`] from Asterisk to the client, reading frames: StasisStarts a rule matches are
+/// rewritten, every other byte is written as it came. Shuts the client's socket at the end
+/// unless frozen; returns whether the link was frozen when it ended.
+fn pipe_down(shared: &Arc<Shared>, from: &mut TcpStream, client: TcpStream, frozen: &Arc<AtomicBool>) -> bool {
+    let writer = Arc::new(Mutex::new(DownWriter { client, stream: Downstream::new(MAX_WS_FRAME) }));
+    let frozen_now = pipe(from, frozen, |bytes| {
+        let mut w = lock(&writer);
+        let outs = w.stream.feed(bytes, &mut |start| shared.take_stasis_rewrite(start));
+        let mut ok = true;
+        // The rewrite log's entry of the last rewrite, which a delayed copy belongs to.
+        let mut last = 0;
+        for out in outs {
+            match out {
+                Out::Send(bytes) => ok &= w.client.write_all(&bytes).is_ok(),
+                Out::Rewrote { start, rewrite } => {
+                    let mut log = lock(&shared.stasis_log);
+                    last = log.len();
+                    log.push(StasisRewritten {
+                        channel_id: start.channel_id,
+                        rewrite,
+                        asterisk_timestamp: start.timestamp,
+                        sent_at: Instant::now(),
+                        again_at: None,
+                    });
+                }
+                Out::SendLater(frame, delay) => {
+                    let (sh, wr, fr) = (shared.clone(), writer.clone(), frozen.clone());
+                    spawn(shared, "fault-proxy-ws-later", move || send_later(&sh, &wr, &fr, frame, delay, last));
+                }
+            }
+        }
+        ok
+    });
+    if !frozen_now {
+        let _ = lock(&writer).client.shutdown(Shutdown::Both);
+    }
+    frozen_now
+}
+
+/// Writes `frame` to the client `delay` from now, between two frames and outside any
+/// fragmented message; records it in the rewrite log's entry `index`. Dropped when the link is
+/// frozen, the stream is passed raw, or the proxy stops.
+fn send_later(shared: &Shared, writer: &Mutex<DownWriter>, frozen: &AtomicBool, frame: Vec<u8>, delay: Duration, index: usize) {
+    if !shared.sleep(delay) {
+        return;
+    }
+    let end = Instant::now() + INSERT_WAIT;
+    while Instant::now() < end {
+        {
+            let mut w = lock(writer);
+            match w.stream.insert() {
+                Insert::Now => {
+                    if frozen.load(Ordering::SeqCst) || w.client.write_all(&frame).is_err() {
+                        return;
+                    }
+                    if let Some(r) = lock(&shared.stasis_log).get_mut(index) {
+                        r.again_at = Some(Instant::now());
+                    }
+                    return;
+                }
+                Insert::Never => return,
+                Insert::Wait => {}
+            }
+        }
+        if !shared.sleep(TICK) {
+            return;
+        }
+    }
 }
 
 /// Keeps a held (frozen) upgrade's connection open, reading and dropping what the client

@@ -5,6 +5,7 @@
 
 pub mod dup;
 pub mod fault_proxy;
+pub mod ws_frames;
 
 use std::io::Read;
 use std::net::{TcpListener, UdpSocket};
