@@ -503,9 +503,11 @@ fn chaos_calls_of_every_mode_under_random_faults_settle_clean() {
         let within = |kinds: &[FaultKind], t: Instant| {
             windows.iter().any(|(k, a, b)| kinds.contains(k) && t + Duration::from_secs(2) >= *a && t <= *b)
         };
-        let restart = windows
-            .iter()
-            .any(|(k, a, _)| *k == FaultKind::AsteriskRestart && *placed_at <= *a && *a <= *hangup_at + Duration::from_secs(1));
+        // The call's life overlapped an Asterisk restart (placed before it or while the old
+        // Asterisk was still going down): its end may have gone unseen.
+        let restart = windows.iter().any(|(k, a, b)| {
+            *k == FaultKind::AsteriskRestart && *placed_at <= *b && *a <= *hangup_at + Duration::from_secs(1)
+        });
         let link_down = within(&[FaultKind::WebSocketDrop, FaultKind::SilentLink, FaultKind::Kill9, FaultKind::AsteriskRestart], *placed_at);
         match fate(Said::of(&text, id), seen.get(id).copied(), restart, link_down) {
             Ok(f) => *outcome.entry(f).or_default() += 1,
