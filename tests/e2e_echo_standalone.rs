@@ -376,11 +376,24 @@ fn a_flood_at_the_echo_leaves_calls_their_full_media() {
         svc.get("/metrics/latency_histogram")["bounds_ms"].as_array().unwrap().iter().map(|b| b.as_f64().unwrap()).collect();
     let first = read(&svc, &probes, &echoes);
 
-    let (mut quiet, mut flooded, mut sent, mut flood_time) = (Window::default(), Window::default(), 0, Duration::ZERO);
+    // The control: the same senders at a socket nobody reads, so the machine's cores are as
+    // busy as under the flood but the echo does nothing. What the flood costs the calls beyond
+    // the control is the echo's share; what both cost is the senders' own CPU on this machine.
+    let sink = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let sink_addr = sink.local_addr().unwrap();
+    let (mut quiet, mut control, mut flooded, mut sent, mut flood_time) =
+        (Window::default(), Window::default(), Window::default(), 0, Duration::ZERO);
     for _ in 0..ROUNDS {
         let q0 = read(&svc, &probes, &echoes);
         std::thread::sleep(WINDOW);
         quiet.add(&q0, &read(&svc, &probes, &echoes));
+        let senders = Flood::start(sink_addr, FLOODERS, 6_000_000, WINDOW + SETTLE * 2 + Duration::from_secs(2));
+        std::thread::sleep(SETTLE);
+        let c0 = read(&svc, &probes, &echoes);
+        std::thread::sleep(WINDOW);
+        control.add(&c0, &read(&svc, &probes, &echoes));
+        senders.stop();
+        std::thread::sleep(SETTLE);
         // Each sender: at most 6 million datagrams and 5 s.
         let flood = Flood::start(echo_addr, FLOODERS, 6_000_000, WINDOW + SETTLE * 2 + Duration::from_secs(2));
         std::thread::sleep(SETTLE);
@@ -395,14 +408,17 @@ fn a_flood_at_the_echo_leaves_calls_their_full_media() {
 
     let (quiet_p99, quiet_n) = quiet.quantile(0.99, &bounds_ms);
     let (flood_p99, flood_n) = flooded.quantile(0.99, &bounds_ms);
+    let (control_p99, _) = control.quantile(0.99, &bounds_ms);
     let ((q_probe, q_echo), (f_probe, f_echo)) = (quiet.rates(), flooded.rates());
     eprintln!(
         "flood: {FLOODERS} senders, {sent} datagrams over {ROUNDS} windows of {WINDOW:?} ({:.0}/s), the echo read {} of them; \
          probe samples/s per call quiet {q_probe:.1?} flood {f_probe:.1?}; echo packets/s quiet {q_echo:.1?} flood {f_echo:.1?}; \
-         probe p99 quiet {quiet_p99:.3} ms ({quiet_n} samples), flood {flood_p99:.3} ms ({flood_n} samples), {:.2}x",
+         probe p99 quiet {quiet_p99:.3} ms ({quiet_n} samples), control (senders at an unread socket) {control_p99:.3} ms, \
+         flood {flood_p99:.3} ms ({flood_n} samples): {:.2}x quiet, {:.2}x control",
         sent as f64 / flood_time.as_secs_f64(),
         flooded.counts.echo_read,
         flood_p99 / quiet_p99,
+        flood_p99 / control_p99,
     );
     assert!(sent >= 1_000_000, "a real flood: {sent}");
     for (q, f) in q_probe.iter().zip(&f_probe) {
@@ -418,7 +434,13 @@ fn a_flood_at_the_echo_leaves_calls_their_full_media() {
         assert_eq!(a.1, b.1, "{e}: no echo packet lost");
     }
     // Starved calls (the echo sharing their loop) showed a p99 of 70-80 ms under such a flood.
-    assert!(flood_p99 < 2.0 * quiet_p99, "probe p99 {flood_p99:.3} ms under the flood, {quiet_p99:.3} ms quiet");
+    // The bound is the echo's own share: within 2x of the quiet p99, or of the control's when
+    // the senders alone already cost the machine more (a loaded 2-core machine).
+    let base = quiet_p99.max(control_p99);
+    assert!(
+        flood_p99 < 2.0 * base,
+        "probe p99 {flood_p99:.3} ms under the flood, {quiet_p99:.3} ms quiet, {control_p99:.3} ms with the senders at an unread socket"
+    );
     assert_eq!(svc.get_status("/ready").0, 200);
     let mut ids = probes.clone();
     ids.extend(echoes);
